@@ -1,0 +1,129 @@
+"""The one place that reads the environment.
+
+Every function here reads `os.environ` when called, never at import time, so tests can set variables
+with `monkeypatch.setenv` without reloading modules. `.env.example` lists every variable.
+Secrets are not read here: they reach Dagster through `dg.EnvVar`, dbt through `env_var()` and the
+webhook receiver through `webhook_secrets()` at request-handling set-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Root of everything the embedded platform writes (git-ignored)."""
+    return Path(_env("MEDALLION_DATA_DIR", str(project_root() / ".data"))).resolve()
+
+
+def lake_root() -> Path:
+    """Lake root shared by Dagster and dbt (dbt reads it as env_var('MEDALLION_LAKE_ROOT'))."""
+    return Path(_env("MEDALLION_LAKE_ROOT", str(data_dir() / "lake"))).resolve()
+
+
+def landing_root() -> Path:
+    return lake_root() / "landing"
+
+
+def bronze_path(table: str) -> Path:
+    return lake_root() / "bronze" / table
+
+
+def quarantine_path(table: str) -> Path:
+    return lake_root() / "quarantine" / table
+
+
+def warehouse_path() -> Path:
+    """DuckDB warehouse shared by Dagster and dbt (dbt reads env_var('MEDALLION_WAREHOUSE_PATH'))."""
+    return Path(_env("MEDALLION_WAREHOUSE_PATH", str(data_dir() / "warehouse.duckdb"))).resolve()
+
+
+def dbt_project_dir() -> Path:
+    return project_root() / "dbt_project"
+
+
+def dagster_home() -> Path:
+    return Path(_env("DAGSTER_HOME", str(data_dir() / "dagster"))).resolve()
+
+
+@dataclass(frozen=True)
+class SftpSettings:
+    host: str
+    port: int
+    username: str
+    private_key_path: Path
+    known_hosts_path: Path
+    inbox_dir: str
+    archive_dir: str
+    quarantine_dir: str
+
+
+def sftp_keys_dir() -> Path:
+    """Where the embedded SFTP server keeps its generated host and client keys."""
+    return Path(_env("MEDALLION_SFTP_KEYS_DIR", str(data_dir() / "sftp" / "keys"))).resolve()
+
+
+def sftp_root() -> Path:
+    """Directory the embedded SFTP server serves (chroot)."""
+    return Path(_env("MEDALLION_SFTP_ROOT", str(data_dir() / "sftp" / "root"))).resolve()
+
+
+def sftp() -> SftpSettings:
+    keys = sftp_keys_dir()
+    return SftpSettings(
+        host=_env("MEDALLION_SFTP_HOST", "127.0.0.1"),
+        port=int(_env("MEDALLION_SFTP_PORT", "2222")),
+        username=_env("MEDALLION_SFTP_USER", "acme"),
+        private_key_path=Path(_env("MEDALLION_SFTP_PRIVATE_KEY", str(keys / "client_ed25519"))),
+        known_hosts_path=Path(_env("MEDALLION_SFTP_KNOWN_HOSTS", str(keys / "known_hosts"))),
+        inbox_dir=_env("MEDALLION_SFTP_INBOX", "inbox"),
+        archive_dir=_env("MEDALLION_SFTP_ARCHIVE", "archive"),
+        quarantine_dir=_env("MEDALLION_SFTP_QUARANTINE", "quarantine"),
+    )
+
+
+def sftp_stable_seconds() -> float:
+    """How long a remote file's size and mtime must stay unchanged before it is taken."""
+    return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "0"))
+
+
+def webhook_inbox_url() -> str:
+    return _env("MEDALLION_WEBHOOK_INBOX_URL", f"sqlite:///{data_dir() / 'webhooks' / 'inbox.sqlite'}")
+
+
+def webhook_max_body_bytes() -> int:
+    return int(_env("MEDALLION_WEBHOOK_MAX_BODY_BYTES", str(256 * 1024)))
+
+
+def webhook_tolerance_seconds() -> int:
+    return int(_env("MEDALLION_WEBHOOK_TOLERANCE_SECONDS", "300"))
+
+
+def webhook_secrets(provider: str) -> list[str]:
+    """Signing secrets for a provider, newest first; several during rotation (comma separated)."""
+    raw = os.environ.get(f"MEDALLION_WEBHOOK_SECRETS_{provider.upper()}", "")
+    return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def reverse_etl_url() -> str:
+    return _env("MEDALLION_REVERSE_ETL_URL", f"sqlite:///{data_dir() / 'crm.sqlite'}")
+
+
+def airbyte_server_url() -> str:
+    """Empty when no Airbyte server is configured (the sync schedule then stays off)."""
+    return os.environ.get("MEDALLION_AIRBYTE_SERVER_URL", "").strip()
+
+
+def airbyte_connection_id() -> str:
+    return _env("MEDALLION_AIRBYTE_CONNECTION_ID", "")
