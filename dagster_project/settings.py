@@ -32,18 +32,6 @@ def lake_root() -> Path:
     return Path(_env("MEDALLION_LAKE_ROOT", str(data_dir() / "lake"))).resolve()
 
 
-def landing_root() -> Path:
-    return lake_root() / "landing"
-
-
-def bronze_path(table: str) -> Path:
-    return lake_root() / "bronze" / table
-
-
-def quarantine_path(table: str) -> Path:
-    return lake_root() / "quarantine" / table
-
-
 def warehouse_path() -> Path:
     """DuckDB warehouse shared by Dagster and dbt (dbt reads env_var('MEDALLION_WAREHOUSE_PATH'))."""
     return Path(_env("MEDALLION_WAREHOUSE_PATH", str(data_dir() / "warehouse.duckdb"))).resolve()
@@ -127,3 +115,26 @@ def airbyte_server_url() -> str:
 
 def airbyte_connection_id() -> str:
     return _env("MEDALLION_AIRBYTE_CONNECTION_ID", "")
+
+
+def airbyte_poll_interval_seconds() -> float:
+    """First wait between job status polls; it grows by half each poll up to a minute."""
+    return float(_env("MEDALLION_AIRBYTE_POLL_INTERVAL_SECONDS", "5"))
+
+
+def airbyte_max_wait_seconds() -> float:
+    """How long one sync may take, trigger included, before it is cancelled and reported as failed."""
+    return float(_env("MEDALLION_AIRBYTE_MAX_WAIT_SECONDS", "3600"))
+
+
+def airbyte_request_timeout_seconds() -> float:
+    return float(_env("MEDALLION_AIRBYTE_REQUEST_TIMEOUT_SECONDS", "30"))
+
+
+def reverse_etl_table() -> str:
+    """Target table as `schema.table`; the schema is used on PostgreSQL and ignored on SQLite."""
+    return _env("MEDALLION_REVERSE_ETL_TABLE", "crm.customer_scores")
+
+
+def reverse_etl_batch_size() -> int:
+    return int(_env("MEDALLION_REVERSE_ETL_BATCH_SIZE", "1000"))

@@ -1,0 +1,381 @@
+"""Load and fault test of the webhook receiver, the way a payment service provider would drive it.
+
+The receiver runs as its own process (``python -m dagster_project.services.webhook_receiver``) on a loopback
+port with a SQLite inbox in a work directory. A concurrent client sends every event signed, resends 10% of
+them after they were acknowledged (a PSP's duplicate deliveries), and retries every delivery that was not
+answered 2xx until it is, re-signing each attempt. Half-way through, the receiver is killed with SIGKILL and
+started again. At the end the inbox is checked against what the client saw acknowledged:
+
+* acknowledged but missing from the inbox must be 0 (a 2xx means committed);
+* duplicates stored must be 0 (one row per event id), and every stored body must equal the bytes sent.
+
+``run()`` returns the figures and the inbox location, so later stages (bronze) can continue from it.
+
+    uv run python benchmarks/webhooks_load.py --events 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from dagster_project.lib.inbox import Inbox, sha256_hex, webhook_events
+from dagster_project.lib.signatures import sign_stripe
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EVENT_TYPES = ("charge.succeeded", "charge.succeeded", "charge.refunded", "charge.dispute.created", "payout.paid")
+FIRST_BUSINESS_DAY = datetime(2025, 11, 3, tzinfo=UTC)
+BUSINESS_DAYS = 3
+
+
+def make_stripe_events(count: int, *, seed: int = 7) -> list[tuple[str, bytes]]:
+    """`count` Stripe-style events (event id, exact body bytes) spread over a few business days."""
+    rng = random.Random(seed)
+    events: list[tuple[str, bytes]] = []
+    span = BUSINESS_DAYS * 86_400
+    for i in range(count):
+        event_id = f"evt_load_{i:07d}"
+        event_type = EVENT_TYPES[i % len(EVENT_TYPES)]
+        created = FIRST_BUSINESS_DAY + timedelta(seconds=int(span * i / max(count, 1)))
+        amount = rng.randint(100, 50_000)
+        if event_type == "payout.paid":
+            obj: dict[str, Any] = {
+                "id": f"po_{i:07d}",
+                "object": "payout",
+                "amount": amount,
+                "currency": "eur",
+                "arrival_date": int((created + timedelta(days=2)).timestamp()),
+                "status": "paid",
+            }
+        else:
+            obj = {
+                "id": f"ch_{i:07d}",
+                "object": "charge",
+                "amount": amount,
+                "amount_refunded": amount if event_type == "charge.refunded" else 0,
+                "currency": "eur",
+                "customer": f"cus_{rng.randint(1, 2_000):05d}",
+                "payment_intent": f"pi_{i:07d}",
+                "status": "succeeded",
+            }
+        body = {
+            "id": event_id,
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": int(created.timestamp()),
+            "type": event_type,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "data": {"object": obj},
+        }
+        events.append((event_id, json.dumps(body, separators=(",", ":")).encode()))
+    return events
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class _Receiver:
+    """The receiver subprocess; restarted on the same port after a kill."""
+
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dagster_project.services.webhook_receiver", "--port", str(self.port)],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        self.starts += 1
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"receiver exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"receiver not ready after {timeout}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class _Stats:
+    attempts: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    acknowledged: set[str] = field(default_factory=set)
+    acks: int = 0
+    first_ack_after_kill: float | None = None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _drive(
+    base_url: str,
+    receiver: _Receiver,
+    events: list[tuple[str, bytes]],
+    duplicates: set[int],
+    secret: str,
+    *,
+    concurrency: int,
+    kill: bool,
+    deadline_seconds: float,
+) -> tuple[_Stats, dict[str, float]]:
+    stats = _Stats()
+    total_deliveries = len(events) + len(duplicates)
+    queue: asyncio.Queue[tuple[int, bool]] = asyncio.Queue()
+    for index in range(len(events)):
+        queue.put_nowait((index, False))
+    timeline: dict[str, float] = {}
+    half_way = asyncio.Event()
+    started = time.perf_counter()
+
+    async def deliver(client: httpx.AsyncClient, index: int) -> str:
+        event_id, body = events[index]
+        backoff = 0.05
+        while True:
+            if time.perf_counter() - started > deadline_seconds:
+                raise TimeoutError(f"{event_id} not acknowledged within {deadline_seconds}s")
+            headers = {
+                "Stripe-Signature": sign_stripe(body, secret, int(time.time())),
+                "Content-Type": "application/json",
+            }
+            stats.attempts += 1
+            sent = time.perf_counter()
+            try:
+                response = await client.post("/webhooks/stripe", content=body, headers=headers)
+            except httpx.HTTPError as error:
+                stats.failures[type(error).__name__] += 1
+            else:
+                if 200 <= response.status_code < 300:
+                    stats.latencies.append(time.perf_counter() - sent)
+                    return str(response.json()["status"])
+                stats.failures[f"http_{response.status_code}"] += 1
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jittered, like a PSP's retry schedule
+            backoff = min(backoff * 2, 1.0)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            index, is_duplicate = await queue.get()
+            try:
+                outcome = await deliver(client, index)
+                stats.outcomes[("resend:" if is_duplicate else "first:") + outcome] += 1
+                stats.acknowledged.add(events[index][0])
+                stats.acks += 1
+                if "killed" in timeline and stats.first_ack_after_kill is None:
+                    stats.first_ack_after_kill = time.perf_counter()
+                if stats.acks >= total_deliveries // 2:
+                    half_way.set()
+                if index in duplicates and not is_duplicate:
+                    queue.put_nowait((index, True))  # resend an event that was already acknowledged
+            finally:
+                queue.task_done()
+
+    async def killer() -> None:
+        await half_way.wait()
+        await asyncio.to_thread(receiver.kill)
+        timeline["killed"] = time.perf_counter()
+        await asyncio.to_thread(receiver.start)
+        await asyncio.to_thread(receiver.wait_ready)
+        timeline["ready_again"] = time.perf_counter()
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0) as client:
+        workers = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
+        kill_task = asyncio.create_task(killer()) if kill else None
+        join = asyncio.create_task(queue.join())
+        done, _ = await asyncio.wait([join, *workers], return_when=asyncio.FIRST_COMPLETED)
+        for task in workers:
+            task.cancel()
+        if kill_task is not None:
+            await kill_task
+        for task in done:
+            if task is not join:
+                task.result()  # re-raise a worker's error (deadline)
+    timeline["elapsed"] = time.perf_counter() - started
+    if "killed" in timeline:
+        timeline["restart_to_ready_s"] = timeline["ready_again"] - timeline["killed"]
+        if stats.first_ack_after_kill is not None:
+            timeline["kill_to_first_ack_s"] = stats.first_ack_after_kill - timeline["killed"]
+    return stats, timeline
+
+
+def run(
+    events: int = 20_000,
+    *,
+    concurrency: int = 50,
+    duplicate_ratio: float = 0.10,
+    kill: bool = True,
+    workdir: Path | None = None,
+    deadline_seconds: float = 900.0,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """Send `events` distinct signed events (+ `duplicate_ratio` resends), kill the receiver half-way, verify.
+
+    The work directory (inbox, receiver log) is kept; its paths are in the result.
+    """
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="webhooks-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    inbox_path = workdir / "inbox.sqlite"
+    inbox_url = f"sqlite:///{inbox_path}"
+    secret = "whsec_load_" + secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
+    env |= {
+        "MEDALLION_DATA_DIR": str(workdir),
+        "MEDALLION_WEBHOOK_INBOX_URL": inbox_url,
+        "MEDALLION_WEBHOOK_SECRETS_STRIPE": secret,
+    }
+    port = _free_port()
+    receiver = _Receiver(port=port, env=env, log_path=workdir / "receiver.log")
+
+    sent = make_stripe_events(events, seed=seed)
+    rng = random.Random(seed)
+    duplicates = set(rng.sample(range(events), int(events * duplicate_ratio)))
+
+    receiver.start()
+    try:
+        receiver.wait_ready()
+        stats, timeline = asyncio.run(
+            _drive(
+                f"http://127.0.0.1:{port}",
+                receiver,
+                sent,
+                duplicates,
+                secret,
+                concurrency=concurrency,
+                kill=kill,
+                deadline_seconds=deadline_seconds,
+            )
+        )
+    finally:
+        receiver.stop()
+
+    with Inbox(inbox_url) as inbox:
+        with inbox.engine.connect() as conn:
+            rows = conn.execute(sa.select(webhook_events.c.event_id, webhook_events.c.body_sha256)).all()
+        conflicts = len(inbox.conflicts())
+    stored = {event_id: digest for event_id, digest in rows}
+    expected = {event_id: sha256_hex(body) for event_id, body in sent}
+    log_text = receiver.log_path.read_text(errors="replace")
+    elapsed = timeline["elapsed"]
+    return {
+        "distinct_events_sent": events,
+        "duplicate_resends": len(duplicates),
+        "deliveries": events + len(duplicates),
+        "http_requests": stats.attempts,
+        "failed_attempts": sum(stats.failures.values()),
+        "failures_by_kind": dict(stats.failures),
+        "acknowledged_deliveries": stats.acks,
+        "acknowledged_events": len(stats.acknowledged),
+        "outcomes": dict(stats.outcomes),
+        "elapsed_s": round(elapsed, 2),
+        "requests_per_s": round(stats.attempts / elapsed, 1),
+        "acks_per_s": round(stats.acks / elapsed, 1),
+        "latency_p50_ms": round(_percentile(stats.latencies, 0.50) * 1000, 2),
+        "latency_p99_ms": round(_percentile(stats.latencies, 0.99) * 1000, 2),
+        "latency_max_ms": round(max(stats.latencies, default=float("nan")) * 1000, 2),
+        "receiver_starts": receiver.starts,
+        "restart_to_ready_s": round(timeline.get("restart_to_ready_s", 0.0), 2),
+        "kill_to_first_ack_s": round(timeline.get("kill_to_first_ack_s", 0.0), 2),
+        "inbox_rows": len(rows),
+        "distinct_events_in_inbox": len(stored),
+        "acknowledged_but_missing": len(stats.acknowledged - stored.keys()),
+        "duplicates_stored": len(rows) - len(stored),
+        "body_mismatches": sum(1 for event_id, digest in stored.items() if expected.get(event_id) != digest),
+        "conflicts": conflicts,
+        "secret_in_log": secret in log_text,
+        "body_in_log": any(body.decode() in log_text for _, body in sent[:100]),
+        "inbox_url": inbox_url,
+        "inbox_path": str(inbox_path),
+        "workdir": str(workdir),
+        "receiver_log": str(receiver.log_path),
+    }
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    width = max(len(key) for key in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--duplicate-ratio", type=float, default=0.10)
+    parser.add_argument("--no-kill", action="store_true", help="do not kill the receiver half-way")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    result = run(
+        args.events,
+        concurrency=args.concurrency,
+        duplicate_ratio=args.duplicate_ratio,
+        kill=not args.no_kill,
+        workdir=args.workdir,
+    )
+    _print_table(result)
+    healthy = (
+        result["acknowledged_but_missing"] == 0
+        and result["duplicates_stored"] == 0
+        and result["body_mismatches"] == 0
+        and result["acknowledged_events"] == result["distinct_events_sent"]
+    )
+    sys.exit(0 if healthy else 1)
+
+
+if __name__ == "__main__":
+    main()

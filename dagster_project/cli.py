@@ -1,0 +1,161 @@
+"""The `medallion` command: run the platform locally, make sample data, serve the embedded services."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from dagster_project import settings
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dagster_project.demo import run_demo
+
+    summary = run_demo(days=args.days)
+    print(summary.render())
+    failed = [g for g in summary.gates if not g[2]]
+    return 1 if failed else 0
+
+
+def _cmd_sample_data(args: argparse.Namespace) -> int:
+    from dagster_project.defs.sftp.resources import SftpResource
+    from dagster_project.demo import demo_days, upload, write_sample_files
+
+    end = dt.date.fromisoformat(args.end_date) if args.end_date else dt.date.today()
+    out = Path(args.out) if args.out else settings.data_dir() / "samples" / "customers"
+    good, bad = write_sample_files(out, demo_days(args.days, today=end))
+    for f in good:
+        print(f"{f.path}  ({f.good} good, {f.bad} breaking the contract)")
+    for path in bad:
+        print(f"{path}  (the inbox must refuse it)")
+    if args.upload:
+        sftp = SftpResource()
+        with sftp.client() as client:
+            upload(client, [f.path for f in good] + bad, sftp.layout().inbox)
+        print(f"uploaded {len(good) + len(bad)} files to {sftp.uri(sftp.layout().inbox)}")
+    return 0
+
+
+def _cmd_sftp_server(args: argparse.Namespace) -> int:
+    from dagster_project.services.sftp_server import serve_forever
+
+    s = settings.sftp()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_forever(
+        root=Path(args.root) if args.root else settings.sftp_root(),
+        keys_dir=Path(args.keys_dir) if args.keys_dir else settings.sftp_keys_dir(),
+        host=args.host or s.host,
+        port=args.port if args.port is not None else s.port,
+        username=s.username,
+    )
+    return 0
+
+
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    from dagster_project.services import webhook_receiver
+
+    if args.action == "serve":
+        webhook_receiver.serve(host=args.host, port=args.port)
+    else:
+        from dagster_project.lib.inbox import migrate
+
+        migrate(settings.webhook_inbox_url())
+        print("webhook inbox schema is up to date")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    """The Dagster UI with the daemon (sensors, automation), beside the embedded SFTP server."""
+    from dagster_project.demo import prepare_instance_home
+    from dagster_project.services.sftp_server import EmbeddedSftpServer
+
+    prepare_instance_home()
+    s = settings.sftp()
+    server = EmbeddedSftpServer(
+        root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=s.port, username=s.username
+    ).start()
+    print(f"embedded SFTP server on {server.host}:{server.port} (inbox: {settings.sftp_root() / s.inbox_dir})")
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "dev",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+        "-w",
+        str(settings.project_root() / "workspace.yaml"),
+    ]
+    # A parent started in the background may ignore SIGINT/SIGTERM; dagster dev must not inherit that.
+    process = subprocess.Popen(command, cwd=settings.project_root(), preexec_fn=_default_signals)
+    stop = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        stop.set()
+        process.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        return process.wait()
+    finally:
+        server.stop()
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medallion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole platform end to end on embedded defaults and print a summary")
+    demo.add_argument("--days", type=int, default=5, help="days of partner files to generate (default 5)")
+    demo.set_defaults(func=_cmd_demo)
+
+    dev = sub.add_parser("dev", help="start the Dagster UI, daemon and embedded SFTP server")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=_cmd_dev)
+
+    sample = sub.add_parser("sample-data", help="write partner sample files (optionally upload them to the inbox)")
+    sample.add_argument("--days", type=int, default=5)
+    sample.add_argument("--end-date", help="the day after the last business date (default today)")
+    sample.add_argument("--out", help="output folder (default .data/samples/customers)")
+    sample.add_argument("--upload", action="store_true", help="upload to the configured SFTP inbox")
+    sample.set_defaults(func=_cmd_sample_data)
+
+    sftp = sub.add_parser("sftp-server", help="run the embedded SFTP server in the foreground")
+    sftp.add_argument("--host")
+    sftp.add_argument("--port", type=int)
+    sftp.add_argument("--root", help="folder served (default .data/sftp/root)")
+    sftp.add_argument("--keys-dir", help="host and client keys (default .data/sftp/keys)")
+    sftp.set_defaults(func=_cmd_sftp_server)
+
+    webhooks = sub.add_parser("webhooks", help="the webhook receiver")
+    webhooks_sub = webhooks.add_subparsers(dest="action", required=True)
+    serve = webhooks_sub.add_parser("serve", help="serve POST /webhooks/<provider>, /healthz, /readyz")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    webhooks_sub.add_parser("migrate", help="create or update the inbox schema")
+    webhooks.set_defaults(func=_cmd_webhooks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

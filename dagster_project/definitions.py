@@ -1,0 +1,25 @@
+"""The code location: everything under defs/, plus the policies that cut across it."""
+
+from pathlib import Path
+
+import dagster as dg
+
+# Silver and gold follow their upstreams unattended, for any partition (not only the latest, so a
+# backfilled bronze day flows on too), and never while an upstream blocking check has failed.
+FOLLOW_UPSTREAM = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("follow upstream past passing gates")
+
+
+def _with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
+    return spec.replace_attributes(automation_condition=FOLLOW_UPSTREAM)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent / "defs")
+    return loaded.map_resolved_asset_specs(func=_with_automation, selection='group:"silver" or group:"gold"')

@@ -1,0 +1,518 @@
+"""Webhook receiver: verifies each delivery on its raw bytes and commits it to the inbox before answering 2xx.
+
+Routes: ``POST /webhooks/{provider}``, ``GET /healthz`` (process alive), ``GET /readyz`` (inbox reachable),
+``GET /metrics`` (Prometheus text). A sender sees:
+
+* 200 once the event is committed (``stored``), or was already (``duplicate``), or reused a stored id with
+  a different body (``conflict``: the first body stays, the new one is recorded for review). Answering 2xx to
+  a conflict stops the sender retrying a delivery that can never be stored differently.
+* 401 with the signature failure reason, 400 for a body that is not UTF-8 JSON with an event id and type,
+  413 for an oversized body, 404 for an unknown provider.
+* 503 when the inbox cannot be written, so the sender retries later. No other 5xx is ever answered.
+
+Logs are JSON lines with provider, event id, outcome and latency; never the body, a header value or a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from dagster_project import settings
+from dagster_project.lib import signatures
+from dagster_project.lib.inbox import MAX_ID_LENGTH, InboundEvent, Inbox, InboxUnavailable, StoreOutcome
+
+logger = logging.getLogger("medallion.webhooks")
+
+# provider (the URL segment) -> signature scheme
+PROVIDER_SCHEMES: dict[str, signatures.Scheme] = {"stripe": "stripe", "standard": "standard"}
+
+# headers worth keeping next to the body (signature headers included, to re-verify later if needed);
+# everything else (cookies, authorization, forwarding addresses) is dropped
+KEPT_HEADERS = (
+    "content-type",
+    "user-agent",
+    signatures.STRIPE_SIGNATURE_HEADER,
+    signatures.STANDARD_ID_HEADER,
+    signatures.STANDARD_TIMESTAMP_HEADER,
+    signatures.STANDARD_SIGNATURE_HEADER,
+)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's `fields` extra."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            # the class only: exception messages may quote values
+            entry["exc_type"] = record.exc_info[0].__name__
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the receiver and uvicorn's own loggers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+class Metrics:
+    """Counters rendered in the Prometheus text exposition format."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.rejections: Counter[tuple[str, str]] = Counter()
+        self.latency_sum: Counter[str] = Counter()
+        self.latency_count: Counter[str] = Counter()
+
+    def observe(self, provider: str, outcome: str, reason: str | None, seconds: float) -> None:
+        if reason is None:
+            self.outcomes[(provider, outcome)] += 1
+        else:
+            self.rejections[(provider, reason)] += 1
+        self.latency_sum[provider] += seconds
+        self.latency_count[provider] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP medallion_webhook_events_total Deliveries acknowledged, by outcome (stored, duplicate, conflict).",
+            "# TYPE medallion_webhook_events_total counter",
+        ]
+        for (provider, outcome), n in sorted(self.outcomes.items()):
+            lines.append(f'medallion_webhook_events_total{{provider="{provider}",outcome="{outcome}"}} {n}')
+        lines += [
+            "# HELP medallion_webhook_rejected_total Deliveries refused, by reason.",
+            "# TYPE medallion_webhook_rejected_total counter",
+        ]
+        for (provider, reason), n in sorted(self.rejections.items()):
+            lines.append(f'medallion_webhook_rejected_total{{provider="{provider}",reason="{reason}"}} {n}')
+        lines += [
+            "# HELP medallion_webhook_request_duration_seconds Time to answer a delivery.",
+            "# TYPE medallion_webhook_request_duration_seconds summary",
+        ]
+        for provider in sorted(self.latency_count):
+            lines.append(
+                f'medallion_webhook_request_duration_seconds_sum{{provider="{provider}"}} '
+                f"{self.latency_sum[provider]:.6f}"
+            )
+            lines.append(
+                f'medallion_webhook_request_duration_seconds_count{{provider="{provider}"}} '
+                f"{self.latency_count[provider]}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+class Rejected(Exception):
+    """A delivery refused with an HTTP status and a short reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Provider:
+    name: str
+    scheme: signatures.Scheme
+    secrets: tuple[str, ...]
+
+
+class GroupCommitter:
+    """Commits concurrent deliveries together: one transaction, one fsync, for whatever is waiting.
+
+    With a durable inbox the commit's fsync dominates a delivery's cost; batching what arrived during the
+    previous commit keeps every 2xx behind its commit while throughput grows with concurrency. A failed
+    batch is retried one event at a time, so one unstorable event cannot hold the others back.
+    """
+
+    def __init__(self, inbox: Inbox, *, max_batch: int = 256) -> None:
+        self._inbox = inbox
+        self._max_batch = max_batch
+        self._pending: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def store(self, event: InboundEvent) -> StoreOutcome:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(self._wakeup))
+        assert self._wakeup is not None
+        future: asyncio.Future[StoreOutcome] = loop.create_future()
+        self._pending.append((event, future))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, wakeup: asyncio.Event) -> None:
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]]) -> None:
+        try:
+            outcomes = await run_in_threadpool(self._inbox.store_many, [event for event, _ in batch])
+        except Exception as error:
+            if len(batch) == 1:
+                _settle(batch[0][1], error=error)
+                return
+            for item in batch:
+                await self._commit([item])
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _settle(future, result=outcome)
+
+
+def _settle(
+    future: asyncio.Future[StoreOutcome], *, result: StoreOutcome | None = None, error: Exception | None = None
+) -> None:
+    if future.done():  # the request was cancelled (client gone); a resend will find the event stored
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+async def _read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The raw body, refusing (and no longer reading) anything past `max_body_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise Rejected(400, "malformed_content_length")
+        if int(declared) > max_body_bytes:
+            raise Rejected(413, "body_too_large")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise Rejected(413, "body_too_large")
+    except ClientDisconnect:
+        raise Rejected(400, "client_disconnected") from None
+    return bytes(body)
+
+
+def _parse_event(provider: _Provider, body: bytes, verified: signatures.Verified) -> tuple[str, str, datetime]:
+    """Event id, type and creation time from a verified body; `Rejected` (400) when they are missing."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "non_utf8") from None
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; deep nesting recurses
+        raise Rejected(400, "invalid_json") from None
+    if not isinstance(payload, dict):
+        raise Rejected(400, "invalid_event")
+
+    if provider.scheme == "stripe":
+        event_id = payload.get("id")
+        created = payload.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            raise Rejected(400, "invalid_event_created")
+        try:
+            created_at = datetime.fromtimestamp(created, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise Rejected(400, "invalid_event_created") from None
+    else:
+        # Standard Webhooks: the message id is the idempotency key; the body's `timestamp` is when the
+        # event happened, the header's is when this attempt was signed (first stored attempt wins)
+        event_id = verified.message_id
+        created_at = datetime.fromtimestamp(verified.timestamp, UTC)
+        stamp = payload.get("timestamp")
+        if stamp is not None:
+            try:
+                parsed = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+            except ValueError:
+                parsed = None
+            if parsed is None:
+                raise Rejected(400, "invalid_event_created")
+            created_at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+    if not isinstance(event_id, str) or not event_id:
+        raise Rejected(400, "missing_event_id")
+    if len(event_id) > MAX_ID_LENGTH:
+        raise Rejected(400, "invalid_event_id")
+    event_type = payload.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise Rejected(400, "missing_event_type")
+    if len(event_type) > MAX_ID_LENGTH:
+        raise Rejected(400, "invalid_event_type")
+    return event_id, event_type, created_at
+
+
+def create_app(
+    *,
+    inbox_url: str,
+    secrets: Mapping[str, Sequence[str]],
+    schemes: Mapping[str, str],
+    max_body_bytes: int,
+    tolerance_seconds: int,
+    auto_migrate: bool = False,
+) -> Starlette:
+    """The receiver app for the providers in `schemes` (provider -> "stripe" | "standard").
+
+    Every provider needs at least one secret; Standard Webhooks secrets must be `whsec_<base64>`.
+    `auto_migrate` creates the inbox schema at start-up (embedded SQLite); in production the schema is
+    created by ``medallion webhooks migrate`` so the receiver's database role needs no DDL rights.
+    """
+    providers: dict[str, _Provider] = {}
+    for name, scheme in schemes.items():
+        if scheme not in signatures.SCHEMES:
+            raise ValueError(f"provider {name!r}: unknown signature scheme {scheme!r}")
+        provider_secrets = tuple(secrets.get(name, ()))
+        if not provider_secrets:
+            raise ValueError(f"provider {name!r} has no signing secret configured")
+        if scheme == "standard":
+            for secret in provider_secrets:
+                signatures.standard_secret_key(secret)  # fail at start-up, not on every request
+        providers[name] = _Provider(name=name, scheme=cast(signatures.Scheme, scheme), secrets=provider_secrets)
+
+    inbox = Inbox(inbox_url)
+    committer = GroupCommitter(inbox)
+    metrics = Metrics()
+
+    def finish(
+        provider: str,
+        status: int,
+        started: float,
+        *,
+        outcome: str,
+        reason: str | None = None,
+        event_id: str | None = None,
+        content: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        latency = time.perf_counter() - started
+        metrics.observe(provider, outcome, reason, latency)
+        fields: dict[str, Any] = {
+            "provider": provider,
+            "event_id": event_id,
+            "outcome": outcome,
+            "reason": reason,
+            "status": status,
+            "latency_ms": round(latency * 1000, 3),
+        }
+        level = logging.INFO if status < 400 else logging.ERROR if status >= 500 else logging.WARNING
+        logger.log(level, "webhook delivery", extra={"fields": fields})
+        return JSONResponse(content, status_code=status, headers=headers)
+
+    async def receive(request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["provider"]
+        provider = providers.get(name)
+        if provider is None:
+            # the label is fixed: a URL segment chosen by the caller must not create metric series
+            return finish(
+                "unknown",
+                404,
+                started,
+                outcome="rejected",
+                reason="unknown_provider",
+                content={"error": "unknown_provider"},
+            )
+        event_id: str | None = None
+        try:
+            body = await _read_body(request, max_body_bytes)
+            try:
+                verified = signatures.verify(
+                    provider.scheme, body, request.headers, provider.secrets, tolerance_seconds=tolerance_seconds
+                )
+            except signatures.SignatureError as error:
+                raise Rejected(401, error.reason) from None
+            event_id, event_type, created_at = _parse_event(provider, body, verified)
+            kept = {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}
+            event = InboundEvent(
+                provider=provider.name,
+                event_id=event_id,
+                event_type=event_type,
+                event_created_at=created_at,
+                body=body,
+                headers=kept,
+            )
+            outcome = await committer.store(event)
+        except Rejected as rejected:
+            return finish(
+                provider.name,
+                rejected.status,
+                started,
+                outcome="rejected",
+                reason=rejected.reason,
+                event_id=event_id,
+                content={"error": rejected.reason},
+            )
+        except InboxUnavailable as error:
+            logger.error("inbox unavailable", extra={"fields": {"provider": provider.name, "detail": str(error)}})
+            return finish(
+                provider.name,
+                503,
+                started,
+                outcome="rejected",
+                reason="inbox_unavailable",
+                event_id=event_id,
+                content={"error": "inbox_unavailable"},
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        except Exception:
+            # nothing was acknowledged: a 503 makes the sender retry instead of losing the event
+            logger.exception("unexpected error", extra={"fields": {"provider": provider.name, "event_id": event_id}})
+            return finish(
+                provider.name,
+                503,
+                started,
+                outcome="rejected",
+                reason="internal_error",
+                event_id=event_id,
+                content={"error": "internal_error"},
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        return finish(
+            provider.name,
+            200,
+            started,
+            outcome=outcome,
+            event_id=event_id,
+            content={"status": outcome, "event_id": event_id, "duplicate": outcome == "duplicate"},
+        )
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        try:
+            await run_in_threadpool(inbox.ping)
+        except InboxUnavailable:
+            return JSONResponse({"status": "unavailable", "inbox": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if auto_migrate:
+            await run_in_threadpool(inbox.migrate)
+        logger.info("webhook receiver started", extra={"fields": {"providers": sorted(providers)}})
+        try:
+            yield
+        finally:
+            await committer.close()
+            inbox.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/{provider}", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.inbox = inbox
+    app.state.committer = committer
+    app.state.metrics = metrics
+    return app
+
+
+def create_app_from_settings() -> Starlette:
+    """The receiver as configured by the environment; providers without a secret are left out (404)."""
+    inbox_url = settings.webhook_inbox_url()
+    secrets: dict[str, list[str]] = {}
+    schemes: dict[str, str] = {}
+    for name, scheme in PROVIDER_SCHEMES.items():
+        provider_secrets = settings.webhook_secrets(name)
+        if provider_secrets:
+            secrets[name] = provider_secrets
+            schemes[name] = scheme
+        else:
+            logger.warning(
+                "provider disabled: no signing secret",
+                extra={"fields": {"provider": name, "variable": f"MEDALLION_WEBHOOK_SECRETS_{name.upper()}"}},
+            )
+    if not schemes:
+        raise RuntimeError(
+            "no webhook signing secret is configured: set "
+            + " or ".join(f"MEDALLION_WEBHOOK_SECRETS_{name.upper()}" for name in PROVIDER_SCHEMES)
+        )
+    return create_app(
+        inbox_url=inbox_url,
+        secrets=secrets,
+        schemes=schemes,
+        max_body_bytes=settings.webhook_max_body_bytes(),
+        tolerance_seconds=settings.webhook_tolerance_seconds(),
+        auto_migrate=inbox_url.startswith("sqlite"),
+    )
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the receiver with uvicorn until interrupted (``medallion webhooks serve``)."""
+    import uvicorn
+
+    configure_logging()
+    uvicorn.run(
+        create_app_from_settings(),
+        host=host,
+        port=port,
+        log_config=None,  # keep the JSON handler configured above
+        access_log=False,  # every delivery is already logged, with its outcome
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the webhook receiver.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The dbt project against a real bronze Delta table: silver dedup and pseudonymisation, gold SCD2 and
+daily metrics, idempotent partition runs and safe backfills.
+
+dbt runs as a subprocess, as it does under Dagster, so the warehouse file is free when the test reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import PII_KEY, DbtRun, customer, write_bronze_partition
+
+from dagster_project.lib.masking import pii_token
+
+Connect = Callable[[], duckdb.DuckDBPyConnection]
+
+DAY_1 = "2025-01-01"
+DAY_2 = "2025-01-02"
+HEX_64 = re.compile(r"[0-9a-f]{64}")
+
+# Raw PII the fixtures send; none of it may appear anywhere in silver or gold, in any casing.
+RAW_PII = [
+    "ada.lovelace@example.com",
+    "ada.lovelace",
+    "bob@example.org",
+    "cy@example.net",
+    "dee@example.io",
+    "lovelace",
+    "babbage",
+    "charles",
+    "cyril",
+]
+
+
+def window(day: str) -> list[str]:
+    return ["--vars", json.dumps({"min_date": day, "max_date": day})]
+
+
+def day_1_rows() -> list[dict]:
+    return [
+        # Same customer twice in one day: the later change (row 2) wins.
+        customer(1, DAY_1, "2025-01-01T08:00:00", email=" Ada.Lovelace@Example.COM ", row=1),
+        customer(
+            1, DAY_1, "2025-01-01T09:00:00", email="ada.lovelace@example.com",
+            status="inactive", lifetime_value="12.50", row=2,
+        ),
+        customer(2, DAY_1, "2025-01-01T08:00:00", email="bob@example.org", first_name=None,
+                 last_name="Babbage", row=3),
+        # Same customer, same updated_at: the later line of the file wins.
+        customer(3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles",
+                 country_code="FR", row=4),
+        customer(3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles",
+                 country_code="DE", row=5),
+        customer(4, DAY_1, "2025-01-01T10:00:00", email=" Cy@Example.NET ", first_name="Cyril", row=6),
+    ]
+
+
+def day_2_rows() -> list[dict]:
+    return [
+        customer(1, DAY_2, "2025-01-02T08:00:00", email="ada.lovelace@example.com", status="closed",
+                 lifetime_value="15.00", row=1),
+        customer(4, DAY_2, "2025-01-02T09:30:00", email="cy@example.net", first_name="Cyril",
+                 status="inactive", row=2),
+        customer(5, DAY_2, "2025-01-02T11:00:00", email="dee@example.io", first_name=None,
+                 last_name=None, row=3),
+    ]
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def silver_by_id(con: duckdb.DuckDBPyConnection) -> dict[int, dict]:
+    return {r["customer_id"]: r for r in rows(con, "select * from silver.stg_acme__customers")}
+
+
+def table_dump(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
+    """Every silver/gold/snapshot table, sorted, for before/after comparisons."""
+    tables = con.execute(
+        "select table_schema || '.' || table_name from information_schema.tables "
+        "where table_schema in ('silver', 'gold', 'snapshots') order by 1"
+    ).fetchall()
+    return {t: sorted(con.execute(f"select * from {t}").fetchall(), key=repr) for (t,) in tables}
+
+
+@pytest.fixture
+def two_days_loaded(lake: Path, dbt: DbtRun) -> None:
+    write_bronze_partition(lake, DAY_1, day_1_rows())
+    dbt("build", *window(DAY_1))
+    write_bronze_partition(lake, DAY_2, day_2_rows())
+    dbt("build", *window(DAY_2))
+
+
+def test_silver_keeps_the_latest_record_per_customer(lake: Path, dbt: DbtRun, warehouse: Connect) -> None:
+    write_bronze_partition(lake, DAY_1, day_1_rows())
+    dbt("build", *window(DAY_1))
+
+    silver = silver_by_id(warehouse())
+
+    assert sorted(silver) == [1, 2, 3, 4]
+    assert silver[1]["status"] == "inactive"
+    assert silver[1]["lifetime_value"] == Decimal("12.50")
+    assert str(silver[1]["updated_at"]) == "2025-01-01 09:00:00+00:00"
+    assert silver[3]["country_code"] == "DE"
+    assert silver[1]["email_domain"] == "example.com"
+    assert silver[2]["first_name_token"] is None
+    assert silver[2]["last_name_token"] == pii_token("Babbage", PII_KEY.encode())
+
+
+def test_silver_types(lake: Path, dbt: DbtRun, warehouse: Connect) -> None:
+    write_bronze_partition(lake, DAY_1, day_1_rows())
+    dbt("build", *window(DAY_1))
+
+    types = dict(warehouse().execute("select column_name, data_type from information_schema.columns "
+                                     "where table_schema = 'silver' and table_name = 'stg_acme__customers'"
+                                     ).fetchall())
+
+    assert types["lifetime_value"] == "DECIMAL(12,2)"
+    assert types["updated_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["business_date"] == "DATE"
+    assert not {"email", "first_name", "last_name"} & set(types)
+
+
+def test_tokens_are_keyed_hex_and_stable_across_case_and_whitespace(
+    two_days_loaded: None, warehouse: Connect
+) -> None:
+    con = warehouse()
+    tokens = rows(con, "select customer_id, business_date, email_token from silver.stg_acme__customer_versions "
+                       "where customer_id = 4 order by business_date")
+
+    # Day 1 sent " Cy@Example.NET ", day 2 "cy@example.net": one person, one token.
+    assert len(tokens) == 2
+    assert tokens[0]["email_token"] == tokens[1]["email_token"] == pii_token("cy@example.net", PII_KEY.encode())
+    for row in rows(con, "select email_token, first_name_token, last_name_token from silver.stg_acme__customers"):
+        for token in row.values():
+            assert token is None or HEX_64.fullmatch(token)
+
+
+def test_no_raw_pii_in_the_warehouse(two_days_loaded: None, warehouse: Connect) -> None:
+    con = warehouse()
+    tables = [t for (t,) in con.execute(
+        "select table_schema || '.' || table_name from information_schema.tables").fetchall()]
+
+    # Bronze is only borrowed for the run: the on-run-end hook drops the copy.
+    assert not [t for t in tables if not t.startswith(("silver.", "gold.", "snapshots."))]
+    for table in tables:
+        for row in con.execute(f"select * from {table}").fetchall():
+            for value in row:
+                text = str(value).lower()
+                leaked = [pii for pii in RAW_PII if pii in text]
+                assert not leaked, f"raw PII {leaked} in {table}"
+
+
+def test_gold_scd2_history_after_a_second_day(two_days_loaded: None, warehouse: Connect) -> None:
+    con = warehouse()
+
+    assert rows(con, "select customer_id, count(*) as n from gold.dim_customers where is_current "
+                     "group by 1 having count(*) <> 1") == []
+    assert [r["customer_id"] for r in rows(con, "select distinct customer_id from gold.dim_customers "
+                                                "order by 1")] == [1, 2, 3, 4, 5]
+    history = rows(con, "select status, lifetime_value, cast(valid_from as varchar) as valid_from, "
+                        "cast(valid_to as varchar) as valid_to, is_current "
+                        "from gold.dim_customers where customer_id = 1 order by valid_from")
+    assert history == [
+        {"status": "inactive", "lifetime_value": Decimal("12.50"), "valid_from": "2025-01-01 09:00:00+00",
+         "valid_to": "2025-01-02 08:00:00+00", "is_current": False},
+        {"status": "closed", "lifetime_value": Decimal("15.00"), "valid_from": "2025-01-02 08:00:00+00",
+         "valid_to": None, "is_current": True},
+    ]
+
+
+def test_daily_metrics(two_days_loaded: None, warehouse: Connect) -> None:
+    metrics = rows(warehouse(), "select * from gold.fct_customer_daily_metrics order by business_date")
+
+    assert [(str(m["business_date"]), m["customers_changed"], m["customers_new"], m["customers_updated"],
+             m["customers_total_at_end_of_day"], m["customers_active_at_end_of_day"]) for m in metrics] == [
+        # day 1: 1 inactive, 2, 3, 4 active
+        (DAY_1, 4, 4, 0, 4, 3),
+        # day 2: 1 closed, 4 inactive, 5 new and active -> 2, 3, 5 active
+        (DAY_2, 3, 1, 2, 5, 3),
+    ]
+
+
+def test_rerunning_the_same_window_changes_nothing(
+    two_days_loaded: None, dbt: DbtRun, warehouse: Connect
+) -> None:
+    con = warehouse()
+    before = table_dump(con)
+    con.close()
+
+    dbt("build", *window(DAY_2))
+
+    assert table_dump(warehouse()) == before
+
+
+def test_backfilling_an_old_day_never_overwrites_newer_records(
+    lake: Path, two_days_loaded: None, dbt: DbtRun, warehouse: Connect
+) -> None:
+    # Day 1 is re-delivered: customer 1 with an older change than its day-2 record, customer 2 corrected.
+    redelivered = [r for r in day_1_rows() if r["customer_id"] != 2]
+    redelivered[1] = customer(1, DAY_1, "2025-01-01T09:00:00", email="ada.lovelace@example.com",
+                              status="active", lifetime_value="99.00", row=2)
+    redelivered.append(customer(2, DAY_1, "2025-01-01T08:00:00", email="bob@example.org", first_name=None,
+                                last_name="Babbage", lifetime_value="42.00", row=3))
+    write_bronze_partition(lake, DAY_1, redelivered)
+
+    dbt("build", *window(DAY_1))
+
+    con = warehouse()
+    silver = silver_by_id(con)
+    assert silver[1]["status"] == "closed"
+    assert silver[1]["lifetime_value"] == Decimal("15.00")
+    assert silver[2]["lifetime_value"] == Decimal("42.00")
+    assert rows(con, "select count(*) as n from silver.stg_acme__customer_versions "
+                     "where business_date = '2025-01-01'") == [{"n": 4}]
+    current = rows(con, "select status from gold.dim_customers where customer_id = 1 and is_current")
+    assert current == [{"status": "closed"}]
+
+
+def test_incremental_runs_match_a_full_refresh(two_days_loaded: None, dbt: DbtRun, warehouse: Connect) -> None:
+    con = warehouse()
+    incremental = {t: v for t, v in table_dump(con).items() if t.startswith("silver.")}
+    con.close()
+
+    dbt("build", "--full-refresh", "--select", "path:models/staging")
+
+    rebuilt = {t: v for t, v in table_dump(warehouse()).items() if t.startswith("silver.")}
+    assert rebuilt == incremental
+
+
+def test_missing_key_fails_clearly_and_the_key_is_never_written(
+    lake: Path, dbt: DbtRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_bronze_partition(lake, DAY_1, day_1_rows())
+    dbt("build", *window(DAY_1))
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".sql", ".msgpack"}]
+    assert written
+    assert not [p for p in written if PII_KEY.encode() in p.read_bytes()]
+
+    monkeypatch.delenv("MEDALLION_PII_HMAC_KEY")
+    result = dbt("build", *window(DAY_1), check=False)
+
+    assert result.returncode != 0
+    assert "MEDALLION_PII_HMAC_KEY is not set" in result.stdout
+
+
+def test_window_vars_are_validated(lake: Path, dbt: DbtRun) -> None:
+    write_bronze_partition(lake, DAY_1, day_1_rows())
+    dbt("build", *window(DAY_1))
+
+    result = dbt("build", "--vars", json.dumps({"min_date": DAY_1}), check=False)
+
+    assert result.returncode != 0
+    assert "min_date and max_date must be given together" in result.stdout
