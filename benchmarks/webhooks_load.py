@@ -203,6 +203,9 @@ async def _drive(
             else:
                 if 200 <= response.status_code < 300:
                     stats.latencies.append(time.perf_counter() - sent)
+                    killed = timeline.get("killed")
+                    if killed is not None and sent > killed and stats.first_ack_after_kill is None:
+                        stats.first_ack_after_kill = time.perf_counter()
                     return str(response.json()["status"])
                 stats.failures[f"http_{response.status_code}"] += 1
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jittered, like a PSP's retry schedule
@@ -216,8 +219,6 @@ async def _drive(
                 stats.outcomes[("resend:" if is_duplicate else "first:") + outcome] += 1
                 stats.acknowledged.add(events[index][0])
                 stats.acks += 1
-                if "killed" in timeline and stats.first_ack_after_kill is None:
-                    stats.first_ack_after_kill = time.perf_counter()
                 if stats.acks >= total_deliveries // 2:
                     half_way.set()
                 if index in duplicates and not is_duplicate:

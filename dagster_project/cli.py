@@ -21,8 +21,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(days=args.days)
     print(summary.render())
-    failed = [g for g in summary.gates if not g[2]]
-    return 1 if failed else 0
+    return 1 if summary.failed_runs else 0
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:

@@ -29,3 +29,26 @@ def sftp_client(sftp_server: EmbeddedSftpServer) -> Iterator[SftpClient]:
         backoff_seconds=0.05,
     ) as client:
         yield client
+
+
+@pytest.fixture
+def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every path the platform writes points into this test's temporary folder."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("MEDALLION_DATA_DIR", str(data))
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(data / "lake"))
+    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(data / "warehouse.duckdb"))
+    monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))
+    monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", "test-only-hmac-key")
+    return data
+
+
+@pytest.fixture
+def sftp_env(platform_env: Path, sftp_server: EmbeddedSftpServer, monkeypatch: pytest.MonkeyPatch) -> EmbeddedSftpServer:
+    """The platform's SFTP settings point at the test's embedded server."""
+    monkeypatch.setenv("MEDALLION_SFTP_HOST", sftp_server.host)
+    monkeypatch.setenv("MEDALLION_SFTP_PORT", str(sftp_server.port))
+    monkeypatch.setenv("MEDALLION_SFTP_USER", sftp_server.username)
+    monkeypatch.setenv("MEDALLION_SFTP_PRIVATE_KEY", str(sftp_server.client_key_path))
+    monkeypatch.setenv("MEDALLION_SFTP_KNOWN_HOSTS", str(sftp_server.known_hosts_path))
+    return sftp_server

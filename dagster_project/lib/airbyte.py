@@ -211,9 +211,7 @@ class AirbyteClient:
         if running is not None:
             job, attached, owned = running, True, False
         else:
-            known = {j.job_id for j in recent}
-            job, attached = self._trigger(connection_id, known, deadline)
-            owned = True
+            job, attached, owned = self._trigger(connection_id, {j.job_id for j in recent}, deadline)
 
         job = self._wait(connection_id, job, deadline, cancel=owned and self.cancel_on_timeout)
         status = _status(job)
@@ -279,10 +277,9 @@ class AirbyteClient:
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _trigger(
-        self, connection_id: str, known: set[int], deadline: float
-    ) -> tuple[models.JobResponse, bool]:
-        """Create one sync job; returns it and whether it was adopted rather than created by this call."""
+    def _trigger(self, connection_id: str, known: set[int], deadline: float) -> tuple[models.JobResponse, bool, bool]:
+        """Create one sync job. Returns it, whether it was adopted (found by listing rather than returned
+        by the create call), and whether this call started it (and so may cancel it)."""
         request = models.JobCreateRequest(connection_id=connection_id, job_type=models.JobTypeEnum.SYNC)
         failures = 0
         while True:
@@ -297,14 +294,14 @@ class AirbyteClient:
                     # The create may have reached Airbyte: adopt the job it started rather than start another.
                     adopted = self._new_job(connection_id, known, deadline)
                     if adopted is not None:
-                        return adopted, True
+                        return adopted, True, True
                 continue
             except _Rejected as exc:
                 if exc.status_code == 409:
                     # A sync is already running (another trigger won the race): wait for that job.
                     adopted = self._new_job(connection_id, known, deadline, active_only=True)
                     if adopted is not None:
-                        return adopted, True
+                        return adopted, True, False
                 raise AirbyteSyncError(
                     f"Airbyte refused to trigger a sync of connection {connection_id}: {exc.reason}",
                     connection_id=connection_id,
@@ -314,7 +311,7 @@ class AirbyteClient:
                     f"Airbyte returned no job when triggering connection {connection_id}",
                     connection_id=connection_id,
                 )
-            return response.job_response, False
+            return response.job_response, False, True
 
     def _new_job(
         self, connection_id: str, known: set[int], deadline: float, *, active_only: bool = False
@@ -447,8 +444,7 @@ class AirbyteClient:
     ) -> None:
         if failures > self.retries:
             raise AirbyteSyncError(
-                f"Airbyte API call '{what}' for connection {connection_id} failed {failures} times; "
-                f"last: {reason}",
+                f"Airbyte API call '{what}' for connection {connection_id} failed {failures} times; last: {reason}",
                 connection_id=connection_id,
                 job_id=job_id,
             )

@@ -93,9 +93,7 @@ def record_schema(data_schema: pa.Schema) -> pa.Schema:
 def record_files(directory: str | Path) -> list[Path]:
     """Record files under `directory` (recursively), in a stable order."""
     root = Path(directory)
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(_RECORD_SUFFIXES)
-    )
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(_RECORD_SUFFIXES))
 
 
 def read_airbyte_records(
@@ -130,9 +128,7 @@ def read_airbyte_records(
         yield _to_batch(rows, schema, on_unknown_column)
 
 
-def deduplicate_latest(
-    table: pa.Table, key: str | Sequence[str], *, order_column: str | None = None
-) -> pa.Table:
+def deduplicate_latest(table: pa.Table, key: str | Sequence[str], *, order_column: str | None = None) -> pa.Table:
     """One row per key: the latest `_airbyte_extracted_at`, then highest generation, then last delivered.
 
     "Last delivered" is the row position, or `order_column` when given (ascending = delivered earlier).
@@ -152,7 +148,7 @@ def deduplicate_latest(
     sort_keys = [(k, "ascending") for k in keys] + [(EXTRACTED_AT, "descending")]
     if GENERATION_ID in work.column_names:
         sort_keys.append((GENERATION_ID, "descending"))
-    sort_keys.append((tiebreak, "descending"))
+    sort_keys.append((tiebreak, "ascending"))
     ordered = work.take(pc.sort_indices(work, sort_keys=sort_keys))  # nulls sort last
     n = ordered.num_rows
     first = None
@@ -384,9 +380,7 @@ def _meta(value: Any, file: str, line: int) -> dict[str, Any] | None:
         raise AirbyteRecordError(file, line, f"{META}.changes must be a list of objects")
     return {
         "sync_id": value.get("sync_id"),
-        "changes": [
-            {"field": c.get("field"), "change": c.get("change"), "reason": c.get("reason")} for c in changes
-        ],
+        "changes": [{"field": c.get("field"), "change": c.get("change"), "reason": c.get("reason")} for c in changes],
     }
 
 

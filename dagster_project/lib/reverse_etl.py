@@ -129,9 +129,7 @@ def _sync(
         return SyncStats()
 
     with engine.connect() as conn:
-        state: dict[Any, str] = {
-            k: h for k, h in conn.execute(sa.select(target.c[key], target.c[ROW_HASH])).tuples()
-        }
+        state: dict[Any, str] = {k: h for k, h in conn.execute(sa.select(target.c[key], target.c[ROW_HASH])).tuples()}
     if not first_batch and state and not allow_empty_source:
         raise ReverseEtlError(
             f"the source is empty and {table_name} has {len(state)} rows: refusing to delete them all "
@@ -158,9 +156,7 @@ def _sync(
     column_set = set(columns)
     for position, row in enumerate(_chain(first_batch, source), start=1):
         if set(row) != column_set:
-            raise ReverseEtlError(
-                f"source row {position} has columns {sorted(row)}, expected {sorted(columns)}"
-            )
+            raise ReverseEtlError(f"source row {position} has columns {sorted(row)}, expected {sorted(columns)}")
         k = row[key]
         if k is None:
             raise ReverseEtlError(f"source row {position} has no value for key {key!r}")
@@ -232,9 +228,7 @@ def _target_table(
     return table
 
 
-def _check_existing(
-    inspector: sa.Inspector, table: sa.Table, schema: str | None, key: str, columns: list[str]
-) -> None:
+def _check_existing(inspector: sa.Inspector, table: sa.Table, schema: str | None, key: str, columns: list[str]) -> None:
     where = f"{schema + '.' if schema else ''}{table.name}"
     missing = [c for c in [*columns, ROW_HASH] if c not in table.c]
     if missing:
@@ -247,9 +241,7 @@ def _check_existing(
         tuple(i["column_names"]) for i in inspector.get_indexes(table.name, schema=schema) if i.get("unique")
     ]
     if (key,) not in unique_sets:
-        raise ReverseEtlError(
-            f"target table {where} needs a primary key or unique constraint on {key!r} for upserts"
-        )
+        raise ReverseEtlError(f"target table {where} needs a primary key or unique constraint on {key!r} for upserts")
 
 
 def _column_types(

@@ -109,7 +109,7 @@ def write_customer_files(
         rows[1]["last_name"] = "Smith,\nJr."
         reasons: list[str] = []
         for k, (mutate, reason) in enumerate(DEFECTS[day_index % 3 :][:4]):
-            victim = rows[5 + k * 11]
+            victim = rows[2 + k * max(1, (len(rows) - 3) // 4)]  # never the first two rows or the last
             mutate(victim)
             reasons.append(reason)
         header = list(spec.column_names)

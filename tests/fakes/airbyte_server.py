@@ -209,9 +209,7 @@ class FakeAirbyteServer:
         with self._lock:
             self._scripts.append(script)
 
-    def add_job(
-        self, connection_id: str, *, status: str = "running", script: JobScript | None = None
-    ) -> int:
+    def add_job(self, connection_id: str, *, status: str = "running", script: JobScript | None = None) -> int:
         """Seed a job as if someone else had triggered it (e.g. Airbyte's own schedule)."""
         with self._lock:
             job = self._new_job(connection_id, "sync", script or JobScript())
@@ -370,9 +368,7 @@ class FakeAirbyteServer:
         with self._lock:
             busy = any(j.connection_id == connection_id and j.status in ACTIVE for j in self._jobs.values())
             if busy and self.conflict_when_running:
-                return self._respond(
-                    rec, 409, {"message": f"A sync is already running for: {connection_id}"}
-                )
+                return self._respond(rec, 409, {"message": f"A sync is already running for: {connection_id}"})
             script = self._scripts.popleft() if self._scripts else self.default_script
             job = self._new_job(connection_id, job_type, script)
             payload = job.as_json()

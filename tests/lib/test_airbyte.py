@@ -27,9 +27,7 @@ def server() -> Iterator[FakeAirbyteServer]:
 
 
 def client_for(server: FakeAirbyteServer, **overrides: float) -> AirbyteClient:
-    options: dict = dict(
-        timeout=2, poll_interval=0.02, max_poll_interval=0.05, max_wait=10, retries=5, backoff=0.01
-    )
+    options: dict = dict(timeout=2, poll_interval=0.02, max_poll_interval=0.05, max_wait=10, retries=5, backoff=0.01)
     options.update(overrides)
     return AirbyteClient(server.url, server.client_id, server.client_secret, **options)
 

@@ -116,6 +116,7 @@ def test_dedup_keeps_the_latest_extraction_per_order(tmp_path: Path) -> None:
     for row in rows:
         want = expected[row["order_id"]]
         assert row["status"] == want["status"]
+        assert row["_airbyte_raw_id"] == want["_airbyte_raw_id"]  # exact re-sends: the last one delivered
         assert int(row["_airbyte_extracted_at"].timestamp() * 1000) == want["_airbyte_extracted_at"]
     # Some orders did progress between deliveries, so the test exercises "latest wins".
     first_seen = {}
@@ -152,9 +153,7 @@ def test_dedup_on_a_composite_key() -> None:
 
 
 def test_dedup_refuses_null_keys() -> None:
-    table = pa.table(
-        {"order_id": [1, None], "_airbyte_extracted_at": pa.array([1, 2], pa.timestamp("ms", tz="UTC"))}
-    )
+    table = pa.table({"order_id": [1, None], "_airbyte_extracted_at": pa.array([1, 2], pa.timestamp("ms", tz="UTC"))})
     with pytest.raises(ValueError, match="null"):
         deduplicate_latest(table, "order_id")
 

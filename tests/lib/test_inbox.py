@@ -188,3 +188,17 @@ def test_unreachable_postgres_raises_inbox_unavailable():
 
 def test_repr_never_shows_the_body():
     assert "4242" not in repr(_event(body=b'{"card":"4242424242424242"}'))
+
+
+def test_store_many_commits_a_batch_with_outcomes_in_order(inbox: Inbox):
+    inbox.store(_event("evt_0"))
+    batch = [
+        _event("evt_1"),
+        _event("evt_0"),
+        _event("evt_1"),
+        _event("evt_0", body=b'{"changed":true}'),
+        _event("evt_2"),
+    ]
+    assert inbox.store_many(batch) == ["stored", "duplicate", "duplicate", "conflict", "stored"]
+    assert [e.event_id for e in inbox.read_since(0)] == ["evt_0", "evt_1", "evt_2"]
+    assert inbox.store_many([]) == []

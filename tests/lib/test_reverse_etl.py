@@ -214,7 +214,8 @@ def test_bad_sources_are_refused_before_writing(target: Target) -> None:
         sync_rows(target.engine, target.table, [{"id": 1}], "customer_id")
     sync_rows(target.engine, target.table, scores(2), "customer_id")
     with pytest.raises(ReverseEtlError, match="are str but the target's are int"):
-        sync_rows(target.engine, target.table, [{**r, "customer_id": str(r["customer_id"])} for r in scores(2)], "customer_id")
+        as_text = [{**r, "customer_id": str(r["customer_id"])} for r in scores(2)]
+        sync_rows(target.engine, target.table, as_text, "customer_id")
     with pytest.raises(ReverseEtlError, match=r"lacks column\(s\) \['tier'\]"):
         sync_rows(target.engine, target.table, [{**r, "tier": 1} for r in scores(2)], "customer_id")
     assert sorted(target.rows()) == [1, 2]
@@ -236,7 +237,8 @@ def test_an_existing_table_without_a_unique_key_is_refused(target: Target) -> No
     schema = target.qualified.rsplit(".", 1)[0] if "." in target.qualified else None
     if schema:
         target.execute(f'create schema "{schema}"')
-    target.execute(f"create table {target.qualified} (customer_id bigint, segment text, {ROW_HASH} text)")
+    columns = f"customer_id bigint, segment text, score bigint, email_token text, {ROW_HASH} text"
+    target.execute(f"create table {target.qualified} ({columns})")
     with pytest.raises(ReverseEtlError, match="primary key or unique constraint"):
         sync_rows(target.engine, target.table, scores(1), "customer_id")
 

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import json
 import logging
@@ -6,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,9 +16,10 @@ import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
 
-from dagster_project.lib.inbox import migrate, sha256_hex
+from dagster_project.lib.inbox import InboundEvent, InboxUnavailable, migrate, sha256_hex
 from dagster_project.lib.signatures import sign_standard, sign_stripe
 from dagster_project.services.webhook_receiver import (
+    GroupCommitter,
     JsonLogFormatter,
     create_app,
     create_app_from_settings,
@@ -364,6 +367,52 @@ async def test_unreachable_postgres_is_503():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
         await _assert_refused(await post_stripe(client, stripe_body()), 503, "inbox_unavailable")
     app.state.inbox.dispose()
+
+
+# --- group commit -----------------------------------------------------------------------------------------
+
+
+async def test_concurrent_deliveries_share_commits_and_are_all_stored(app: Starlette, client: httpx.AsyncClient):
+    batch_sizes: list[int] = []
+    inbox = app.state.inbox
+    store_many = inbox.store_many
+
+    def recording_store_many(events):
+        batch_sizes.append(len(events))
+        return store_many(events)
+
+    inbox.store_many = recording_store_many
+    bodies = [stripe_body(f"evt_{i}") for i in range(60)] + [stripe_body("evt_0")] * 5
+    responses = await asyncio.gather(*(post_stripe(client, body) for body in bodies))
+    assert all(r.status_code == 200 for r in responses)
+    assert sorted(r.json()["status"] for r in responses).count("duplicate") == 5
+    assert inbox.count() == 60
+    assert sum(batch_sizes) == len(bodies)
+    assert max(batch_sizes) > 1
+
+
+async def test_an_unstorable_event_does_not_fail_its_batch():
+    class FlakyInbox:
+        def __init__(self) -> None:
+            self.stored: list[str] = []
+
+        def store_many(self, events):
+            if any(e.event_id == "evt_bad" for e in events):
+                raise InboxUnavailable("inbox unavailable (DataError)")
+            self.stored += [e.event_id for e in events]
+            return ["stored"] * len(events)
+
+    inbox = FlakyInbox()
+    committer = GroupCommitter(inbox)  # type: ignore[arg-type]
+    events = [
+        InboundEvent("stripe", event_id, "t", datetime(2025, 11, 5, tzinfo=UTC), b"{}")
+        for event_id in ["evt_1", "evt_bad", "evt_2", "evt_3"]
+    ]
+    results = await asyncio.gather(*(committer.store(e) for e in events), return_exceptions=True)
+    await committer.close()
+    assert results[0] == results[2] == results[3] == "stored"
+    assert isinstance(results[1], InboxUnavailable)
+    assert sorted(inbox.stored) == ["evt_1", "evt_2", "evt_3"]
 
 
 # --- observability ----------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def build_landing_asset(spec: FeedSpec) -> dg.AssetsDefinition:
                     layout,
                     name,
                     landing_root=lake.landing_root(),
-                    staging_dir=lake.staging_dir(context.run_id),
+                    staging_dir=lake.staging_dir(context.run.run_id),
                     source_uri=sftp.uri(f"{layout.inbox}/{name}"),
                 )
                 log = context.log.info if outcome.accepted else context.log.error
@@ -134,7 +134,7 @@ def build_bronze_assets(spec: FeedSpec) -> dg.AssetsDefinition:
             business_date=business_date,
             bronze_path=lake.bronze_path(spec.name),
             quarantine_path=lake.quarantine_path(spec.name),
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
         if load.quarantined:
             context.log.warning(

@@ -1,0 +1,207 @@
+"""The SFTP intake against a real SFTP server on loopback and a real Dagster instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from deltalake import DeltaTable
+
+from dagster_project.definitions import defs as load_defs
+from dagster_project.defs.sftp.resources import SftpResource
+from dagster_project.lib.checksums import crc32_hex
+from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.sample_data import write_customer_files
+from dagster_project.lib.sftp import HostKeyRefused
+from dagster_project.services.sftp_server import EmbeddedSftpServer
+
+pytestmark = pytest.mark.sftp
+
+DAYS = [dt.date(2025, 11, 3), dt.date(2025, 11, 4)]
+
+
+class Intake:
+    """Drives the inbox sensor and the intake runs the way the daemon would."""
+
+    def __init__(self, server: EmbeddedSftpServer, lake: Path):
+        self.server = server
+        self.inbox = server.root / "inbox"
+        self.lake = lake
+        self.defs = load_defs()
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.cursor: str | None = None
+
+    def tick(self, resource: SftpResource | None = None) -> list[dg.RunRequest]:
+        sensor = self.defs.resolve_sensor_def("sftp_inbox_sensor")
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"sftp": resource or SftpResource()}
+        )
+        result = sensor(context)
+        self.cursor = result.cursor
+        return list(result.run_requests or [])
+
+    def take_all(self) -> list[dg.ExecuteInProcessResult]:
+        """Two looks at the inbox (a file must hold still between them), then every requested run."""
+        requests = self.tick() + self.tick()
+        return [self.run(r) for r in requests]
+
+    def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def(request.job_name)
+        return job.execute_in_process(
+            instance=self.instance, partition_key=request.partition_key, run_config=request.run_config,
+            tags=request.tags,
+        )
+
+    def bronze(self) -> list[dict]:
+        return DeltaTable(str(self.lake / "bronze" / "customers")).to_pyarrow_table().to_pylist()
+
+    def quarantine(self) -> list[dict]:
+        return DeltaTable(str(self.lake / "quarantine" / "customers")).to_pyarrow_table().to_pylist()
+
+
+@pytest.fixture
+def intake(sftp_env: EmbeddedSftpServer, platform_env: Path) -> Intake:
+    return Intake(sftp_env, platform_env / "lake")
+
+
+def _files(tmp_path: Path):
+    return write_customer_files(tmp_path / "generated", DAYS, customers=60, changes_per_day=20)
+
+
+def test_good_rows_land_and_bad_rows_are_quarantined_with_reasons(intake: Intake, tmp_path: Path):
+    files = _files(tmp_path)
+    for f in files:
+        (intake.inbox / f.path.name).write_bytes(f.path.read_bytes())
+
+    runs = intake.take_all()
+
+    assert [r.success for r in runs] == [True, True]
+    bronze, quarantine = intake.bronze(), intake.quarantine()
+    for f in files:
+        day = dt.date.fromisoformat(f.business_date)
+        assert sum(r["business_date"] == day for r in bronze) == f.good
+        rejected = [r for r in quarantine if r["business_date"] == day]
+        assert len(rejected) == f.bad
+        assert sorted(reason for r in rejected for reason in r["_reasons"]) == sorted(f.reasons)
+        assert all(r["_source_file"] == f.path.name and r["_raw_record"] for r in rejected)
+    # Received = bronze + quarantined, as the run reports it.
+    for run, f in zip(runs, files, strict=True):
+        metadata = run.asset_materializations_for_node("bronze_customers")[0].metadata
+        assert metadata["received"].value == f.records
+        assert metadata["loaded"].value == f.good
+        assert metadata["quarantined"].value == f.bad
+    # Every taken file is archived, nothing is left in the inbox.
+    assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted(f.path.name for f in files)
+    assert list(intake.inbox.iterdir()) == []
+
+
+def test_partial_upload_is_not_taken_until_complete(intake: Intake, tmp_path: Path):
+    f = _files(tmp_path)[0]
+    partial = intake.inbox / f"{f.path.name}.part"
+    partial.write_bytes(f.path.read_bytes()[:100])
+
+    assert intake.tick() == [] and intake.tick() == []
+
+    partial.rename(intake.inbox / f.path.name)
+    assert intake.tick() == []  # first sighting under its final name: wait one more look
+    [request] = intake.tick()
+    assert request.partition_key == f.business_date
+    assert request.tags["medallion/file"] == f.path.name
+
+
+def test_file_still_growing_waits_until_its_size_holds(intake: Intake, tmp_path: Path):
+    f = _files(tmp_path)[0]
+    data = f.path.read_bytes()
+    target = intake.inbox / f.path.name
+    target.write_bytes(data[: len(data) // 2])
+    assert intake.tick() == []
+    with target.open("ab") as fh:
+        fh.write(data[len(data) // 2 :])
+    assert intake.tick() == []  # size changed since the last look
+    assert len(intake.tick()) == 1
+
+
+def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
+    f = _files(tmp_path)[0]
+    data = f.path.read_bytes()
+    again = CUSTOMERS.file_name(f.business_date, 2, crc32_hex(data))
+    (intake.inbox / f.path.name).write_bytes(data)
+    (intake.inbox / again).write_bytes(data)
+
+    runs = intake.take_all()
+
+    assert len(runs) == 2 and all(r.success for r in runs)
+    assert len(intake.bronze()) == f.good
+    landed = [p.name for p in (intake.lake / "landing" / "customers").rglob("*.csv")]
+    assert len(landed) == 1
+    assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted([f.path.name, again])
+
+
+def test_broken_name_is_quarantined_with_its_reason(intake: Intake, tmp_path: Path):
+    f = _files(tmp_path)[0]
+    (intake.inbox / "acme_customers_latest.csv").write_bytes(f.path.read_bytes())
+
+    assert intake.tick() == []
+
+    quarantine = intake.server.root / "quarantine"
+    assert (quarantine / "acme_customers_latest.csv").exists()
+    reason = (quarantine / "acme_customers_latest.csv.reason.txt").read_text()
+    assert "acme_customers_latest.csv" in reason and "naming contract" in reason
+    assert list(intake.inbox.iterdir()) == []
+
+
+def test_wrong_crc_is_quarantined_and_nothing_lands(intake: Intake, tmp_path: Path):
+    f = _files(tmp_path)[0]
+    wrong = CUSTOMERS.file_name(f.business_date, 1, "DEADBEEF")
+    (intake.inbox / wrong).write_bytes(f.path.read_bytes())
+
+    [run] = intake.take_all()
+
+    [check] = run.get_asset_check_evaluations()
+    assert check.check_name == "files_accepted" and not check.passed
+    assert wrong in check.description and "CRC32" in check.description and "DEADBEEF" in check.description
+    assert (intake.server.root / "quarantine" / wrong).exists()
+    assert not list((intake.lake / "landing").rglob("*.csv"))
+
+
+def test_unknown_column_rejects_the_file_naming_the_column(intake: Intake, tmp_path: Path):
+    text = "customer_id,email,loyalty_tier\n1,a@example.com,gold\n"
+    data = text.encode()
+    name = CUSTOMERS.file_name("2025-11-03", 1, crc32_hex(data))
+    (intake.inbox / name).write_bytes(data)
+
+    [run] = intake.take_all()
+
+    [check] = run.get_asset_check_evaluations()
+    assert not check.passed and "loyalty_tier" in check.description and name in check.description
+    reason = (intake.server.root / "quarantine" / f"{name}.reason.txt").read_text()
+    assert "unknown column(s) loyalty_tier" in reason
+
+
+def test_unknown_host_key_is_refused(intake: Intake, tmp_path: Path):
+    other = tmp_path / "other_known_hosts"
+    with EmbeddedSftpServer(tmp_path / "other" / "root", tmp_path / "other" / "keys") as imposter:
+        other.write_text(imposter.known_hosts_path.read_text().replace(str(imposter.port), str(intake.server.port)))
+    with pytest.raises(HostKeyRefused, match="not in the pinned known_hosts"):
+        intake.tick(SftpResource(known_hosts_path=str(other)))
+
+
+def test_rematerializing_a_partition_changes_nothing(intake: Intake, tmp_path: Path):
+    for f in _files(tmp_path):
+        (intake.inbox / f.path.name).write_bytes(f.path.read_bytes())
+    intake.take_all()
+    volatile = {"_ingested_at", "_run_id"}
+
+    def stable(rows: list[dict]) -> list[tuple]:
+        return sorted(tuple((k, v) for k, v in sorted(r.items()) if k not in volatile) for r in rows)
+
+    before_bronze, before_quarantine = stable(intake.bronze()), stable(intake.quarantine())
+    job = intake.defs.resolve_job_def("customers_intake")
+    for _ in range(2):
+        for day in DAYS:
+            job.execute_in_process(instance=intake.instance, partition_key=day.isoformat())
+
+    assert stable(intake.bronze()) == before_bronze
+    assert stable(intake.quarantine()) == before_quarantine
