@@ -148,7 +148,7 @@ def deduplicate_latest(table: pa.Table, key: str | Sequence[str], *, order_colum
     sort_keys = [(k, "ascending") for k in keys] + [(EXTRACTED_AT, "descending")]
     if GENERATION_ID in work.column_names:
         sort_keys.append((GENERATION_ID, "descending"))
-    sort_keys.append((tiebreak, "ascending"))
+    sort_keys.append((tiebreak, "descending"))
     ordered = work.take(pc.sort_indices(work, sort_keys=sort_keys))  # nulls sort last
     n = ordered.num_rows
     first = None

@@ -70,7 +70,8 @@ class FeedSpec:
         return re.compile(
             rf"^{re.escape(self.system)}_{re.escape(self.entity)}_"
             r"(?P<business_date>\d{4}-\d{2}-\d{2})_seq-(?P<sequence>\d{5})_crc32-(?P<crc32>[0-9A-Fa-f]{8})"
-            rf"\.{re.escape(self.extension)}$"
+            rf"\.{re.escape(self.extension)}\Z",
+            re.ASCII,  # `\d` is [0-9] only, and `\Z` (unlike `$`) does not accept a trailing newline
         )
 
     def file_name(self, business_date: str, sequence: int, crc32_hex: str) -> str:

@@ -170,12 +170,17 @@ def create_inbox_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engi
         )
         _configure_sqlite(engine, busy_timeout_seconds)
         return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # an unreachable server must turn into a quick 503, not a request stuck in a TCP timeout
+        connect_args["connect_timeout"] = 10
     return sa.create_engine(
         parsed,
         hide_parameters=True,  # bodies are parameters: keep them out of error messages and logs
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
+        connect_args=connect_args,
     )
 
 

@@ -92,7 +92,7 @@ def land_file(
     target_dir = partition_dir(landing_root, parsed.feed.name, parsed.business_date)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / parsed.file_name
-    if target.exists():
+    if target.exists() and digest_file(target).sha256 != digest.sha256:
         raise FileExistsError(
             f"{parsed.file_name}: already landed with different content; landing is immutable"
         )
@@ -110,7 +110,11 @@ def land_file(
         received_at=received_at.astimezone(dt.UTC).isoformat(),
         landed_path=str(target),
     )
-    shutil.move(staged, target)
+    if target.exists():
+        # Same bytes, but no manifest: an earlier attempt stopped after the move. Finish that landing.
+        staged.unlink()
+    else:
+        shutil.move(staged, target)
     target.chmod(0o444)
     # The manifest is written last and atomically: a file without a manifest is not landed yet.
     tmp = target_dir / f".{parsed.file_name}{MANIFEST_SUFFIX}.tmp"

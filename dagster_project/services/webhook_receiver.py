@@ -200,8 +200,21 @@ class GroupCommitter:
             if len(batch) == 1:
                 _settle(batch[0][1], error=error)
                 return
-            for item in batch:
-                await self._commit([item])
+            # one at a time; two failures in a row mean the inbox itself is down, so stop hammering it
+            failures_in_a_row = 0
+            for event, future in batch:
+                if failures_in_a_row >= 2:
+                    _settle(future, error=error)
+                    continue
+                try:
+                    [outcome] = await run_in_threadpool(self._inbox.store_many, [event])
+                except Exception as single_error:
+                    failures_in_a_row += 1
+                    error = single_error
+                    _settle(future, error=single_error)
+                else:
+                    failures_in_a_row = 0
+                    _settle(future, result=outcome)
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, result=outcome)
@@ -223,7 +236,8 @@ async def _read_body(request: Request, max_body_bytes: int) -> bytes:
     """The raw body, refusing (and no longer reading) anything past `max_body_bytes`."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        declared = declared.strip()
+        if not declared.isascii() or not declared.isdigit():
             raise Rejected(400, "malformed_content_length")
         if int(declared) > max_body_bytes:
             raise Rejected(413, "body_too_large")

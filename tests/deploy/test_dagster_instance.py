@@ -5,8 +5,6 @@ launcher swapped for the default one (there is no cluster here) - which is exact
 instance, so both files are exercised.
 """
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Any
@@ -235,6 +233,7 @@ def test_production_instance_launches_runs_as_kubernetes_jobs(
     monkeypatch.setenv("DAGSTER_K8S_INSTANCE_CONFIG_MAP", "dagster-instance")
     monkeypatch.setenv("DAGSTER_K8S_PG_PASSWORD_SECRET", "dagster-postgresql-secret")
     monkeypatch.setenv("DAGSTER_K8S_JOB_NAMESPACE", "medallion")
+    monkeypatch.setenv("DAGSTER_K8S_SERVICE_ACCOUNT", "medallion-runs")
     monkeypatch.setenv("DAGSTER_HOME", "/opt/dagster/dagster_home")
 
     with _instance(_load(repo_root / POSTGRES_YAML), tmp_path / "home") as instance:
@@ -243,5 +242,6 @@ def test_production_instance_launches_runs_as_kubernetes_jobs(
         assert launcher.instance_config_map == "dagster-instance"
         assert launcher.postgres_password_secret == "dagster-postgresql-secret"
         assert launcher.job_namespace == "medallion"
+        assert launcher.service_account_name == "medallion-runs"
         assert launcher.dagster_home == "/opt/dagster/dagster_home"
         assert launcher.fail_pod_on_run_failure

@@ -1,0 +1,57 @@
+# Two commands for a new user: `make demo` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv from PATH, or the one pip installs as a module on a fresh machine.
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+DBT_DIR := dbt_project
+STAMP := .venv/.medallion-installed
+
+export MEDALLION_PII_HMAC_KEY ?= local-demo-key-change-me
+
+.PHONY: help install demo dev test test-fast bench lint format clean browser
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $(STAMP)
+
+$(DBT_DIR)/target/manifest.json: $(STAMP) $(shell find $(DBT_DIR) -name '*.sql' -o -name '*.yml' | grep -v target/)
+	cd $(DBT_DIR) && $(RUN) dbt parse --quiet --profiles-dir . --project-dir .
+
+install: $(STAMP) $(DBT_DIR)/target/manifest.json  ## create the environment and parse the dbt project
+
+demo: install  ## run the whole platform end to end on embedded defaults and print a summary
+	$(RUN) medallion demo
+
+dev: install  ## the Dagster UI on http://127.0.0.1:3000 with sensors, automation and the embedded SFTP server
+	$(RUN) medallion dev
+
+browser:  ## headless Chromium for the UI test (Debian package)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "The UI test needs Chromium: install the 'chromium' package" >&2; exit 1; fi; }
+
+test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones
+	$(RUN) pytest
+
+test-fast: install  ## the unit tests only
+	$(RUN) pytest tests/lib -m "not postgres and not sftp"
+
+bench: install  ## bronze hop vs DuckDB COPY, GX gates vs SQL, webhook load and fault test
+	$(RUN) python -m benchmarks
+
+lint: install  ## ruff
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install
+	$(RUN) ruff format .
+
+clean:  ## remove local data (lake, warehouse, Dagster instance) and build output
+	rm -rf .data .bench $(DBT_DIR)/target $(DBT_DIR)/logs
