@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -234,9 +235,15 @@ async def _drive(
         await asyncio.to_thread(receiver.wait_ready)
         timeline["ready_again"] = time.perf_counter()
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0) as client:
-        workers = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
+    # one single-connection client per worker: httpx's shared pool rescans every connection on each request,
+    # which made the client, not the receiver, the bottleneck at 50 connections
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0))
+            for _ in range(concurrency)
+        ]
+        workers = [asyncio.create_task(worker(client)) for client in clients]
         kill_task = asyncio.create_task(killer()) if kill else None
         join = asyncio.create_task(queue.join())
         done, _ = await asyncio.wait([join, *workers], return_when=asyncio.FIRST_COMPLETED)

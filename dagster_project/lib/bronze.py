@@ -251,23 +251,35 @@ def load_partition(
         spool_path = Path(tmp) / "quarantine.arrows"
         with pa.OSFile(str(spool_path), "wb") as sink, pa.ipc.new_stream(sink, QUARANTINE_SCHEMA) as spool:
             reader = _FileReader(con, spec, spool)
+            failures: list[BaseException] = []
 
             def good_batches() -> Iterator[pa.RecordBatch]:
-                for index, manifest in enumerate(manifests):
-                    load = FileLoad(file_name=manifest.file_name, sha256=manifest.sha256)
-                    result.files.append(load)
-                    lineage = _Lineage(manifest, ingested_at, run_id, spec.schema_version)
-                    yield from reader.read(index, manifest, lineage, load, batch_rows)
+                try:
+                    for index, manifest in enumerate(manifests):
+                        load = FileLoad(file_name=manifest.file_name, sha256=manifest.sha256)
+                        result.files.append(load)
+                        lineage = _Lineage(manifest, ingested_at, run_id, spec.schema_version)
+                        yield from reader.read(index, manifest, lineage, load, batch_rows)
+                except BaseException as exc:
+                    failures.append(exc)
+                    raise
 
-            write_deltalake(
-                bronze_path,
-                pa.RecordBatchReader.from_batches(reader.schema, _prefetched(good_batches())),
-                partition_by=[PARTITION_COLUMN],
-                mode="overwrite",
-                predicate=predicate,
-                writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
-                description=spec.description,
-            )
+            try:
+                write_deltalake(
+                    bronze_path,
+                    pa.RecordBatchReader.from_batches(reader.schema, _prefetched(good_batches())),
+                    partition_by=[PARTITION_COLUMN],
+                    mode="overwrite",
+                    predicate=predicate,
+                    writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
+                    description=spec.description,
+                )
+            except Exception:
+                # The Delta writer wraps an error raised while reading the files in its own DeltaError;
+                # re-raise the original (e.g. ContractError naming the file) so callers can tell them apart.
+                if failures:
+                    raise failures[0] from None
+                raise
         with pa.OSFile(str(spool_path), "rb") as source:
             write_deltalake(
                 quarantine_path,

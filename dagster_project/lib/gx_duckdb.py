@@ -31,12 +31,12 @@ import duckdb_engine
 import great_expectations as gx
 import sqlalchemy as sa
 from great_expectations.data_context import AbstractDataContext
-from great_expectations.datasource.fluent import SQLDatasource
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
+from great_expectations.datasource.fluent import SQLDatasource
 from great_expectations.execution_engine import SqlAlchemyExecutionEngine
 from sqlalchemy.pool import StaticPool
 
@@ -51,8 +51,19 @@ _REGEX_MODULES = (
     "great_expectations.expectations.metrics.column_map_metrics.column_values_not_match_regex_list",
 )
 _READ_METHODS = frozenset(
-    {"fetchall", "fetchmany", "fetchone", "scalar", "scalars", "first", "all", "one", "one_or_none",
-     "scalar_one", "scalar_one_or_none"}
+    {
+        "fetchall",
+        "fetchmany",
+        "fetchone",
+        "scalar",
+        "scalars",
+        "first",
+        "all",
+        "one",
+        "one_or_none",
+        "scalar_one",
+        "scalar_one_or_none",
+    }
 )
 _MARK = "_medallion_duckdb_patch"
 _lock = threading.Lock()

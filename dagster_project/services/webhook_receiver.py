@@ -353,7 +353,12 @@ def create_app(
             "status": status,
             "latency_ms": round(latency * 1000, 3),
         }
-        level = logging.INFO if status < 400 else logging.ERROR if status >= 500 else logging.WARNING
+        if status >= 500:
+            level = logging.ERROR
+        elif status >= 400 or outcome == "conflict":  # a conflict is acknowledged but needs a human
+            level = logging.WARNING
+        else:
+            level = logging.INFO
         logger.log(level, "webhook delivery", extra={"fields": fields})
         return JSONResponse(content, status_code=status, headers=headers)
 

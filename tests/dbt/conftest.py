@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -95,30 +96,45 @@ def write_bronze_partition(lake_root: Path, business_date: str, rows: Sequence[M
         write_deltalake(str(path), table, mode="overwrite", partition_by=["business_date"])
 
 
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fixed paths for the lake, warehouse and dbt target of every test in the session.
+
+    The paths stay the same from test to test (their content is wiped) so that dbt's partial parsing,
+    which keys on the profile and on env var values, can reuse one parse instead of parsing per test.
+    """
+    return tmp_path_factory.mktemp("dbt")
+
+
 @pytest.fixture
-def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A tmp lake and warehouse wired to dbt through the same variables settings.py reads."""
-    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(tmp_path / "lake"))
-    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty lake and warehouse, wired to dbt through the same variables settings.py reads."""
+    shutil.rmtree(workdir / "lake", ignore_errors=True)
+    for leftover in workdir.glob("warehouse.duckdb*"):
+        leftover.unlink()
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(workdir / "lake"))
+    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(workdir / "warehouse.duckdb"))
     monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", PII_KEY)
     return settings.lake_root()
 
 
-DbtRun = Callable[..., subprocess.CompletedProcess[str]]
+class Dbt(Protocol):
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
 
 
 @pytest.fixture
-def dbt(lake: Path, tmp_path: Path) -> DbtRun:
-    """Run the dbt CLI on the project (a subprocess, like Dagster does) with its own target dir."""
+def dbt(lake: Path, workdir: Path) -> Dbt:
+    """Run the dbt CLI on the project as a subprocess, as Dagster does."""
     project_dir = settings.dbt_project_dir()
+    executable = Path(sys.executable).with_name("dbt")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [
-            sys.executable, "-m", "dbt.cli.main", *args,
+            str(executable), *args,
             "--project-dir", str(project_dir),
             "--profiles-dir", str(project_dir),
-            "--target-path", str(tmp_path / "target"),
-            "--log-path", str(tmp_path / "logs"),
+            "--target-path", str(workdir / "target"),
+            "--log-path", str(workdir / "logs"),
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=project_dir)
         if check and result.returncode != 0:
@@ -129,8 +145,8 @@ def dbt(lake: Path, tmp_path: Path) -> DbtRun:
 
 
 @pytest.fixture
-def warehouse(lake: Path) -> Callable[[], duckdb.DuckDBPyConnection]:
-    """Open the warehouse read-only (after dbt has exited, so there is no lock conflict)."""
+def warehouse(lake: Path) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
+    """Open the warehouse read-only (dbt has exited by then, so there is no lock conflict)."""
     connections: list[duckdb.DuckDBPyConnection] = []
 
     def connect() -> duckdb.DuckDBPyConnection:
@@ -139,6 +155,6 @@ def warehouse(lake: Path) -> Callable[[], duckdb.DuckDBPyConnection]:
         connections.append(con)
         return con
 
-    yield connect  # type: ignore[misc]
+    yield connect
     for con in connections:
         con.close()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import PII_KEY, DbtRun, customer, write_bronze_partition
+from conftest import PII_KEY, Dbt, customer, write_bronze_partition
 
 from dagster_project.lib.masking import pii_token
 
@@ -92,36 +93,50 @@ def table_dump(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
 
 
 @pytest.fixture
-def two_days_loaded(lake: Path, dbt: DbtRun) -> None:
+def two_days_loaded(lake: Path, dbt: Dbt, workdir: Path) -> None:
+    """Bronze with days 1 and 2, each built as its own partition run.
+
+    Built once per session; later tests start from a copy of the lake and warehouse it left.
+    """
+    saved = workdir / "two-days"
+    warehouse_file = workdir / "warehouse.duckdb"
+    if saved.exists():
+        shutil.copytree(saved / "lake", lake)
+        shutil.copy(saved / "warehouse.duckdb", warehouse_file)
+        return
     write_bronze_partition(lake, DAY_1, day_1_rows())
     dbt("build", *window(DAY_1))
     write_bronze_partition(lake, DAY_2, day_2_rows())
     dbt("build", *window(DAY_2))
+    assert not list(workdir.glob("warehouse.duckdb.wal"))
+    shutil.copytree(lake, saved / "lake")
+    shutil.copy(warehouse_file, saved / "warehouse.duckdb")
 
 
-def test_silver_keeps_the_latest_record_per_customer(lake: Path, dbt: DbtRun, warehouse: Connect) -> None:
-    write_bronze_partition(lake, DAY_1, day_1_rows())
-    dbt("build", *window(DAY_1))
+def test_silver_keeps_the_latest_record_per_customer(two_days_loaded: None, warehouse: Connect) -> None:
+    con = warehouse()
+    silver = silver_by_id(con)
 
-    silver = silver_by_id(warehouse())
-
-    assert sorted(silver) == [1, 2, 3, 4]
-    assert silver[1]["status"] == "inactive"
-    assert silver[1]["lifetime_value"] == Decimal("12.50")
-    assert str(silver[1]["updated_at"]) == "2025-01-01 09:00:00+00:00"
+    assert sorted(silver) == [1, 2, 3, 4, 5]
+    assert silver[1]["status"] == "closed"
+    assert silver[1]["lifetime_value"] == Decimal("15.00")
+    assert str(silver[1]["updated_at"]) == "2025-01-02 08:00:00+00:00"
+    assert str(silver[1]["business_date"]) == DAY_2
     assert silver[3]["country_code"] == "DE"
     assert silver[1]["email_domain"] == "example.com"
     assert silver[2]["first_name_token"] is None
     assert silver[2]["last_name_token"] == pii_token("Babbage", PII_KEY.encode())
+    # Customer 1 came twice on day 1: that day keeps the later change.
+    day_1 = rows(con, "select status, lifetime_value from silver.stg_acme__customer_versions "
+                      "where customer_id = 1 and business_date = '2025-01-01'")
+    assert day_1 == [{"status": "inactive", "lifetime_value": Decimal("12.50")}]
 
 
-def test_silver_types(lake: Path, dbt: DbtRun, warehouse: Connect) -> None:
-    write_bronze_partition(lake, DAY_1, day_1_rows())
-    dbt("build", *window(DAY_1))
-
-    types = dict(warehouse().execute("select column_name, data_type from information_schema.columns "
-                                     "where table_schema = 'silver' and table_name = 'stg_acme__customers'"
-                                     ).fetchall())
+def test_silver_types(two_days_loaded: None, warehouse: Connect) -> None:
+    types = dict(warehouse().execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = 'silver' and table_name = 'stg_acme__customers'"
+    ).fetchall())
 
     assert types["lifetime_value"] == "DECIMAL(12,2)"
     assert types["updated_at"] == "TIMESTAMP WITH TIME ZONE"
@@ -190,7 +205,7 @@ def test_daily_metrics(two_days_loaded: None, warehouse: Connect) -> None:
 
 
 def test_rerunning_the_same_window_changes_nothing(
-    two_days_loaded: None, dbt: DbtRun, warehouse: Connect
+    two_days_loaded: None, dbt: Dbt, warehouse: Connect
 ) -> None:
     con = warehouse()
     before = table_dump(con)
@@ -202,7 +217,7 @@ def test_rerunning_the_same_window_changes_nothing(
 
 
 def test_backfilling_an_old_day_never_overwrites_newer_records(
-    lake: Path, two_days_loaded: None, dbt: DbtRun, warehouse: Connect
+    lake: Path, two_days_loaded: None, dbt: Dbt, warehouse: Connect
 ) -> None:
     # Day 1 is re-delivered: customer 1 with an older change than its day-2 record, customer 2 corrected.
     redelivered = [r for r in day_1_rows() if r["customer_id"] != 2]
@@ -225,7 +240,7 @@ def test_backfilling_an_old_day_never_overwrites_newer_records(
     assert current == [{"status": "closed"}]
 
 
-def test_incremental_runs_match_a_full_refresh(two_days_loaded: None, dbt: DbtRun, warehouse: Connect) -> None:
+def test_incremental_runs_match_a_full_refresh(two_days_loaded: None, dbt: Dbt, warehouse: Connect) -> None:
     con = warehouse()
     incremental = {t: v for t, v in table_dump(con).items() if t.startswith("silver.")}
     con.close()
@@ -237,26 +252,23 @@ def test_incremental_runs_match_a_full_refresh(two_days_loaded: None, dbt: DbtRu
 
 
 def test_missing_key_fails_clearly_and_the_key_is_never_written(
-    lake: Path, dbt: DbtRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_days_loaded: None, dbt: Dbt, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_bronze_partition(lake, DAY_1, day_1_rows())
-    dbt("build", *window(DAY_1))
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".sql", ".msgpack"}]
-    assert written
-    assert not [p for p in written if PII_KEY.encode() in p.read_bytes()]
+    artifacts = [p for p in (workdir / "target").rglob("*") if p.is_file()]
+    artifacts += [p for p in (workdir / "logs").rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.json" for p in artifacts)
+    assert not [p for p in artifacts if PII_KEY.encode() in p.read_bytes()]
 
     monkeypatch.delenv("MEDALLION_PII_HMAC_KEY")
-    result = dbt("build", *window(DAY_1), check=False)
+    result = dbt("build", *window(DAY_2), check=False)
 
     assert result.returncode != 0
     assert "MEDALLION_PII_HMAC_KEY is not set" in result.stdout
 
 
-def test_window_vars_are_validated(lake: Path, dbt: DbtRun) -> None:
-    write_bronze_partition(lake, DAY_1, day_1_rows())
-    dbt("build", *window(DAY_1))
-
-    result = dbt("build", "--vars", json.dumps({"min_date": DAY_1}), check=False)
+def test_window_vars_are_validated(two_days_loaded: None, dbt: Dbt) -> None:
+    only_min = json.dumps({"min_date": DAY_1})
+    result = dbt("compile", "--select", "stg_acme__customer_versions", "--vars", only_min, check=False)
 
     assert result.returncode != 0
     assert "min_date and max_date must be given together" in result.stdout

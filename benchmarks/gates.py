@@ -1,0 +1,221 @@
+"""Each layer's GX gate (GX's SQL engine on DuckDB) against the same rules written by hand in DuckDB SQL.
+
+Bronze is a Delta table with two business dates, validated one partition at a time; silver and gold are
+tables of a DuckDB warehouse file. Both sides open their input from scratch on every run, and the figure
+is the best of `repeat` runs. Tables are clean, so every gate passes (a passing gate is the common case,
+and a failing one additionally fetches PII-free samples).
+
+    uv run python -m benchmarks.gates [rows]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from dagster_project.lib import gates
+from dagster_project.lib.contract import bronze_schema
+from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.gx_runner import GateResult, validate_delta, validate_duckdb_file
+
+BUSINESS_DATE = dt.date(2025, 11, 5)
+SILVER = "silver.stg_acme__customers"
+GOLD = "gold.dim_customers"
+
+BRONZE_SQL = """
+select
+  i as customer_id,
+  'customer' || i || '@mail.example.com' as email,
+  'First' || (i % 977) as first_name,
+  'Last' || (i % 1013) as last_name,
+  ['DE', 'FR', 'NL', 'GB', 'US'][1 + i % 5] as country_code,
+  date '2024-01-01' + cast(i % 600 as integer) as signup_date,
+  cast((i % 500000) / 100.0 as decimal(12, 2)) as lifetime_value,
+  ['active', 'active', 'inactive', 'closed'][1 + i % 4] as status,
+  timestamptz '2025-11-05 00:00:00+00' + to_seconds(i % 86400) as updated_at,
+  $business_date::date as business_date,
+  'sftp' as _source,
+  'acme_customers_' || strftime($business_date::date, '%Y-%m-%d') || '_seq-00001_crc32-1A2B3C4D.csv' as _source_file,
+  i as _source_row,
+  '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08' as _checksum_sha256,
+  1 as _schema_version,
+  timestamptz '2025-11-05 06:00:00+00' as _received_at,
+  timestamptz '2025-11-05 06:01:00+00' as _ingested_at,
+  'run-0001' as _run_id
+from range(1, $rows + 1) as t(i)
+"""
+
+SILVER_SQL = """
+create schema if not exists silver;
+create or replace table silver.stg_acme__customers as
+select
+  i::bigint as customer_id,
+  sha256('customer' || i || '@mail.example.com') as email_token,
+  ['mail.example.com', 'example.org', 'shop.example'][1 + i % 3] as email_domain,
+  sha256('First' || (i % 977)) as first_name_token,
+  sha256('Last' || (i % 1013)) as last_name_token,
+  ['DE', 'FR', 'NL', 'GB', 'US'][1 + i % 5] as country_code,
+  date '2024-01-01' + cast(i % 600 as integer) as signup_date,
+  cast((i % 500000) / 100.0 as decimal(12, 2)) as lifetime_value,
+  ['active', 'active', 'inactive', 'closed'][1 + i % 4] as status,
+  timestamptz '2025-11-05 00:00:00+00' + to_seconds(i % 86400) as updated_at,
+  date '2025-11-05' as business_date,
+  'acme_customers_2025-11-05_seq-00001_crc32-1A2B3C4D.csv' as _source_file
+from range(1, $rows + 1) as t(i)
+"""
+
+# Two versions per customer: a closed one and the current one.
+GOLD_SQL = """
+create schema if not exists gold;
+create or replace table gold.dim_customers as
+select
+  md5(customer_id || '|' || version) as customer_sk,
+  customer_id,
+  sha256('customer' || customer_id || '@mail.example.com') as email_token,
+  'mail.example.com' as email_domain,
+  ['DE', 'FR', 'NL', 'GB', 'US'][1 + customer_id % 5] as country_code,
+  case when version = 1 then 'active' else ['active', 'inactive', 'closed'][1 + customer_id % 3] end as status,
+  date '2024-01-01' + cast(customer_id % 600 as integer) as signup_date,
+  cast((customer_id % 500000) / 100.0 as decimal(12, 2)) as lifetime_value,
+  timestamptz '2025-01-01 00:00:00+00' + to_days(cast(version * 30 + customer_id % 20 as integer)) as valid_from,
+  case when version = 1
+    then timestamptz '2025-01-01 00:00:00+00' + to_days(cast(60 + customer_id % 20 as integer))
+  end as valid_to,
+  version = 2 as is_current
+from range(1, $customers + 1) as c(customer_id), range(1, 3) as v(version)
+"""
+
+
+def build(work: Path, rows: int) -> tuple[Path, Path]:
+    """A bronze Delta table (`rows` rows on BUSINESS_DATE, a tenth as many the day before) and a warehouse."""
+    lake = work / "bronze_customers"
+    con = duckdb.connect()
+    schema = bronze_schema(CUSTOMERS)
+    for day, n in ((BUSINESS_DATE - dt.timedelta(days=1), max(rows // 10, 1)), (BUSINESS_DATE, rows)):
+        reader = con.execute(BRONZE_SQL, {"business_date": day, "rows": n}).to_arrow_reader(1_000_000)
+        batches = (pa.Table.from_batches([b]).cast(schema).to_batches()[0] for b in reader)
+        write_deltalake(
+            lake,
+            pa.RecordBatchReader.from_batches(schema, batches),
+            partition_by=["business_date"],
+            mode="append",
+        )
+    con.close()
+
+    warehouse = work / "warehouse.duckdb"
+    con = duckdb.connect(str(warehouse))
+    con.execute(SILVER_SQL, {"rows": rows})
+    con.execute(GOLD_SQL, {"customers": rows // 2})
+    con.close()
+    return lake, warehouse
+
+
+def _best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[int]:
+    return [int(v or 0) for s in statements for v in con.execute(s).fetchone()]
+
+
+def _bronze_sql(lake: Path, gate: gates.Gate) -> list[int]:
+    con = duckdb.connect()
+    try:
+        partition = [("business_date", "=", BUSINESS_DATE.isoformat())]
+        con.register("bronze_partition", DeltaTable(str(lake)).to_pyarrow_dataset(partitions=partition))
+        return _sql_counts(con, gate.sql_for("bronze_partition"))
+    finally:
+        con.close()
+
+
+def _warehouse_sql(warehouse: Path, relation: str, gate: gates.Gate) -> list[int]:
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return _sql_counts(con, gate.sql_for(relation))
+    finally:
+        con.close()
+
+
+def run(rows: int, repeat: int = 2) -> list[dict]:
+    out = []
+    with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
+        lake, warehouse = build(Path(tmp), rows)
+        bronze = gates.bronze_customers(expected_rows=rows)
+        silver = gates.silver_customers()
+        gold = gates.gold_dim_customers()
+        cases: list[tuple[str, gates.Gate, Callable[[], GateResult], Callable[[], list[int]]]] = [
+            (
+                "bronze",
+                bronze,
+                lambda: validate_delta(
+                    lake,
+                    bronze.name,
+                    bronze.expectations,
+                    predicate_sql="business_date = ?",
+                    params=[BUSINESS_DATE],
+                    sample_columns=bronze.sample_columns,
+                ),
+                lambda: _bronze_sql(lake, bronze),
+            ),
+            (
+                "silver",
+                silver,
+                lambda: validate_duckdb_file(
+                    warehouse, SILVER, silver.name, silver.expectations, sample_columns=silver.sample_columns
+                ),
+                lambda: _warehouse_sql(warehouse, SILVER, silver),
+            ),
+            (
+                "gold",
+                gold,
+                lambda: validate_duckdb_file(
+                    warehouse, GOLD, gold.name, gold.expectations, sample_columns=gold.sample_columns
+                ),
+                lambda: _warehouse_sql(warehouse, GOLD, gold),
+            ),
+        ]
+        for layer, gate, gx_fn, sql_fn in cases:
+            gx_seconds, result = _best(gx_fn, repeat)
+            sql_seconds, counts = _best(sql_fn, repeat)
+            assert isinstance(result, GateResult)
+            if not result.success or any(counts):
+                raise AssertionError(f"{layer} gate should pass on clean data: {result.summary()} / SQL {counts}")
+            out.append(
+                {
+                    "layer": layer,
+                    "rows": rows,
+                    "expectations": len(gate.expectations),
+                    "gx_seconds": round(gx_seconds, 3),
+                    "sql_seconds": round(sql_seconds, 3),
+                    "ratio": round(gx_seconds / sql_seconds, 2),
+                }
+            )
+    return out
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    results = run(rows)
+    print(f"{'layer':<8}{'rows':>12}{'checks':>8}{'GX s':>10}{'SQL s':>10}{'ratio':>8}")
+    for r in results:
+        print(
+            f"{r['layer']:<8}{r['rows']:>12,}{r['expectations']:>8}"
+            f"{r['gx_seconds']:>10.3f}{r['sql_seconds']:>10.3f}{r['ratio']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

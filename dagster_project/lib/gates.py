@@ -1,0 +1,141 @@
+"""The quality gates of the customers feed, one per layer.
+
+Each gate is a list of Great Expectations expectations (run by `gx_runner`) plus the same rules written by
+hand as DuckDB SQL. The SQL is the yardstick of the benchmark (benchmarks/gates.py) and a cross-check in
+the tests: every statement returns one row of violation counts, all zero when the gate passes.
+`{relation}` in the SQL is the table or view under test; GX's `{batch}` plays that part in row queries.
+Rules that GX has no built-in expectation for (SCD2 versioning) are `UnexpectedRowsExpectation`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import great_expectations.expectations as gxe
+from great_expectations.expectations import Expectation
+
+from dagster_project.lib.contract import LINEAGE_COLUMNS, PARTITION_COLUMN
+from dagster_project.lib.feeds import CUSTOMERS
+
+STATUSES: tuple[str, ...] = CUSTOMERS.column("status").allowed or ()
+TOKEN_PATTERN = r"^[0-9a-f]{64}$"  # HMAC-SHA256, lowercase hex
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    expectations: list[Expectation]
+    sql: tuple[str, ...]  # hand-written DuckDB equivalents; each returns one row of counts, all 0 on success
+    sample_columns: tuple[str, ...]  # keys and tokens only: what a failure may show
+
+    def sql_for(self, relation: str) -> list[str]:
+        # Not str.format: the SQL holds regex quantifiers such as {64}.
+        return [s.replace("{relation}", relation) for s in self.sql]
+
+
+def _sql_list(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _sql_rows(values: Sequence[str]) -> str:
+    return ", ".join(f"({_sql_list([v])})" for v in values)
+
+
+# --- bronze -------------------------------------------------------------------------------------------
+
+BRONZE_COLUMNS: tuple[str, ...] = (*CUSTOMERS.column_names, PARTITION_COLUMN, *LINEAGE_COLUMNS)
+BRONZE_NOT_NULL: tuple[str, ...] = ("customer_id", PARTITION_COLUMN, *LINEAGE_COLUMNS)
+
+
+def bronze_customers(expected_rows: int) -> Gate:
+    """One bronze partition: `expected_rows` is the rows landed for it minus the rows quarantined."""
+    expectations: list[Expectation] = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(BRONZE_COLUMNS), exact_match=False),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in BRONZE_NOT_NULL),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
+        gxe.ExpectTableRowCountToEqual(value=expected_rows),
+    ]
+    not_null = ",\n  ".join(f"count(*) filter (where {c} is null) as {c}_null" for c in BRONZE_NOT_NULL)
+    sql = (
+        f"select count(*) as missing_columns from (values {_sql_rows(BRONZE_COLUMNS)}) as expected(name)\n"
+        "where name not in (select column_name from (describe {relation}))",
+        f"select\n  {not_null},\n"
+        f"  count(*) filter (where status not in ({_sql_list(STATUSES)})) as status_not_accepted,\n"
+        f"  abs(count(*) - {int(expected_rows)}) as row_count_off\n"
+        "from {relation}",
+    )
+    return Gate("bronze_customers", expectations, sql, sample_columns=("customer_id", "_source_file", "_source_row"))
+
+
+# --- silver -------------------------------------------------------------------------------------------
+
+
+def silver_customers() -> Gate:
+    """`silver.stg_acme__customers`: one row per customer, PII replaced by tokens."""
+    expectations: list[Expectation] = [
+        gxe.ExpectColumnValuesToNotBeNull(column="customer_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="customer_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
+        gxe.ExpectColumnValuesToMatchRegex(column="email_token", regex=TOKEN_PATTERN),
+        gxe.ExpectColumnValuesToNotBeNull(column="email_domain"),
+    ]
+    sql = (
+        "select\n"
+        "  count(*) filter (where customer_id is null) as customer_id_null,\n"
+        f"  count(*) filter (where status not in ({_sql_list(STATUSES)})) as status_not_accepted,\n"
+        f"  count(*) filter (where not regexp_matches(email_token, '{TOKEN_PATTERN}')) as email_token_malformed,\n"
+        "  count(*) filter (where email_domain is null) as email_domain_null\n"
+        "from {relation}",
+        "select coalesce(sum(n), 0) as customer_id_duplicated from (\n"
+        "  select count(*) as n from {relation} where customer_id is not null\n"
+        "  group by customer_id having count(*) > 1\n"
+        ")",
+    )
+    return Gate("silver_customers", expectations, sql, sample_columns=("customer_id", "email_token"))
+
+
+# --- gold ---------------------------------------------------------------------------------------------
+
+# Row queries shared by GX (over `{batch}`) and the hand-written SQL (over `{relation}`).
+_NOT_ONE_CURRENT = (
+    "select customer_id, count(*) filter (where is_current) as current_versions\n"
+    "from {table} group by customer_id\n"
+    "having count(*) filter (where is_current) <> 1"
+)
+_OVERLAPPING = (
+    "select customer_sk, customer_id, valid_from, valid_to from (\n"
+    "  select customer_sk, customer_id, valid_from, valid_to,\n"
+    "    lead(valid_from) over (partition by customer_id order by valid_from, customer_sk) as next_valid_from\n"
+    "  from {table}\n"
+    ") as versions\n"
+    "where next_valid_from < coalesce(valid_to, 'infinity'::timestamptz)"
+)
+
+
+def gold_dim_customers() -> Gate:
+    """`gold.dim_customers` (SCD2): one current version per customer, versions that never overlap."""
+    expectations: list[Expectation] = [
+        gxe.ExpectColumnValuesToBeUnique(column="customer_sk"),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="valid_to", column_B="valid_from", or_equal=False, ignore_row_if="either_value_is_missing"
+        ),
+        gxe.UnexpectedRowsExpectation(
+            description="exactly one current row per customer_id",
+            unexpected_rows_query=_NOT_ONE_CURRENT.format(table="{batch}"),
+        ),
+        gxe.UnexpectedRowsExpectation(
+            description="no overlapping validity ranges per customer_id",
+            unexpected_rows_query=_OVERLAPPING.format(table="{batch}"),
+        ),
+    ]
+    sql = (
+        "select coalesce(sum(n), 0) as customer_sk_duplicated from (\n"
+        "  select count(*) as n from {relation} where customer_sk is not null\n"
+        "  group by customer_sk having count(*) > 1\n"
+        ")",
+        "select count(*) filter (where valid_to <= valid_from) as valid_to_not_after_valid_from from {relation}",
+        f"select count(*) as not_one_current from ({_NOT_ONE_CURRENT.format(table='{relation}')})",
+        f"select count(*) as overlapping from ({_OVERLAPPING.format(table='{relation}')})",
+    )
+    return Gate("gold_dim_customers", expectations, sql, sample_columns=("customer_sk", "customer_id"))

@@ -1,0 +1,559 @@
+"""helm/medallion renders valid Kubernetes manifests that keep the platform's policies.
+
+Rendering is `helm template` (helm-python-sdk bundles the Helm engine); every manifest is checked
+against the strict OpenAPI schemas of every Kubernetes version kubernetes-validate ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes
+import pytest
+import yaml
+from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
+from dagster_k8s.container_context import K8sContainerContext
+from kubernetes_validate import utils as kubernetes_validate
+
+RELEASE = "medallion"
+NAMESPACE = "data-platform"
+TAG = "2025.11.3"
+IMAGE = f"ghcr.io/acme/medallion:{TAG}"
+
+# A secret value put where an operator might be tempted to put one; it must never be rendered.
+SENTINEL = "S3ntinel-pa55word-never-rendered"
+
+MINIMAL: dict[str, Any] = {"image": {"tag": TAG}}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "minimal": MINIMAL,
+    "ingress-tls": {
+        **MINIMAL,
+        "webhookReceiver": {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "host": "hooks.acme.example",
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+                "tls": {"enabled": True, "secretName": "hooks-acme-example-tls"},
+            }
+        },
+    },
+    "hpa": {
+        **MINIMAL,
+        "webhookReceiver": {
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 3,
+                "maxReplicas": 12,
+                "targetCPUUtilizationPercentage": 60,
+            }
+        },
+    },
+    "external-secrets": {
+        **MINIMAL,
+        "imagePullSecrets": [{"name": "regcred"}],
+        "secrets": {
+            "existingSecret": "platform-from-vault",
+            "webhookReceiver": {
+                "MEDALLION_WEBHOOK_INBOX_URL": {"key": "url", "secretName": "inbox-db"},
+                "MEDALLION_WEBHOOK_SECRETS_STRIPE": {"key": "stripe"},
+            },
+            "userCode": {
+                "MEDALLION_WEBHOOK_INBOX_URL": {"key": "url", "secretName": "inbox-db"},
+                "MEDALLION_REVERSE_ETL_URL": {"key": "url", "secretName": "crm-db"},
+            },
+            "sftp": {"existingSecret": "partner-sftp", "privateKeyKey": "key", "knownHostsKey": "hosts"},
+            "dagsterPostgres": {"existingSecret": "pg-dagster", "passwordKey": "password"},
+        },
+        "persistence": {"existingClaim": "lake-nfs"},
+        "serviceAccount": {"create": True, "name": "platform-runs", "annotations": {"iam": "role"}},
+    },
+    "lean": {
+        **MINIMAL,
+        "persistence": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "migration": {"enabled": False},
+        "webhookReceiver": {"podDisruptionBudget": {"enabled": False}},
+        "config": {"extraEnv": {"MEDALLION_LOG_LEVEL": "debug", "DBT_PROFILES_DIR": "/app/dbt_project"}},
+    },
+}
+
+K8S_VERSIONS = sorted(
+    {v.rsplit(".", 1)[0] for v in kubernetes_validate.all_versions()},
+    key=lambda v: tuple(int(p) for p in v.split(".")),
+)
+
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|HMAC|INBOX_URL|REVERSE_ETL_URL|CREDENTIAL")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chart_dir(repo_root: Path) -> Path:
+    return repo_root / "helm" / "medallion"
+
+
+@pytest.fixture(scope="session")
+def chart(chart_dir: Path) -> Iterator[helm_python.Chart]:
+    with helm_python.Chart.load(chart_dir) as loaded:
+        yield loaded
+
+
+def render(chart: helm_python.Chart, values: dict[str, Any]) -> dict[str, str]:
+    return chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+
+
+def manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """Every non-empty YAML document of the rendered templates (NOTES.txt is not a manifest)."""
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith(".yaml"):
+            docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, got {[d['metadata']['name'] for d in by_kind(docs, kind)]}"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "Job", "StatefulSet", "DaemonSet"}:
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def assert_restricted(where: str, pod: dict[str, Any]) -> None:
+    """The Kubernetes "restricted" Pod Security Standard, plus the platform's own rules."""
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+    pod_sc = pod.get("securityContext", {})
+    assert pod_sc.get("runAsNonRoot") is True, where
+    assert pod_sc.get("runAsUser", 1) != 0, where
+    assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for volume in volumes.values():
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUME_TYPES, f"{where}: volume {volume['name']} is {kinds}"
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        name = f"{where}:{container['name']}"
+        sc = container.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, name
+        assert sc.get("readOnlyRootFilesystem") is True, name
+        assert not sc.get("privileged"), name
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), name
+        assert set(sc.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, name
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, name
+        assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0, name
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") in {"RuntimeDefault", "Localhost"}, name
+        resources = container.get("resources", {})
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{name}: {bound} incomplete"
+        # Read-only root: /tmp must be a writable emptyDir.
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], f"{name}: no emptyDir /tmp"
+        # Secrets reach containers by reference only.
+        for var in container.get("env", []):
+            if SECRETISH.search(var["name"]):
+                assert "value" not in var, f"{name}: {var['name']} has an inline value"
+                assert "secretKeyRef" in var.get("valueFrom", {}), f"{name}: {var['name']} not from a Secret"
+
+
+def run_pod_job(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The Job dagster-k8s builds for a run of this code location (as the K8sRunLauncher does)."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    context = K8sContainerContext.create_from_config(json.loads(env["DAGSTER_CONTAINER_CONTEXT"]["value"]))
+    job_config = DagsterK8sJobConfig(
+        job_image=env["DAGSTER_CURRENT_IMAGE"]["value"],
+        dagster_home="/opt/dagster/dagster_home",
+        instance_config_map="dagster-instance",
+        postgres_password_secret="dagster-postgresql-secret",
+    )
+    job = construct_dagster_k8s_job(
+        job_config,
+        ["dagster", "api", "execute_run", "{}"],
+        "dagster-run-0123456789abcdef",
+        user_defined_k8s_config=context.run_k8s_config,
+        component="run_worker",
+    )
+    return kubernetes.client.ApiClient().sanitize_for_serialization(job)
+
+
+# --------------------------------------------------------------------------------------------------
+# chart-level checks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_chart_lints_clean(chart_dir: Path) -> None:
+    report = helm_python.lint(chart_dir, MINIMAL, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_values_yaml_documents_every_section_and_matches_its_schema(chart_dir: Path) -> None:
+    schema = json.loads((chart_dir / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    values["image"]["tag"] = TAG
+    jsonschema.Draft7Validator(schema).validate(values)
+    assert schema["additionalProperties"] is False
+    text = (chart_dir / "values.yaml").read_text()
+    for section in values:
+        if section in {"nameOverride", "fullnameOverride"}:
+            continue
+        line = text.index(f"\n{section}:")
+        assert text[:line].rstrip().splitlines()[-1].lstrip().startswith("#"), f"{section} is not commented"
+
+
+def test_templates_are_named_by_kind(chart_dir: Path, chart: helm_python.Chart) -> None:
+    prefixes = {
+        "ConfigMap": "configmap",
+        "Deployment": "deployment-",
+        "Service": "service-",
+        "ServiceAccount": "serviceaccount-",
+        "Role": "role-",
+        "RoleBinding": "rolebinding-",
+        "Ingress": "ingress-",
+        "HorizontalPodAutoscaler": "hpa-",
+        "PodDisruptionBudget": "pdb-",
+        "NetworkPolicy": "networkpolicy-",
+        "Job": "job-",
+        "PersistentVolumeClaim": "persistentvolumeclaim-",
+    }
+    values = copy.deepcopy(VALUE_SETS["ingress-tls"])
+    values["webhookReceiver"]["autoscaling"] = {"enabled": True}
+    seen = set()
+    for path, text in render(chart, values).items():
+        for doc in (d for d in yaml.safe_load_all(text) if d) if path.endswith(".yaml") else []:
+            assert Path(path).name.startswith(prefixes[doc["kind"]]), f"{path} holds a {doc['kind']}"
+            seen.add(doc["kind"])
+    assert seen == set(prefixes)
+    assert (chart_dir / "templates" / "_helpers.tpl").is_file()
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ({}, "image tag is required"),
+        ({"image": {"tag": ""}}, "empty tag"),
+        ({"image": {"tag": "latest"}}, "latest tag"),
+        ({"image": {"tag": TAG, "pullPolicy": "Sometimes"}}, "pull policy"),
+        ({**MINIMAL, "replicas": 3}, "unknown top-level key"),
+        ({**MINIMAL, "webhookReceiver": {"replicas": 3}}, "unknown nested key"),
+        ({**MINIMAL, "userCode": {"resources": {"requests": {"memory": None}}}}, "requests without memory"),
+        ({**MINIMAL, "webhookReceiver": {"resources": {"limits": None}}}, "no limits"),
+        ({**MINIMAL, "webhookReceiver": {"replicaCount": 0}}, "zero replicas"),
+        (
+            {**MINIMAL, "webhookReceiver": {"ingress": {"enabled": True, "tls": {"enabled": True}}}},
+            "TLS without secret",
+        ),
+        (
+            {**MINIMAL, "secrets": {"userCode": {"MEDALLION_PII_HMAC_KEY": {"key": "k", "value": SENTINEL}}}},
+            "secret value",
+        ),
+        ({**MINIMAL, "secrets": {"dagsterPostgres": {"password": SENTINEL}}}, "postgres password"),
+        ({**MINIMAL, "secrets": {"sftp": {"privateKey": SENTINEL}}}, "inline private key"),
+        ({**MINIMAL, "config": {"extraEnv": {"MEDALLION_PII_HMAC_KEY": SENTINEL}}}, "secret in ConfigMap"),
+        ({**MINIMAL, "config": {"extraEnv": {"DB_PASSWORD": SENTINEL}}}, "password in ConfigMap"),
+        ({**MINIMAL, "secrets": {"webhookReceiver": {"lower_case": {"key": "k"}}}}, "bad variable name"),
+    ],
+)
+def test_schema_rejects_bad_values(chart: helm_python.Chart, bad: dict[str, Any], why: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema(bad)
+    # Rendering validates too, so none of these ever reaches a cluster.
+    with pytest.raises(helm_python.HelmError):
+        render(chart, bad)
+
+
+def test_secret_values_are_never_rendered(chart: helm_python.Chart) -> None:
+    # `global` is free-form (umbrella charts share it): the chart must simply ignore it.
+    values = {
+        **MINIMAL,
+        "global": {"postgresql": {"password": SENTINEL}, "secrets": {"MEDALLION_PII_HMAC_KEY": SENTINEL}},
+    }
+    rendered = render(chart, values)
+    assert all(SENTINEL not in text for text in rendered.values())
+    assert by_kind(manifests(rendered), "Secret") == []
+
+
+# --------------------------------------------------------------------------------------------------
+# every values set: schema-valid manifests that keep the policies
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=sorted(VALUE_SETS), scope="module")
+def rendered_set(request: pytest.FixtureRequest, chart: helm_python.Chart) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, manifests(render(chart, VALUE_SETS[request.param]))
+
+
+def test_manifests_validate_strictly_on_every_kubernetes_version(
+    rendered_set: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered_set
+    assert docs
+    failures = []
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+                failures.append(f"{doc['kind']}/{doc['metadata']['name']} on {version}: {exc}")
+    assert failures == []
+
+
+def test_strict_validation_catches_a_broken_manifest(rendered_set: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered_set
+    broken = copy.deepcopy(by_kind(docs, "Deployment")[0])
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[-1], strict=True)
+
+
+def test_pods_follow_the_restricted_profile(rendered_set: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rendered_set
+    specs = dict(pod_specs(docs))
+    expected = {f"Deployment/{RELEASE}-user-code", f"Deployment/{RELEASE}-webhook-receiver"}
+    if name != "lean":
+        expected.add(f"Job/{RELEASE}-webhooks-migrate")
+    assert set(specs) == expected
+    for where, pod in specs.items():
+        assert_restricted(where, pod)
+
+
+def test_run_pods_launched_for_the_code_location_follow_the_same_policies(
+    rendered_set: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered_set
+    deployment = one(docs, "Deployment", f"{RELEASE}-user-code")
+    job = run_pod_job(deployment)
+    for version in (K8S_VERSIONS[0], K8S_VERSIONS[-1]):
+        kubernetes_validate.validate(job, version, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    # The instance ConfigMap is mounted by the launcher at launch time, not by the job builder.
+    assert_restricted("run pod", pod)
+    container = pod["containers"][0]
+    assert container["image"] == IMAGE
+    assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-config"}}]
+    assert "DAGSTER_PG_PASSWORD" in env_of(container)
+    code_server = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == code_server["serviceAccountName"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/data", "/etc/medallion/sftp"}
+    code_server_secrets = {k: v for k, v in env_of(code_server["containers"][0]).items() if "valueFrom" in v}
+    code_server_secrets.pop("DAGSTER_PG_PASSWORD")
+    assert {k: v for k, v in env_of(container).items() if k in code_server_secrets} == code_server_secrets
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
+def test_images_are_the_pinned_platform_image(rendered_set: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered_set
+    for where, pod in pod_specs(docs):
+        for container in pod["containers"]:
+            assert container["image"] == IMAGE, where
+            assert not container["image"].endswith(":latest")
+
+
+def test_no_secret_material_is_rendered(rendered_set: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rendered_set
+    assert by_kind(docs, "Secret") == []
+    config = one(docs, "ConfigMap", f"{RELEASE}-config")
+    # Only paths to mounted Secret files may carry a secret-looking name.
+    for key, value in config["data"].items():
+        if SECRETISH.search(key):
+            assert value.startswith("/etc/medallion/"), f"ConfigMap holds {key}"
+    values = VALUE_SETS[name]
+    for where, pod in pod_specs(docs):
+        for container in pod["containers"]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert set(ref) <= {"name", "key", "optional"}, where
+    if name == "external-secrets":
+        receiver = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]["spec"]
+        inbox = env_of(receiver["containers"][0])["MEDALLION_WEBHOOK_INBOX_URL"]["valueFrom"]["secretKeyRef"]
+        assert inbox == {"name": "inbox-db", "key": "url"}
+        stripe = env_of(receiver["containers"][0])["MEDALLION_WEBHOOK_SECRETS_STRIPE"]["valueFrom"]["secretKeyRef"]
+        assert stripe["name"] == values["secrets"]["existingSecret"]
+        volumes = {
+            v["name"]: v for v in one(docs, "Deployment", f"{RELEASE}-user-code")["spec"]["template"]["spec"]["volumes"]
+        }
+        assert volumes["sftp-keys"]["secret"]["secretName"] == "partner-sftp"
+        assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "lake-nfs"
+        assert by_kind(docs, "PersistentVolumeClaim") == []
+
+
+# --------------------------------------------------------------------------------------------------
+# the workloads
+# --------------------------------------------------------------------------------------------------
+
+
+def test_user_code_serves_the_definitions_over_grpc_with_health_probes(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    deployment = one(docs, "Deployment", f"{RELEASE}-user-code")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == [
+        "dagster",
+        "api",
+        "grpc",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        "3030",
+        "-m",
+        "dagster_project.definitions",
+    ]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 3030, "service": "DagsterApi"}, probe
+    env = env_of(container)
+    assert env["DAGSTER_CURRENT_IMAGE"]["value"] == IMAGE
+    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "dagster-postgresql-secret",
+        "key": "postgresql-password",
+    }
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/opt/dagster/dagster_home"]["readOnly"] is True
+    service = one(docs, "Service", f"{RELEASE}-user-code")
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": 3030, "targetPort": "grpc", "protocol": "TCP"}]
+
+
+def test_webhook_receiver_serves_http_with_health_and_readiness(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    deployment = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["medallion", "webhooks", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert pod["automountServiceAccountToken"] is False
+    assert deployment["spec"]["replicas"] == 2
+    assert set(env_of(container)) == {
+        "MEDALLION_WEBHOOK_INBOX_URL",
+        "MEDALLION_WEBHOOK_SECRETS_STRIPE",
+        "MEDALLION_WEBHOOK_SECRETS_STANDARD",
+    }
+    pdb = one(docs, "PodDisruptionBudget", f"{RELEASE}-webhook-receiver")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert by_kind(docs, "Ingress") == [] and by_kind(docs, "HorizontalPodAutoscaler") == []
+
+
+def test_ingress_terminates_tls_for_the_receiver(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["ingress-tls"]))
+    ingress = one(docs, "Ingress", f"{RELEASE}-webhook-receiver")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["hooks.acme.example"], "secretName": "hooks-acme-example-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{RELEASE}-webhook-receiver", "port": {"name": "http"}}
+    one(docs, "Service", backend["name"])
+
+
+def test_hpa_owns_the_receiver_replica_count(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["hpa"]))
+    deployment = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")
+    assert "replicas" not in deployment["spec"]
+    hpa = one(docs, "HorizontalPodAutoscaler", f"{RELEASE}-webhook-receiver")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+
+
+def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    job = one(docs, "Job", f"{RELEASE}-webhooks-migrate")
+    hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
+    assert hooks == {"pre-install", "pre-upgrade"}
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    # It runs before the release's ServiceAccount and ConfigMap exist.
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["args"] == ["medallion", "webhooks", "migrate"]
+    assert "envFrom" not in container
+    assert env_of(container)["MEDALLION_WEBHOOK_INBOX_URL"]["valueFrom"]["secretKeyRef"]["key"] == "webhook-inbox-url"
+
+
+def test_runs_may_launch_step_jobs_and_nothing_more(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    role = one(docs, "Role", f"{RELEASE}-runs")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules[(("batch",), ("jobs",))] >= {"create", "get", "list", "watch", "delete"}
+    for (_, resources), verbs in rules.items():
+        assert "secrets" not in resources and "*" not in verbs and "*" not in resources
+    binding = one(docs, "RoleBinding", f"{RELEASE}-runs")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-runs", "namespace": NAMESPACE}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_network_policies_open_only_the_service_ports(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    user_code = one(docs, "NetworkPolicy", f"{RELEASE}-user-code")
+    [rule] = user_code["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app": "dagster"}}}]
+    receiver = one(docs, "NetworkPolicy", f"{RELEASE}-webhook-receiver")
+    [rule] = receiver["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    for policy in (user_code, receiver):
+        component = policy["metadata"]["labels"]["app.kubernetes.io/component"]
+        deployment = one(docs, "Deployment", f"{RELEASE}-{component}")
+        assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_config_map_carries_the_platform_settings(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["lean"]))
+    data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    assert data["MEDALLION_LAKE_ROOT"] == "/data/lake"
+    assert data["MEDALLION_WAREHOUSE_PATH"] == "/data/warehouse.duckdb"
+    assert data["MEDALLION_SFTP_KNOWN_HOSTS"] == "/etc/medallion/sftp/known_hosts"
+    assert data["MEDALLION_LOG_LEVEL"] == "debug"
+    assert all(isinstance(v, str) for v in data.values())
+
+
+def test_policy_check_catches_a_non_compliant_pod(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, MINIMAL))
+    pod = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]["spec"]
+    for breach in (
+        lambda p: p["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False),
+        lambda p: p["securityContext"].pop("seccompProfile"),
+        lambda p: p["containers"][0]["resources"].pop("limits"),
+        lambda p: p["containers"][0]["env"].append({"name": "DB_PASSWORD", "value": SENTINEL}),
+        lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
+    ):
+        broken = copy.deepcopy(pod)
+        breach(broken)
+        with pytest.raises(AssertionError):
+            assert_restricted("broken", broken)
