@@ -79,14 +79,18 @@ class PartitionLoad:
         return total
 
 
-def _csv_source(spec: FeedSpec, index: int) -> str:
-    # Every column is read as text so that no value is lost to type sniffing; the contract types it.
-    # Lines the CSV parser cannot split into the header's columns go to a rejects table with their
-    # line number instead of failing the file.
-    delimiter = spec.delimiter.replace("'", "''")
+def _csv_source(spec: FeedSpec, header: list[str], index: int) -> str:
+    # Every column is read as text, named from the header, with no dialect sniffing: nothing is lost to
+    # type guessing, and one broken line (say an unterminated quote) cannot make the reader give up on
+    # the file. Lines the parser cannot split into the header's columns go to a rejects table with
+    # their line number and text instead of failing the file.
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    columns = ", ".join(f"{literal(name)}: 'VARCHAR'" for name in header)
     return (
-        f"read_csv(?, header=true, all_varchar=true, delim='{delimiter}', quote='\"', escape='\"', "
-        f"strict_mode=true, ignore_errors=true, store_rejects=true, "
+        f"read_csv(?, header=true, auto_detect=false, columns={{{columns}}}, delim={literal(spec.delimiter)}, "
+        f"quote='\"', escape='\"', strict_mode=true, ignore_errors=true, store_rejects=true, "
         f"rejects_table='rejects_{index}', rejects_scan='rejects_scan_{index}')"
     )
 
@@ -184,8 +188,9 @@ class _FileReader:
 
     def read(self, index: int, manifest: Manifest, lineage: _Lineage, load: FileLoad, batch_rows: int):
         path = Path(manifest.landed_path)
-        present = resolve_columns(self.spec, read_header(path, self.spec.delimiter), manifest.file_name)
-        query = select_sql(self.spec, present, source=_csv_source(self.spec, index))
+        header = read_header(path, self.spec.delimiter)
+        present = resolve_columns(self.spec, header, manifest.file_name)
+        query = select_sql(self.spec, present, source=_csv_source(self.spec, header, index))
         row = 0
         for batch in self.con.sql(query, params=[str(path)]).to_arrow_reader(batch_rows):
             rows = pa.array(np.arange(row + 1, row + batch.num_rows + 1, dtype=np.int64))

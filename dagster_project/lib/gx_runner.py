@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,11 @@ def validate_duckdb(
     schema, _, table = relation.rpartition(".")
     context = gx_duckdb.ephemeral_context()
     datasource = gx_duckdb.add_datasource(context, "duckdb", con)
-    asset = datasource.add_table_asset(name=relation, table_name=table, schema_name=schema or None)
+    with warnings.catch_warnings():
+        # GX 1.x deprecates schema_name in favour of a schema fixed by the connection; one DuckDB
+        # connection serves every schema of the warehouse, so the table asset names it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asset = datasource.add_table_asset(name=relation, table_name=table, schema_name=schema or None)
     batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
 
     results = _validate(batch, suite_name, expectations, _COUNTS_ONLY)
@@ -220,6 +225,9 @@ def _outcome(r: ExpectationValidationResult, sample: list, pii: frozenset[str]) 
     unexpected = result.get("unexpected_count")
     if isinstance(config and config.type, str) and config.type == "unexpected_rows_expectation":
         unexpected = observed  # GX reports the number of rows the query returned as the observed value
+    mismatched = (result.get("details") or {}).get("mismatched")
+    if mismatched:  # a column-set check: name the missing and unexpected columns, not every column
+        observed = mismatched
     if column in pii and not isinstance(observed, (int, float, bool, type(None))):
         observed = None
     if _raised(r):

@@ -21,9 +21,7 @@ def validate_key(key: bytes) -> bytes:
     The message never contains the key itself.
     """
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(
-            f"the PII tokenisation key must be at least {MIN_KEY_BYTES} bytes long (got {len(key)})"
-        )
+        raise ValueError(f"the PII tokenisation key must be at least {MIN_KEY_BYTES} bytes long (got {len(key)})")
     return key
 
 

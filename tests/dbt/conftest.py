@@ -1,99 +1,16 @@
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
 
 import duckdb
-import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
 
 from dagster_project import settings
-
-PII_KEY = "test-only-hmac-key-0123456789abcdef"
-
-BRONZE_CUSTOMERS_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("email", pa.string()),
-        ("first_name", pa.string()),
-        ("last_name", pa.string()),
-        ("country_code", pa.string()),
-        ("signup_date", pa.date32()),
-        ("lifetime_value", pa.decimal128(12, 2)),
-        ("status", pa.string()),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
-        ("business_date", pa.date32()),
-        ("_source", pa.string()),
-        ("_source_file", pa.string()),
-        ("_source_row", pa.int64()),
-        ("_checksum_sha256", pa.string()),
-        ("_schema_version", pa.int32()),
-        ("_received_at", pa.timestamp("us", tz="UTC")),
-        ("_ingested_at", pa.timestamp("us", tz="UTC")),
-        ("_run_id", pa.string()),
-    ]
-)
-
-
-def customer(
-    customer_id: int,
-    business_date: str,
-    updated_at: str,
-    *,
-    email: str,
-    first_name: str | None = "Ada",
-    last_name: str | None = "Lovelace",
-    status: str = "active",
-    country_code: str = "GB",
-    lifetime_value: str = "10.00",
-    signup_date: str = "2024-06-01",
-    row: int = 1,
-) -> dict[str, Any]:
-    """One bronze customers record; `updated_at` is an ISO time in UTC."""
-    day = dt.date.fromisoformat(business_date)
-    return {
-        "customer_id": customer_id,
-        "email": email,
-        "first_name": first_name,
-        "last_name": last_name,
-        "country_code": country_code,
-        "signup_date": dt.date.fromisoformat(signup_date),
-        "lifetime_value": Decimal(lifetime_value),
-        "status": status,
-        "updated_at": dt.datetime.fromisoformat(updated_at).replace(tzinfo=dt.UTC),
-        "business_date": day,
-        "_source": "acme_customers",
-        "_source_file": f"acme_customers_{business_date}_seq-00001_crc32-00000000.csv",
-        "_source_row": row,
-        "_checksum_sha256": "0" * 64,
-        "_schema_version": 1,
-        "_received_at": dt.datetime.combine(day, dt.time(6), tzinfo=dt.UTC),
-        "_ingested_at": dt.datetime.combine(day, dt.time(6, 5), tzinfo=dt.UTC),
-        "_run_id": "test-run",
-    }
-
-
-def write_bronze_partition(lake_root: Path, business_date: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Replace one business_date partition of bronze/customers, as a bronze re-materialization does."""
-    table = pa.Table.from_pylist(list(rows), schema=BRONZE_CUSTOMERS_SCHEMA)
-    path = lake_root / "bronze" / "customers"
-    if path.exists():
-        write_deltalake(
-            str(path),
-            table,
-            mode="overwrite",
-            predicate=f"business_date = '{business_date}'",
-            partition_by=["business_date"],
-        )
-    else:
-        write_deltalake(str(path), table, mode="overwrite", partition_by=["business_date"])
+from tests.dbt.support import PII_KEY, Dbt
 
 
 @pytest.fixture(scope="session")
@@ -118,10 +35,6 @@ def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return settings.lake_root()
 
 
-class Dbt(Protocol):
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
-
-
 @pytest.fixture
 def dbt(lake: Path, workdir: Path) -> Dbt:
     """Run the dbt CLI on the project as a subprocess, as Dagster does."""
@@ -130,11 +43,16 @@ def dbt(lake: Path, workdir: Path) -> Dbt:
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [
-            str(executable), *args,
-            "--project-dir", str(project_dir),
-            "--profiles-dir", str(project_dir),
-            "--target-path", str(workdir / "target"),
-            "--log-path", str(workdir / "logs"),
+            str(executable),
+            *args,
+            "--project-dir",
+            str(project_dir),
+            "--profiles-dir",
+            str(project_dir),
+            "--target-path",
+            str(workdir / "target"),
+            "--log-path",
+            str(workdir / "logs"),
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=project_dir)
         if check and result.returncode != 0:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import PII_KEY, Dbt, customer, write_bronze_partition
 
 from dagster_project.lib.masking import pii_token
+from tests.dbt.support import PII_KEY, Dbt, customer, write_bronze_partition
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 
@@ -48,28 +48,39 @@ def day_1_rows() -> list[dict]:
         # Same customer twice in one day: the later change (row 2) wins.
         customer(1, DAY_1, "2025-01-01T08:00:00", email=" Ada.Lovelace@Example.COM ", row=1),
         customer(
-            1, DAY_1, "2025-01-01T09:00:00", email="ada.lovelace@example.com",
-            status="inactive", lifetime_value="12.50", row=2,
+            1,
+            DAY_1,
+            "2025-01-01T09:00:00",
+            email="ada.lovelace@example.com",
+            status="inactive",
+            lifetime_value="12.50",
+            row=2,
         ),
-        customer(2, DAY_1, "2025-01-01T08:00:00", email="bob@example.org", first_name=None,
-                 last_name="Babbage", row=3),
+        customer(2, DAY_1, "2025-01-01T08:00:00", email="bob@example.org", first_name=None, last_name="Babbage", row=3),
         # Same customer, same updated_at: the later line of the file wins.
-        customer(3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles",
-                 country_code="FR", row=4),
-        customer(3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles",
-                 country_code="DE", row=5),
+        customer(
+            3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles", country_code="FR", row=4
+        ),
+        customer(
+            3, DAY_1, "2025-01-01T07:00:00", email="charles@example.com", first_name="Charles", country_code="DE", row=5
+        ),
         customer(4, DAY_1, "2025-01-01T10:00:00", email=" Cy@Example.NET ", first_name="Cyril", row=6),
     ]
 
 
 def day_2_rows() -> list[dict]:
     return [
-        customer(1, DAY_2, "2025-01-02T08:00:00", email="ada.lovelace@example.com", status="closed",
-                 lifetime_value="15.00", row=1),
-        customer(4, DAY_2, "2025-01-02T09:30:00", email="cy@example.net", first_name="Cyril",
-                 status="inactive", row=2),
-        customer(5, DAY_2, "2025-01-02T11:00:00", email="dee@example.io", first_name=None,
-                 last_name=None, row=3),
+        customer(
+            1,
+            DAY_2,
+            "2025-01-02T08:00:00",
+            email="ada.lovelace@example.com",
+            status="closed",
+            lifetime_value="15.00",
+            row=1,
+        ),
+        customer(4, DAY_2, "2025-01-02T09:30:00", email="cy@example.net", first_name="Cyril", status="inactive", row=2),
+        customer(5, DAY_2, "2025-01-02T11:00:00", email="dee@example.io", first_name=None, last_name=None, row=3),
     ]
 
 
@@ -127,16 +138,23 @@ def test_silver_keeps_the_latest_record_per_customer(two_days_loaded: None, ware
     assert silver[2]["first_name_token"] is None
     assert silver[2]["last_name_token"] == pii_token("Babbage", PII_KEY.encode())
     # Customer 1 came twice on day 1: that day keeps the later change.
-    day_1 = rows(con, "select status, lifetime_value from silver.stg_acme__customer_versions "
-                      "where customer_id = 1 and business_date = '2025-01-01'")
+    day_1 = rows(
+        con,
+        "select status, lifetime_value from silver.stg_acme__customer_versions "
+        "where customer_id = 1 and business_date = '2025-01-01'",
+    )
     assert day_1 == [{"status": "inactive", "lifetime_value": Decimal("12.50")}]
 
 
 def test_silver_types(two_days_loaded: None, warehouse: Connect) -> None:
-    types = dict(warehouse().execute(
-        "select column_name, data_type from information_schema.columns "
-        "where table_schema = 'silver' and table_name = 'stg_acme__customers'"
-    ).fetchall())
+    types = dict(
+        warehouse()
+        .execute(
+            "select column_name, data_type from information_schema.columns "
+            "where table_schema = 'silver' and table_name = 'stg_acme__customers'"
+        )
+        .fetchall()
+    )
 
     assert types["lifetime_value"] == "DECIMAL(12,2)"
     assert types["updated_at"] == "TIMESTAMP WITH TIME ZONE"
@@ -144,12 +162,13 @@ def test_silver_types(two_days_loaded: None, warehouse: Connect) -> None:
     assert not {"email", "first_name", "last_name"} & set(types)
 
 
-def test_tokens_are_keyed_hex_and_stable_across_case_and_whitespace(
-    two_days_loaded: None, warehouse: Connect
-) -> None:
+def test_tokens_are_keyed_hex_and_stable_across_case_and_whitespace(two_days_loaded: None, warehouse: Connect) -> None:
     con = warehouse()
-    tokens = rows(con, "select customer_id, business_date, email_token from silver.stg_acme__customer_versions "
-                       "where customer_id = 4 order by business_date")
+    tokens = rows(
+        con,
+        "select customer_id, business_date, email_token from silver.stg_acme__customer_versions "
+        "where customer_id = 4 order by business_date",
+    )
 
     # Day 1 sent " Cy@Example.NET ", day 2 "cy@example.net": one person, one token.
     assert len(tokens) == 2
@@ -161,8 +180,9 @@ def test_tokens_are_keyed_hex_and_stable_across_case_and_whitespace(
 
 def test_no_raw_pii_in_the_warehouse(two_days_loaded: None, warehouse: Connect) -> None:
     con = warehouse()
-    tables = [t for (t,) in con.execute(
-        "select table_schema || '.' || table_name from information_schema.tables").fetchall()]
+    tables = [
+        t for (t,) in con.execute("select table_schema || '.' || table_name from information_schema.tables").fetchall()
+    ]
 
     # Bronze is only borrowed for the run: the on-run-end hook drops the copy.
     assert not [t for t in tables if not t.startswith(("silver.", "gold.", "snapshots."))]
@@ -177,26 +197,59 @@ def test_no_raw_pii_in_the_warehouse(two_days_loaded: None, warehouse: Connect) 
 def test_gold_scd2_history_after_a_second_day(two_days_loaded: None, warehouse: Connect) -> None:
     con = warehouse()
 
-    assert rows(con, "select customer_id, count(*) as n from gold.dim_customers where is_current "
-                     "group by 1 having count(*) <> 1") == []
-    assert [r["customer_id"] for r in rows(con, "select distinct customer_id from gold.dim_customers "
-                                                "order by 1")] == [1, 2, 3, 4, 5]
-    history = rows(con, "select status, lifetime_value, cast(valid_from as varchar) as valid_from, "
-                        "cast(valid_to as varchar) as valid_to, is_current "
-                        "from gold.dim_customers where customer_id = 1 order by valid_from")
+    assert (
+        rows(
+            con,
+            "select customer_id, count(*) as n from gold.dim_customers where is_current "
+            "group by 1 having count(*) <> 1",
+        )
+        == []
+    )
+    assert [r["customer_id"] for r in rows(con, "select distinct customer_id from gold.dim_customers order by 1")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    history = rows(
+        con,
+        "select status, lifetime_value, cast(valid_from as varchar) as valid_from, "
+        "cast(valid_to as varchar) as valid_to, is_current "
+        "from gold.dim_customers where customer_id = 1 order by valid_from",
+    )
     assert history == [
-        {"status": "inactive", "lifetime_value": Decimal("12.50"), "valid_from": "2025-01-01 09:00:00+00",
-         "valid_to": "2025-01-02 08:00:00+00", "is_current": False},
-        {"status": "closed", "lifetime_value": Decimal("15.00"), "valid_from": "2025-01-02 08:00:00+00",
-         "valid_to": None, "is_current": True},
+        {
+            "status": "inactive",
+            "lifetime_value": Decimal("12.50"),
+            "valid_from": "2025-01-01 09:00:00+00",
+            "valid_to": "2025-01-02 08:00:00+00",
+            "is_current": False,
+        },
+        {
+            "status": "closed",
+            "lifetime_value": Decimal("15.00"),
+            "valid_from": "2025-01-02 08:00:00+00",
+            "valid_to": None,
+            "is_current": True,
+        },
     ]
 
 
 def test_daily_metrics(two_days_loaded: None, warehouse: Connect) -> None:
     metrics = rows(warehouse(), "select * from gold.fct_customer_daily_metrics order by business_date")
 
-    assert [(str(m["business_date"]), m["customers_changed"], m["customers_new"], m["customers_updated"],
-             m["customers_total_at_end_of_day"], m["customers_active_at_end_of_day"]) for m in metrics] == [
+    assert [
+        (
+            str(m["business_date"]),
+            m["customers_changed"],
+            m["customers_new"],
+            m["customers_updated"],
+            m["customers_total_at_end_of_day"],
+            m["customers_active_at_end_of_day"],
+        )
+        for m in metrics
+    ] == [
         # day 1: 1 inactive, 2, 3, 4 active
         (DAY_1, 4, 4, 0, 4, 3),
         # day 2: 1 closed, 4 inactive, 5 new and active -> 2, 3, 5 active
@@ -204,9 +257,7 @@ def test_daily_metrics(two_days_loaded: None, warehouse: Connect) -> None:
     ]
 
 
-def test_rerunning_the_same_window_changes_nothing(
-    two_days_loaded: None, dbt: Dbt, warehouse: Connect
-) -> None:
+def test_rerunning_the_same_window_changes_nothing(two_days_loaded: None, dbt: Dbt, warehouse: Connect) -> None:
     con = warehouse()
     before = table_dump(con)
     con.close()
@@ -221,10 +272,27 @@ def test_backfilling_an_old_day_never_overwrites_newer_records(
 ) -> None:
     # Day 1 is re-delivered: customer 1 with an older change than its day-2 record, customer 2 corrected.
     redelivered = [r for r in day_1_rows() if r["customer_id"] != 2]
-    redelivered[1] = customer(1, DAY_1, "2025-01-01T09:00:00", email="ada.lovelace@example.com",
-                              status="active", lifetime_value="99.00", row=2)
-    redelivered.append(customer(2, DAY_1, "2025-01-01T08:00:00", email="bob@example.org", first_name=None,
-                                last_name="Babbage", lifetime_value="42.00", row=3))
+    redelivered[1] = customer(
+        1,
+        DAY_1,
+        "2025-01-01T09:00:00",
+        email="ada.lovelace@example.com",
+        status="active",
+        lifetime_value="99.00",
+        row=2,
+    )
+    redelivered.append(
+        customer(
+            2,
+            DAY_1,
+            "2025-01-01T08:00:00",
+            email="bob@example.org",
+            first_name=None,
+            last_name="Babbage",
+            lifetime_value="42.00",
+            row=3,
+        )
+    )
     write_bronze_partition(lake, DAY_1, redelivered)
 
     dbt("build", *window(DAY_1))
@@ -234,8 +302,9 @@ def test_backfilling_an_old_day_never_overwrites_newer_records(
     assert silver[1]["status"] == "closed"
     assert silver[1]["lifetime_value"] == Decimal("15.00")
     assert silver[2]["lifetime_value"] == Decimal("42.00")
-    assert rows(con, "select count(*) as n from silver.stg_acme__customer_versions "
-                     "where business_date = '2025-01-01'") == [{"n": 4}]
+    assert rows(
+        con, "select count(*) as n from silver.stg_acme__customer_versions where business_date = '2025-01-01'"
+    ) == [{"n": 4}]
     current = rows(con, "select status from gold.dim_customers where customer_id = 1 and is_current")
     assert current == [{"status": "closed"}]
 

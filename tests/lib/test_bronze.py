@@ -80,8 +80,11 @@ def _land_generated(lake: Lake, generated: list[GeneratedFile]) -> None:
         land_file(lake.landing, parsed, g.path, source="sftp", source_uri="sftp://x", received_at=RECEIVED_AT)
 
 
+Sample = tuple[Lake, list[GeneratedFile], dict[str, PartitionLoad]]
+
+
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, list[GeneratedFile], dict[str, PartitionLoad]]:
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     """Three days of generated partner files, landed and loaded once; read-only for the tests that use it."""
     root = tmp_path_factory.mktemp("sample")
     lake = Lake(root / "landing", root / "bronze", root / "quarantine")
@@ -94,7 +97,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, list[Generat
 # --- nothing lost, nothing invented ------------------------------------------------------------------------
 
 
-def test_generated_files_received_equals_loaded_plus_quarantined_and_the_truth(sample) -> None:
+def test_generated_files_received_equals_loaded_plus_quarantined_and_the_truth(sample: Sample) -> None:
     lake, truth, loads = sample
     for g in truth:
         [file_load] = loads[g.business_date].files
@@ -104,7 +107,7 @@ def test_generated_files_received_equals_loaded_plus_quarantined_and_the_truth(s
         assert file_load.reasons == Counter(g.reasons)
 
 
-def test_generated_partitions_hold_exactly_the_good_and_bad_rows(sample) -> None:
+def test_generated_partitions_hold_exactly_the_good_and_bad_rows(sample: Sample) -> None:
     lake, truth, _ = sample
     for g in truth:
         assert len(lake.bronze_rows(g.business_date)) == g.good
@@ -113,14 +116,14 @@ def test_generated_partitions_hold_exactly_the_good_and_bad_rows(sample) -> None
         assert Counter(r for row in quarantined for r in row["_reasons"]) == Counter(g.reasons)
 
 
-def test_bronze_schema_equals_the_contract_schema(sample) -> None:
+def test_bronze_schema_equals_the_contract_schema(sample: Sample) -> None:
     lake, _, _ = sample
     table = DeltaTable(lake.bronze)
     assert pa.schema(table.schema().to_arrow()) == bronze_schema(CUSTOMERS)
     assert table.metadata().partition_columns == ["business_date"]
 
 
-def test_file_with_a_bom_loads_its_first_record(sample) -> None:
+def test_file_with_a_bom_loads_its_first_record(sample: Sample) -> None:
     lake, truth, _ = sample
     [manifest] = landed_files(lake.landing, "customers", truth[0].business_date)
     assert Path(manifest.landed_path).read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,")
@@ -128,7 +131,7 @@ def test_file_with_a_bom_loads_its_first_record(sample) -> None:
     assert (first["_source_row"], first["customer_id"]) == (1, 1)
 
 
-def test_quoted_field_with_newline_and_comma_survives_in_a_crlf_file(sample) -> None:
+def test_quoted_field_with_newline_and_comma_survives_in_a_crlf_file(sample: Sample) -> None:
     lake, truth, _ = sample
     day2 = lake.bronze_rows(truth[1].business_date)  # written with CRLF line ends
     assert [r["_source_row"] for r in day2 if r["last_name"] == "Smith,\nJr."] == [2]

@@ -270,7 +270,7 @@ def test_one_reason_per_column_even_when_several_rules_fail() -> None:
 
 def test_raw_record_re_renders_a_bad_row_as_csv() -> None:
     [row] = _check([customer(1, email="n/a", last_name='Smith, "Jr."\nIII', country_code=None)])
-    assert row["_raw_record"] == ('1,n/a,Ada,"Smith, ""Jr.""\nIII",,2025-01-05,10.50,active,2025-11-05T06:00:00Z')
+    assert row["_raw_record"] == '1,n/a,Ada,"Smith, ""Jr.""\nIII",,2025-01-05,10.50,active,2025-11-05T06:00:00Z'
 
 
 def test_missing_nullable_column_is_loaded_as_null() -> None:

@@ -81,7 +81,7 @@ def test_files_are_judged_one_by_one() -> None:
     assert plan.waiting == {OTHER: (50, old)}
 
 
-def test_files_gone_from_the_inbox_are_forgotten() -> None:
+def test_files_no_longer_listed_are_forgotten() -> None:
     f = RemoteFile(NAME, 100, int(NOW) - 3600)
     plan = _plan([f], {OTHER: (1, 1), NAME: (100, int(NOW) - 3600)})
     assert plan.ready == [f]

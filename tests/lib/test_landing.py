@@ -96,7 +96,7 @@ def test_crc_mismatch_raises_naming_the_file_and_lands_nothing(tmp_path: Path, l
     staged.write_bytes(CONTENT)
     with pytest.raises(ChecksumMismatch) as err:
         land_file(landing_root, parse_file_name(name), staged, source="sftp", source_uri="u", received_at=RECEIVED_AT)
-    assert str(err.value) == (f"{name}: CRC32 of the content is {crc32_hex(CONTENT)}, the file name declares DEADBEEF")
+    assert str(err.value) == f"{name}: CRC32 of the content is {crc32_hex(CONTENT)}, the file name declares DEADBEEF"
     assert not landing_root.exists()
     assert staged.read_bytes() == CONTENT  # left for the caller to quarantine
 

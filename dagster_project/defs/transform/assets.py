@@ -6,7 +6,6 @@ business date; a run passes its partition window to dbt as the vars `min_date`/`
 incremental silver models use to recompute only what bronze changed.
 """
 
-
 import json
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
@@ -52,10 +51,10 @@ class MedallionDbtTranslator(DagsterDbtTranslator):
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":
-            # An explicit `meta.dagster.asset_key` on the source wins (the default does that).
-            explicit = super().get_asset_key(dbt_resource_props)
-            default = dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
-            return explicit if explicit != default else dg.AssetKey([BRONZE, dbt_resource_props["name"]])
+            meta = dbt_resource_props.get("config", {}).get("meta") or dbt_resource_props.get("meta") or {}
+            if meta.get("dagster", {}).get("asset_key"):
+                return super().get_asset_key(dbt_resource_props)  # an explicit key in the sources file wins
+            return dg.AssetKey([BRONZE, dbt_resource_props["name"]])
         return dg.AssetKey([layer_of(dbt_resource_props), dbt_resource_props["name"]])
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:

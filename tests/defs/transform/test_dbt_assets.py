@@ -12,6 +12,7 @@ import pytest
 from dagster_project import settings
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
 from dagster_project.defs.transform.resources import DbtManifestMissingError, load_dbt_project
+from tests.dbt.support import customer, write_bronze_partition
 
 SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),
@@ -57,7 +58,9 @@ def test_dbt_tests_are_blocking_checks_on_their_models(assets: ModuleType) -> No
     checked = {spec.asset_key for spec in checks}
     assert checked == SILVER_KEYS | GOLD_KEYS - {dg.AssetKey(["gold", "customers_snapshot"])}
     assert all(spec.blocking for spec in checks)
-    assert {spec.name for spec in assets.dbt_silver.check_specs if spec.asset_key.path[-1] == "stg_acme__customers"} >= {
+    assert {
+        spec.name for spec in assets.dbt_silver.check_specs if spec.asset_key.path[-1] == "stg_acme__customers"
+    } >= {
         "unique_stg_acme__customers_customer_id",
         "not_null_stg_acme__customers_customer_id",
     }
@@ -117,3 +120,32 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(assets: ModuleT
         history = con.execute("select count(*) from gold.dim_customers").fetchone()
     assert silver == {1: "closed", 2: "active"}
     assert history == (2,)
+
+
+def test_a_failing_silver_test_stops_gold_in_the_same_run(assets: ModuleType, lake: Path) -> None:
+    # Day 2 is re-delivered with a status outside the contract of silver.
+    day_2 = [
+        customer(1, "2025-01-02", "2025-01-02T08:00:00", email="ada@example.com", status="closed", row=1),
+        customer(3, "2025-01-02", "2025-01-02T09:00:00", email="cy@example.net", status="suspended", row=2),
+    ]
+    write_bronze_partition(lake, "2025-01-02", day_2)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [assets.dbt_silver, assets.dbt_gold],
+            partition_key="2025-01-02",
+            resources={"dbt": assets.defs.resources["dbt"]},
+            instance=instance,
+            raise_on_error=False,
+        )
+
+        assert not result.success
+        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        assert {(e.asset_key, e.check_name) for e in failed} == {
+            (
+                dg.AssetKey(["silver", "stg_acme__customer_versions"]),
+                "accepted_values_stg_acme__customer_versions_status__active__inactive__closed",
+            )
+        }
+        materialized = {m.asset_key for m in result.get_asset_materialization_events()}
+        assert not materialized & GOLD_KEYS
