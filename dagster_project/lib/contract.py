@@ -35,8 +35,11 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("business_date", pa.date32(), nullable=False),
         pa.field("_source", pa.string(), nullable=False),
         pa.field("_source_file", pa.string(), nullable=False),
-        pa.field("_source_row", pa.int64()),  # record number; null when the line could not be parsed
-        pa.field("_source_line", pa.int64()),  # physical line, known for unparseable lines
+        # Ordinal of the record among the records the parser could read (as in bronze); null for a line
+        # it could not read, which has `_source_line` instead: the line as the parser counts it
+        # (header = 1; a quoted field spanning lines counts once).
+        pa.field("_source_row", pa.int64()),
+        pa.field("_source_line", pa.int64()),
         pa.field("_raw_record", pa.string()),
         pa.field("_reasons", pa.list_(pa.string()), nullable=False),
         pa.field("_checksum_sha256", pa.string(), nullable=False),
