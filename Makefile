@@ -8,8 +8,6 @@ RUN := $(UV) run --frozen
 DBT_DIR := dbt_project
 STAMP := .venv/.medallion-installed
 
-export MEDALLION_PII_HMAC_KEY ?= local-demo-key-change-me
-
 .PHONY: help install demo dev test test-fast bench lint format clean browser
 
 help:  ## list the targets

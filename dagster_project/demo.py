@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,6 +79,21 @@ def prepare_instance_home() -> Path:
     return home
 
 
+def ensure_local_pii_key() -> None:
+    """Give the embedded platform a PII key when none is configured: random, made once, kept under
+    .data/ with owner-only permissions (like the embedded SFTP server's keys). Deployments set the
+    variable from a secret instead."""
+    if settings.pii_hmac_key_configured():
+        return
+    path = settings.data_dir() / "secrets" / "pii_hmac_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    os.environ["MEDALLION_PII_HMAC_KEY"] = path.read_text().strip()
+
+
 def demo_days(count: int, today: dt.date | None = None) -> list[dt.date]:
     today = today or dt.date.today()
     return [today - dt.timedelta(days=count - i) for i in range(count)]
@@ -103,6 +119,7 @@ def run_demo(days: int = 5) -> DemoSummary:
     from dagster_project.defs.sftp.resources import SftpResource
 
     prepare_instance_home()
+    ensure_local_pii_key()
     summary = DemoSummary()
     sftp_settings = settings.sftp()
     with (

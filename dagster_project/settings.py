@@ -86,6 +86,11 @@ def sftp_stable_seconds() -> float:
     return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "0"))
 
 
+def pii_hmac_key_configured() -> bool:
+    """Whether MEDALLION_PII_HMAC_KEY is set (its value is read only by the dbt plugin that uses it)."""
+    return bool(os.environ.get("MEDALLION_PII_HMAC_KEY", "").strip())
+
+
 def webhook_inbox_url() -> str:
     return _env("MEDALLION_WEBHOOK_INBOX_URL", f"sqlite:///{data_dir() / 'webhooks' / 'inbox.sqlite'}")
 

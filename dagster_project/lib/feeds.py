@@ -101,7 +101,26 @@ CUSTOMERS = FeedSpec(
     ),
 )
 
-FEEDS: dict[str, FeedSpec] = {spec.name: spec for spec in (CUSTOMERS,)}
+PSP_PAYOUTS = FeedSpec(
+    name="psp_payouts",
+    system="psp",
+    entity="payouts",
+    description="Daily payout (settlement) file from the payment service provider, one row per charge in a payout.",
+    schema_version=1,
+    key=("payout_id", "charge_id"),
+    owners=("team:payments-data",),
+    columns=(
+        Column("payout_id", "string", nullable=False, pattern=r"^po_[A-Za-z0-9]+$", description="PSP payout id"),
+        Column("charge_id", "string", nullable=False, pattern=r"^ch_[A-Za-z0-9]+$", description="PSP charge id"),
+        Column("gross", "decimal", nullable=False, min_value=0, description="Amount captured for the charge"),
+        Column("fee", "decimal", nullable=False, min_value=0, description="PSP fee deducted for the charge"),
+        Column("net", "decimal", nullable=False, description="Paid out for the charge: gross - refunds - fee"),
+        Column("currency", "string", nullable=False, pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case"),
+        Column("settled_at", "timestamp", nullable=False, description="Settlement time at the PSP, ISO 8601"),
+    ),
+)
+
+FEEDS: dict[str, FeedSpec] = {spec.name: spec for spec in (CUSTOMERS, PSP_PAYOUTS)}
 
 
 def feed_for_file(file_name: str) -> FeedSpec | None:

@@ -1,4 +1,5 @@
-"""The quality gates of the customers feed, one per layer.
+"""The quality gates, one per layer: bronze for every file feed (from its declaration), silver and gold
+for customers.
 
 Each gate is a list of Great Expectations expectations (run by `gx_runner`) plus the same rules written by
 hand as DuckDB SQL. The SQL is the yardstick of the benchmark (benchmarks/gates.py) and a cross-check in
@@ -16,7 +17,7 @@ import great_expectations.expectations as gxe
 from great_expectations.expectations import Expectation
 
 from dagster_project.lib.contract import LINEAGE_COLUMNS, PARTITION_COLUMN
-from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.feeds import CUSTOMERS, FeedSpec
 
 STATUSES: tuple[str, ...] = CUSTOMERS.column("status").allowed or ()
 TOKEN_PATTERN = r"^[0-9a-f]{64}$"  # HMAC-SHA256, lowercase hex
@@ -44,28 +45,39 @@ def _sql_rows(values: Sequence[str]) -> str:
 
 # --- bronze -------------------------------------------------------------------------------------------
 
-BRONZE_COLUMNS: tuple[str, ...] = (*CUSTOMERS.column_names, PARTITION_COLUMN, *LINEAGE_COLUMNS)
-BRONZE_NOT_NULL: tuple[str, ...] = ("customer_id", PARTITION_COLUMN, *LINEAGE_COLUMNS)
+
+def bronze_gate(spec: FeedSpec, expected_rows: int) -> Gate:
+    """One bronze partition of a file feed, derived from its declaration: every declared, partition and
+    lineage column present; key, partition and lineage columns not null; declared accepted values; and
+    `expected_rows` (the rows landed for the partition minus the rows quarantined)."""
+    columns = (*spec.column_names, PARTITION_COLUMN, *LINEAGE_COLUMNS)
+    not_null = (*spec.key, PARTITION_COLUMN, *LINEAGE_COLUMNS)
+    accepted = [(c.name, c.allowed) for c in spec.columns if c.allowed is not None]
+    expectations: list[Expectation] = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=False),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in not_null),
+        *(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=list(values)) for name, values in accepted),
+        gxe.ExpectTableRowCountToEqual(value=expected_rows),
+    ]
+    counts = [f"count(*) filter (where {c} is null) as {c}_null" for c in not_null]
+    counts += [
+        f"count(*) filter (where {name} not in ({_sql_list(values)})) as {name}_not_accepted"
+        for name, values in accepted
+    ]
+    counts.append(f"abs(count(*) - {int(expected_rows)}) as row_count_off")
+    sql = (
+        f"select count(*) as missing_columns from (values {_sql_rows(columns)}) as expected(name)\n"
+        "where name not in (select column_name from (describe {relation}))",
+        "select\n  " + ",\n  ".join(counts) + "\nfrom {relation}",
+    )
+    return Gate(
+        f"bronze_{spec.name}", expectations, sql, sample_columns=(*spec.key, "_source_file", "_source_row")
+    )
 
 
 def bronze_customers(expected_rows: int) -> Gate:
-    """One bronze partition: `expected_rows` is the rows landed for it minus the rows quarantined."""
-    expectations: list[Expectation] = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(BRONZE_COLUMNS), exact_match=False),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in BRONZE_NOT_NULL),
-        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
-        gxe.ExpectTableRowCountToEqual(value=expected_rows),
-    ]
-    not_null = ",\n  ".join(f"count(*) filter (where {c} is null) as {c}_null" for c in BRONZE_NOT_NULL)
-    sql = (
-        f"select count(*) as missing_columns from (values {_sql_rows(BRONZE_COLUMNS)}) as expected(name)\n"
-        "where name not in (select column_name from (describe {relation}))",
-        f"select\n  {not_null},\n"
-        f"  count(*) filter (where status not in ({_sql_list(STATUSES)})) as status_not_accepted,\n"
-        f"  abs(count(*) - {int(expected_rows)}) as row_count_off\n"
-        "from {relation}",
-    )
-    return Gate("bronze_customers", expectations, sql, sample_columns=("customer_id", "_source_file", "_source_row"))
+    """`bronze_gate` of the customers feed."""
+    return bronze_gate(CUSTOMERS, expected_rows)
 
 
 # --- silver -------------------------------------------------------------------------------------------

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dagster_project.lib.feeds import CUSTOMERS, FEEDS, FeedSpec, OnSchemaDrift, feed_for_file
+from dagster_project.lib.feeds import CUSTOMERS, FEEDS, PSP_PAYOUTS, FeedSpec, OnSchemaDrift, feed_for_file
 
 
-def test_customers_is_registered_under_its_table_name() -> None:
-    assert FEEDS == {"customers": CUSTOMERS}
+def test_feeds_are_registered_under_their_table_names() -> None:
+    assert FEEDS == {"customers": CUSTOMERS, "psp_payouts": PSP_PAYOUTS}
 
 
 def test_customers_declares_its_columns_in_file_order() -> None:
