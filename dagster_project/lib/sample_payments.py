@@ -245,7 +245,7 @@ def build_payments_sample(
 
     # Deliveries in the order the PSP sends them: by creation, except the refund that overtakes its capture;
     # two events resent (identical bodies, signed again); the tampered body changed after signing.
-    order = [e for e in b.events if e[0] != capture_4]
+    order = sorted((e for e in b.events if e[0] != capture_4), key=lambda e: e[1])
     order.insert(next(i for i, e in enumerate(order) if e[0] == refund_4) + 1, _find(b.events, capture_4))
     deliveries: list[Delivery] = []
     for event_id, _, _, body in order:

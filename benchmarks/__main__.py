@@ -1,0 +1,74 @@
+"""`make bench`: every benchmark, each against a baseline measured in the same run, with its target.
+
+    uv run python -m benchmarks [--quick]
+
+--quick uses 1M rows only and 5,000 webhook events (a smoke run; the targets are for the full sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks import bronze, gates, webhooks_load
+
+WORK = Path(".bench")
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def bronze_section(sizes: list[int]) -> None:
+    print("\n## Bronze hop (parse, contract, quarantine, lineage, Delta commit) vs DuckDB COPY CSV -> Parquet")
+    rows = bronze.run(sizes, WORK)
+    print(f"{'rows':>11} {'file MB':>8} {'COPY rows/s':>12} {'COPY RSS MB':>11} {'hop rows/s':>11} "
+          f"{'hop RSS MB':>10} {'hop/COPY':>8} {'quarantined':>11}")
+    for r in rows:
+        print(f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['copy_rows_per_s']:>12,.0f} {r['copy_peak_rss_mb']:>11.0f} "
+              f"{r['hop_rows_per_s']:>11,.0f} {r['hop_peak_rss_mb']:>10.0f} {r['hop_vs_copy']:>8.2f} "
+              f"{r['quarantined']:>11,}")
+    print("targets: hop >= 0.75x COPY; peak RSS <= 600 MB at 10M and <= 1.2x the 1M figure")
+    for r in rows:
+        print(f"  {r['rows']:,} rows: throughput {_verdict(r['hop_vs_copy'] >= 0.75)} ({r['hop_vs_copy']:.2f}x)")
+    if len(rows) > 1:
+        small, big = rows[0], rows[-1]
+        growth = big["hop_peak_rss_mb"] / small["hop_peak_rss_mb"]
+        ok = big["hop_peak_rss_mb"] <= 600 and growth <= 1.2
+        print(f"  memory: {_verdict(ok)} ({big['hop_peak_rss_mb']:.0f} MB at {big['rows']:,}, {growth:.2f}x the "
+              f"{small['rows']:,}-row figure)")
+
+
+def gates_section(sizes: list[int]) -> None:
+    print("\n## Great Expectations gates (GX SQL engine on DuckDB) vs the same checks in hand-written DuckDB SQL")
+    print(f"{'layer':>8} {'rows':>11} {'GX s':>8} {'SQL s':>8} {'GX/SQL':>7}")
+    results = []
+    for size in sizes:
+        for r in gates.run(size):
+            results.append((size, r))
+            print(f"{r['layer']:>8} {size:>11,} {r['gx_seconds']:>8.2f} {r['sql_seconds']:>8.2f} {r['ratio']:>7.2f}")
+    print("target: each gate within 1.5x of its SQL")
+    for size, r in results:
+        print(f"  {r['layer']} at {size:,}: {_verdict(r['ratio'] <= 1.5)} ({r['ratio']:.2f}x)")
+
+
+def webhooks_section(events: int) -> None:
+    print(f"\n## Webhook receiver: {events:,} signed events, 10% resent, receiver SIGKILLed once and restarted")
+    result = webhooks_load.run(events)
+    webhooks_load._print_table(result)
+    ok = result["acknowledged_but_missing"] == 0 and result["duplicates_stored"] == 0
+    print(f"target: acknowledged-but-missing = 0 and duplicates = 0: {_verdict(ok)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sizes = [1_000_000] if args.quick else [1_000_000, 10_000_000]
+    bronze_section(sizes)
+    gates_section(sizes)
+    webhooks_section(5_000 if args.quick else 20_000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from dagster_project import settings
+from dagster_project.services.webhook_receiver import create_app
+
+STRIPE_SECRET = "whsec_test_payments_pipeline"
+PII_KEY = "test-only-hmac-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def parsed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Parse the dbt project as the Makefile does, so the transform assets can load its manifest."""
+    scratch = tmp_path_factory.mktemp("parse")
+    project_dir = settings.dbt_project_dir()
+    env = {"MEDALLION_LAKE_ROOT": str(scratch / "lake"), "MEDALLION_WAREHOUSE_PATH": str(scratch / "warehouse.duckdb")}
+    subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet",
+         "--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
+        check=True, cwd=project_dir, env={**os.environ, **env},
+    )
+    return project_dir / "target" / "manifest.json"
+
+
+@pytest.fixture
+def inbox_url(platform_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The platform's webhook inbox: a SQLite file in the test's folder, found through settings."""
+    url = f"sqlite:///{platform_env / 'webhooks' / 'inbox.sqlite'}"
+    monkeypatch.setenv("MEDALLION_WEBHOOK_INBOX_URL", url)
+    monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", PII_KEY)
+    assert settings.webhook_inbox_url() == url
+    return url
+
+
+@pytest.fixture
+def receiver(inbox_url: str) -> Iterator[str]:
+    """The real webhook receiver under uvicorn on a loopback port; yields its base URL."""
+    app = create_app(
+        inbox_url=inbox_url,
+        secrets={"stripe": [STRIPE_SECRET]},
+        schemes={"stripe": "stripe"},
+        max_body_bytes=64 * 1024,
+        tolerance_seconds=300,
+        auto_migrate=True,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,74 @@
+"""Loading the code location, and a snapshot of what it defines, so a rename shows up in review."""
+
+import dagster as dg
+
+from dagster_project.definitions import FOLLOW_UPSTREAM
+from dagster_project.definitions import defs as load_defs
+
+EXPECTED_ASSETS = {
+    "landing/customers": "landing",
+    "bronze/customers": "bronze",
+    "quarantine/customers": "bronze",
+    "landing/psp_payouts": "landing",
+    "bronze/psp_payouts": "bronze",
+    "quarantine/psp_payouts": "bronze",
+    "landing/payment_events": "landing",
+    "bronze/payment_events": "bronze",
+    "quarantine/payment_events": "bronze",
+    "silver/stg_acme__customer_versions": "silver",
+    "silver/stg_acme__customers": "silver",
+    "silver/stg_psp__payment_events": "silver",
+    "silver/stg_psp__charges": "silver",
+    "silver/stg_psp__payouts": "silver",
+    "gold/customers_snapshot": "gold",
+    "gold/dim_customers": "gold",
+    "gold/fct_customer_daily_metrics": "gold",
+    "gold/fct_payments": "gold",
+    "gold/fct_daily_revenue": "gold",
+    "gold/payout_reconciliation": "gold",
+}
+
+EXPECTED_GATES = {
+    ("bronze/customers", "gx_bronze_gate"),
+    ("bronze/psp_payouts", "gx_bronze_gate"),
+    ("bronze/payment_events", "gx_bronze_gate"),
+    ("silver/stg_acme__customers", "gx_silver_gate"),
+    ("gold/dim_customers", "gx_gold_gate"),
+    ("gold/payout_reconciliation", "gx_gold_gate"),
+}
+
+
+def _defs() -> dg.Definitions:
+    defs = load_defs()
+    defs.validate_loadable(defs)
+    return defs
+
+
+def test_asset_keys_and_groups_snapshot():
+    specs = {s.key.to_user_string(): s.group_name for s in _defs().resolve_all_asset_specs()}
+    assert specs == EXPECTED_ASSETS
+
+
+def test_every_layer_gate_is_a_blocking_check():
+    graph = _defs().resolve_asset_graph()
+    checks = {key: graph.get_check_spec(key) for key in graph.asset_check_keys}
+    gates = {(k.asset_key.to_user_string(), k.name) for k, spec in checks.items() if spec.blocking}
+    assert EXPECTED_GATES <= gates
+    # dbt tests are asset checks too.
+    assert any(k.name.startswith("unique_stg_acme__customers") for k in checks)
+
+
+def test_silver_and_gold_follow_upstream_only_past_passing_gates():
+    graph = _defs().resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        condition = graph.get(key).automation_condition
+        if key.path[0] in ("silver", "gold"):
+            assert condition == FOLLOW_UPSTREAM, key
+        else:
+            assert condition is None, key
+
+
+def test_sensors_and_jobs():
+    defs = _defs()
+    assert {s.name for s in defs.resolve_sensor_defs()} >= {"sftp_inbox_sensor"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"customers_intake", "psp_payouts_intake"}
