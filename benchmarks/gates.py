@@ -1,9 +1,10 @@
 """Each layer's GX gate (GX's SQL engine on DuckDB) against the same rules written by hand in DuckDB SQL.
 
 Bronze is a Delta table with two business dates, validated one partition at a time; silver and gold are
-tables of a DuckDB warehouse file. Both sides open their input from scratch on every run, and the figure
-is the best of `repeat` runs. Tables are clean, so every gate passes (a passing gate is the common case,
-and a failing one additionally fetches PII-free samples).
+tables of a DuckDB warehouse file. Both sides open their input from scratch on every run, GX and SQL runs
+alternate (so both see the same machine load), and each figure is the best of `repeat` runs. Tables are
+clean, so every gate passes (a passing gate is the common case, and a failing one additionally fetches
+PII-free samples).
 
     uv run python -m benchmarks.gates [rows]
 """
@@ -118,13 +119,16 @@ def build(work: Path, rows: int) -> tuple[Path, Path]:
     return lake, warehouse
 
 
-def _best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    best, value = float("inf"), None
+def _best_of_pairs(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple:
+    """Best time and last value of each function, run alternately so that both see the same machine load."""
+    best = [float("inf"), float("inf")]
+    values: list[object] = [None, None]
     for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
+        for i, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            values[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], values[0], best[1], values[1]
 
 
 def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[int]:
@@ -149,7 +153,7 @@ def _warehouse_sql(warehouse: Path, relation: str, gate: gates.Gate) -> list[int
         con.close()
 
 
-def run(rows: int, repeat: int = 2) -> list[dict]:
+def run(rows: int, repeat: int = 3) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
         lake, warehouse = build(Path(tmp), rows)
@@ -188,8 +192,7 @@ def run(rows: int, repeat: int = 2) -> list[dict]:
             ),
         ]
         for layer, gate, gx_fn, sql_fn in cases:
-            gx_seconds, result = _best(gx_fn, repeat)
-            sql_seconds, counts = _best(sql_fn, repeat)
+            gx_seconds, result, sql_seconds, counts = _best_of_pairs(gx_fn, sql_fn, repeat)
             assert isinstance(result, GateResult)
             if not result.success or any(counts):
                 raise AssertionError(f"{layer} gate should pass on clean data: {result.summary()} / SQL {counts}")

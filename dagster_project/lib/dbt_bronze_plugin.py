@@ -11,16 +11,21 @@ Source configuration (`config.meta` of the source table):
     materialization: table
     bronze_table: <bronze table name, e.g. payment_events>
     delta_table_path: <path of the Delta table>
+
+The plugin also creates the warehouse schema the sources load into (`schema` in its profile config,
+`bronze` by default) when dbt opens the warehouse; see `configure_connection`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pyarrow as pa
 from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt.adapters.duckdb.utils import SourceConfig
 from deltalake import DeltaTable
+from duckdb import DuckDBPyConnection
 
 from dagster_project.lib import payment_events
 from dagster_project.lib.contract import bronze_schema
@@ -37,6 +42,15 @@ def bronze_schemas() -> dict[str, pa.Schema]:
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self._schemas = bronze_schemas()
+        self._warehouse_schema = str(plugin_config.get("schema") or "bronze")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self._warehouse_schema):
+            raise ValueError(f"bronze plugin: schema {self._warehouse_schema!r} is not a plain identifier")
+
+    def configure_connection(self, conn: DuckDBPyConnection) -> None:
+        # dbt loads each source on the thread of the first model that reads it, and each load starts with
+        # CREATE SCHEMA IF NOT EXISTS: two first loads at once conflict in DuckDB's catalog
+        # ("write-write conflict on create"). Created once here, before any thread starts, it never races.
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._warehouse_schema}")
 
     def load(self, source_config: SourceConfig) -> Any:
         path = source_config.get("delta_table_path")

@@ -75,7 +75,9 @@ class FeedSpec:
         )
 
     def file_name(self, business_date: str, sequence: int, crc32_hex: str) -> str:
-        return f"{self.system}_{self.entity}_{business_date}_seq-{sequence:05d}_crc32-{crc32_hex.upper()}.{self.extension}"
+        return (
+            f"{self.system}_{self.entity}_{business_date}_seq-{sequence:05d}_crc32-{crc32_hex.upper()}.{self.extension}"
+        )
 
 
 EMAIL_PATTERN = r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$"

@@ -70,9 +70,7 @@ def bronze_gate(spec: FeedSpec, expected_rows: int) -> Gate:
         "where name not in (select column_name from (describe {relation}))",
         "select\n  " + ",\n  ".join(counts) + "\nfrom {relation}",
     )
-    return Gate(
-        f"bronze_{spec.name}", expectations, sql, sample_columns=(*spec.key, "_source_file", "_source_row")
-    )
+    return Gate(f"bronze_{spec.name}", expectations, sql, sample_columns=(*spec.key, "_source_file", "_source_row"))
 
 
 def bronze_customers(expected_rows: int) -> Gate:

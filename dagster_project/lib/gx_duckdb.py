@@ -14,6 +14,17 @@ No pool or engine option avoids it on SQLAlchemy 2.0.
    Postgres); GX has no DuckDB branch and would otherwise raise NotImplementedError.
 4. Literals are rendered without doubling backslashes (`duckdb_engine.Dialect._backslash_escapes = False`;
    DuckDB strings are standard-conforming), so a pattern such as `\\d` reaches DuckDB intact.
+5. An `UnexpectedRowsExpectation` costs one scan of its query, not two. GX computes two metrics from it,
+   the number of rows (`SELECT COUNT(*) ... FROM (query)`) and the first `MAX_RESULT_RECORDS` rows
+   (`query` itself), each with a query of its own. On DuckDB the count query instead runs
+   `SELECT count(*) OVER (), * FROM (query) LIMIT MAX_RESULT_RECORDS`, which answers both, and the rows
+   are kept on the engine until GX asks for them (exactly once; `forget_shared_results` drops leftovers
+   before each validation). When the query returns more rows than that, a request for all of them runs
+   the query again.
+6. Column metadata (`table.column_types`, which `table.columns` derives from) is read with one query on
+   `duckdb_columns()` instead of duckdb-engine's Postgres-style reflection (several `pg_catalog` queries,
+   ~0.05-0.1 s per validation). Rows go through SQLAlchemy's own Postgres column decoding, so names, types
+   and nullability come out as before; any type that decoding does not know takes GX's own path.
 
 The patch replaces GX internals, so GX stays pinned (pyproject: `great-expectations==1.24.1`); after an
 upgrade run tests/lib/test_gx_runner.py and update `TESTED_GX_VERSION` only if it passes.
@@ -22,6 +33,7 @@ upgrade run tests/lib/test_gx_runner.py and update `TESTED_GX_VERSION` only if i
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +42,7 @@ import duckdb
 import duckdb_engine
 import great_expectations as gx
 import sqlalchemy as sa
+from great_expectations.constants import MAX_RESULT_RECORDS
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -38,6 +51,7 @@ from great_expectations.data_context.types.base import (
 )
 from great_expectations.datasource.fluent import SQLDatasource
 from great_expectations.execution_engine import SqlAlchemyExecutionEngine
+from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.pool import StaticPool
 
 TESTED_GX_VERSION = "1.24.1"
@@ -66,6 +80,32 @@ _READ_METHODS = frozenset(
     }
 )
 _MARK = "_medallion_duckdb_patch"
+# The statement GX's `unexpected_rows_query.row_count` metric runs (query_metrics/query_row_count).
+_ROW_COUNT_QUERY = re.compile(
+    r"\ASELECT COUNT\(\*\) as unexpected_row_count FROM \((?P<query>.*)\) AS substituted_batch_subquery\Z",
+    re.DOTALL,
+)
+_SHARED = "_duckdb_shared_rows"  # engine attribute: query text -> _SharedRows
+_COLUMN_TYPES_MODULE = "great_expectations.expectations.metrics.table_metrics.table_column_types"
+# The rows SQLAlchemy's Postgres dialect decodes into column metadata (`PGDialect._get_columns_info`), read
+# from DuckDB's own catalog; the type modifier is computed as DuckDB's `pg_catalog.pg_attribute` does.
+_COLUMNS_QUERY = """
+SELECT column_name AS name,
+  pg_catalog.format_type(
+    data_type_id,
+    CASE WHEN data_type ILIKE '%decimal%' THEN numeric_precision * 1000 + numeric_scale ELSE -1 END
+  ) AS format_type,
+  column_default AS "default", NOT is_nullable AS not_null, table_name, comment,
+  '' AS generated, NULL AS identity_options, NULL AS collation
+FROM duckdb_columns()
+WHERE table_name = $table
+  AND CASE WHEN $schema IS NULL
+    THEN (database_name = current_database() AND schema_name = current_schema()) OR database_name = 'temp'
+    ELSE schema_name = $schema AND database_name IN (current_database(), 'temp')
+  END
+QUALIFY table_oid = first_value(table_oid) OVER (ORDER BY database_name = 'temp' DESC, table_oid)
+ORDER BY column_index
+"""
 _lock = threading.Lock()
 
 
@@ -109,10 +149,78 @@ class _ReadOnceResult:
             pass
 
 
+class _SharedRows:
+    """The outcome of one `count(*) OVER ()` scan of an unexpected-rows query: its row count and first rows."""
+
+    def __init__(self, keys: list[str], rows: list[tuple], count: int) -> None:
+        self.keys = keys
+        self.rows = rows
+        self.count = count
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) == self.count
+
+
+class _ListResult:
+    """A read-once stand-in for a query result whose rows are already known.
+
+    `run_query` produces the real result, for a caller wanting more rows than are known.
+    """
+
+    returns_rows = True
+
+    def __init__(self, keys: list[str], rows: list[tuple], complete: bool, run_query: Callable[[], Any]) -> None:
+        self._make_row = result_tuple(keys)
+        self._keys = keys
+        self._rows = rows
+        self._complete = complete
+        self._run_query = run_query
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def _take(self, n: int | None) -> list:
+        if n is None or n > len(self._rows):
+            if not self._complete:
+                rows = self._run_query().fetchall()
+                self._rows, self._complete = [tuple(r) for r in rows], True
+            n = len(self._rows)
+        taken, self._rows = self._rows[:n], self._rows[n:]
+        return [self._make_row(r) for r in taken]
+
+    def fetchall(self) -> list:
+        return self._take(None)
+
+    def fetchmany(self, size: int | None = None) -> list:
+        return self._take(1 if size is None else size)
+
+    def fetchone(self) -> Any:
+        rows = self._take(1)
+        return rows[0] if rows else None
+
+    def scalar(self) -> Any:
+        row = self.fetchone()
+        return None if row is None else row[0]
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        self._rows = []
+
+
+def forget_shared_results(engine: SqlAlchemyExecutionEngine) -> None:
+    """Drop the unexpected-rows results the engine holds (patch item 5); call before each validation."""
+    getattr(engine, _SHARED, {}).clear()
+
+
+def _query_text(query: Any) -> str | None:
+    return query.text if isinstance(query, sa.TextClause) and not query._bindparams else None
+
+
 def _patched_execute_query(original: Callable) -> Callable:
-    def execute_query(self: SqlAlchemyExecutionEngine, query: Any) -> Any:
-        if not _is_duckdb(self):
-            return original(self, query)
+    def run(self: SqlAlchemyExecutionEngine, query: Any) -> Any:
         previous = getattr(self, "_duckdb_open_result", None)
         if previous is not None:
             previous.close()
@@ -127,6 +235,31 @@ def _patched_execute_query(original: Callable) -> Callable:
             return result
         self._duckdb_open_result = _ReadOnceResult(connection, result)
         return self._duckdb_open_result
+
+    def execute_query(self: SqlAlchemyExecutionEngine, query: Any) -> Any:
+        if not _is_duckdb(self):
+            return original(self, query)
+        text = _query_text(query)
+        if text is None:
+            return run(self, query)
+        shared: dict[str, _SharedRows] = self.__dict__.setdefault(_SHARED, {})
+        known = shared.pop(text, None)
+        if known is not None:  # the rows of a query whose count was asked for first
+            return _ListResult(known.keys, known.rows, known.complete, lambda: run(self, query))
+        match = _ROW_COUNT_QUERY.match(text)
+        if match is None:
+            return run(self, query)
+        inner = match.group("query")
+        both = sa.text(
+            f"SELECT count(*) OVER () AS unexpected_row_count, * FROM ({inner}) AS substituted_batch_subquery "
+            f"LIMIT {int(MAX_RESULT_RECORDS)}"
+        )
+        result = run(self, both)
+        keys = list(result.keys())[1:]
+        rows = [tuple(r) for r in result.fetchall()]
+        count = int(rows[0][0]) if rows else 0
+        shared[inner] = _SharedRows(keys, [r[1:] for r in rows], count)
+        return _ListResult(["unexpected_row_count"], [(count,)], True, lambda: run(self, query))
 
     setattr(execute_query, _MARK, True)
     execute_query.__doc__ = original.__doc__
@@ -163,6 +296,31 @@ def _patched_regex_expression(original: Callable) -> Callable:
     return get_dialect_regex_expression
 
 
+def _patched_column_metadata(original: Callable, util: Any) -> Callable:
+    def get_sqlalchemy_column_metadata(
+        execution_engine: SqlAlchemyExecutionEngine, table_selectable: Any, schema_name: str | None = None
+    ) -> Any:
+        if not _is_duckdb(execution_engine) or not isinstance(table_selectable, str):
+            return original(execution_engine, table_selectable, schema_name)
+        dialect = execution_engine.engine.dialect
+        with execution_engine.engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                _COLUMNS_QUERY, {"table": str(table_selectable), "schema": schema_name}
+            ).fetchall()
+            if connection.in_transaction():
+                connection.commit()
+        rows = [r._asdict() for r in rows]  # one relation: a temporary one hides the one in main
+        known = dialect.ischema_names
+        if not rows or any(r["format_type"].split("(")[0] not in known or r["format_type"] == "enum" for r in rows):
+            return original(execution_engine, table_selectable, schema_name)
+        columns = dialect._get_columns_info(rows, {}, {}, schema_name)
+        # DuckDB reports no primary keys through duckdb-engine (its constraint query fails), nor here.
+        return util._build_column_metadata_result(next(iter(columns.values())), set(), execution_engine)
+
+    setattr(get_sqlalchemy_column_metadata, _MARK, True)
+    return get_sqlalchemy_column_metadata
+
+
 def ensure_patched() -> None:
     """Apply the DuckDB fixes to GX once per process; later calls do nothing."""
     if getattr(SqlAlchemyExecutionEngine.execute_query, _MARK, False):
@@ -183,6 +341,12 @@ def ensure_patched() -> None:
                 raise RuntimeError(f"{module.__name__} no longer uses GX's get_dialect_regex_expression")
             module.get_dialect_regex_expression = regex
         duckdb_engine.Dialect._backslash_escapes = False
+        column_types = importlib.import_module(_COLUMN_TYPES_MODULE)
+        if column_types.get_sqlalchemy_column_metadata is not modules[0].get_sqlalchemy_column_metadata:
+            raise RuntimeError(f"{_COLUMN_TYPES_MODULE} no longer uses GX's get_sqlalchemy_column_metadata")
+        column_types.get_sqlalchemy_column_metadata = _patched_column_metadata(
+            column_types.get_sqlalchemy_column_metadata, modules[0]
+        )
         SqlAlchemyExecutionEngine.execute_query_in_transaction = _patched_execute_query_in_transaction(
             SqlAlchemyExecutionEngine.execute_query_in_transaction
         )

@@ -147,17 +147,19 @@ def validate_delta(
 ) -> GateResult:
     """Validate a Delta table, or the rows of it that `predicate_sql` selects (e.g. `business_date = ?`).
 
-    `predicate_sql` is SQL written by the caller with `?` placeholders; values go in `params`. The selected
-    rows are copied once into an in-memory DuckDB table: GX reads its batch several times (column reflection,
-    counts, samples), and reading memory is much cheaper than decoding the Parquet files again each time.
+    `predicate_sql` is SQL written by the caller with `?` placeholders; values go in `params`. GX sees the
+    selected rows as a view over the table's Arrow dataset: nothing is copied, DuckDB prunes partitions
+    and decodes only the columns a query reads, and GX computes the counts of a passing suite in a single
+    aggregate scan (the column set and types come from the Delta schema, not from the data). Only a
+    failing suite scans again, to fetch its samples.
     """
     start = time.perf_counter()
     con = duckdb.connect()
     try:
         con.register("delta_source", DeltaTable(str(table_path)).to_pyarrow_dataset())
         where = f" WHERE {predicate_sql}" if predicate_sql else ""
-        con.execute(f"CREATE TABLE batch AS SELECT * FROM delta_source{where}", list(params or []))
-        con.unregister("delta_source")
+        # A view cannot hold prepared parameters; a relation keeps them bound.
+        con.sql(f"SELECT * FROM delta_source{where}", params=list(params or [])).create_view("batch")
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )
@@ -174,6 +176,7 @@ def _validate(
     # A suite binds its expectations, so it gets copies; each is tagged with its position.
     tagged = [e.copy(update={"meta": {**(e.meta or {}), _POSITION: i}}) for i, e in enumerate(expectations)]
     suite = gx.ExpectationSuite(name=suite_name, expectations=tagged)
+    gx_duckdb.forget_shared_results(batch.data.execution_engine)
     results = batch.validate(suite, result_format=result_format).results
     return sorted(results, key=lambda r: r.expectation_config.meta[_POSITION])
 

@@ -60,9 +60,7 @@ def bronze_payment_events(expected_rows: int) -> Gate:
         "  select count(*) as n from {relation} where event_id is not null group by event_id having count(*) > 1\n"
         ")",
     )
-    return Gate(
-        "bronze_payment_events", expectations, sql, sample_columns=("event_id", "_source_file", "_source_row")
-    )
+    return Gate("bronze_payment_events", expectations, sql, sample_columns=("event_id", "_source_file", "_source_row"))
 
 
 # --- gold ---------------------------------------------------------------------------------------------
@@ -103,7 +101,9 @@ def gold_payout_reconciliation() -> Gate:
         "select\n"
         "  count(*) filter (where payout_id is null) as payout_id_null,\n"
         "  count(*) filter (where status is null) as status_null,\n"
-        "  count(*) filter (where status not in (" + ", ".join(_literals(RECONCILIATION_STATUSES)) + ")) as status_not_accepted\n"
+        "  count(*) filter (where status not in ("
+        + ", ".join(_literals(RECONCILIATION_STATUSES))
+        + ")) as status_not_accepted\n"
         "from {relation}",
         "select coalesce(sum(n), 0) as payout_id_duplicated from (\n"
         "  select count(*) as n from {relation} where payout_id is not null group by payout_id having count(*) > 1\n"

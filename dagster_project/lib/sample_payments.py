@@ -186,8 +186,15 @@ def build_payments_sample(
     b.event(
         "charge.dispute.created",
         b.at(1, 10),
-        {"id": f"dp_{b.tag}03", "object": "dispute", "amount": 4200, "currency": "usd", "charge": ch[3],
-         "status": "needs_response", "reason": "fraudulent"},
+        {
+            "id": f"dp_{b.tag}03",
+            "object": "dispute",
+            "amount": 4200,
+            "currency": "usd",
+            "charge": ch[3],
+            "status": "needs_response",
+            "reason": "fraudulent",
+        },
     )
     capture_4 = captured(4, 5000, "EUR", b.at(1, 9))
     refund_4 = refunded(4, 5000, "EUR", 2000, b.at(1, 9, 30))
@@ -222,15 +229,28 @@ def build_payments_sample(
             expected += c.captured_minor - c.refunded_minor - fee
             paid += net
             lines_by_day[day].append(
-                [payout_id, ch[n], _major(c.captured_minor), _major(fee), _major(net), currency,
-                 settled_at.isoformat().replace("+00:00", "Z")]
+                [
+                    payout_id,
+                    ch[n],
+                    _major(c.captured_minor),
+                    _major(fee),
+                    _major(net),
+                    currency,
+                    settled_at.isoformat().replace("+00:00", "Z"),
+                ]
             )
         payouts[payout_id] = PayoutTruth(currency, expected, paid, "matched" if expected == paid else "mismatched")
         b.event(
             "payout.paid",
             b.at(day, 6, 30),
-            {"id": payout_id, "object": "payout", "amount": paid, "currency": currency.lower(), "status": "paid",
-             "arrival_date": int(b.at(day, 0).timestamp())},
+            {
+                "id": payout_id,
+                "object": "payout",
+                "amount": paid,
+                "currency": currency.lower(),
+                "status": "paid",
+                "arrival_date": int(b.at(day, 0).timestamp()),
+            },
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,24 @@ def test_counts_equal_hand_computed_truth(con):
     assert len(result.failed) == len(PEOPLE_EXPECTATIONS)
 
 
+def test_unexpected_rows_count_and_sample_beyond_the_fetched_rows(con):
+    # More failing rows than GX fetches (200): the count must still be exact, and the sample comes from them.
+    query = "select customer_id, status from {batch} where status = 'deleted'"
+    truth = _truth(con, "select count(*) from people where status = 'deleted'")
+    assert truth > 200
+    check = gxe.UnexpectedRowsExpectation(description="no deleted rows", unexpected_rows_query=query)
+    result = validate_duckdb(con, "people", "deleted", [check], sample_columns=["customer_id"])
+    assert result.outcomes[0].unexpected_count == truth
+    deleted = {r[0] for r in con.execute("select customer_id from people where status = 'deleted'").fetchall()}
+    assert 0 < len(result.outcomes[0].sample) <= 5
+    assert {row["customer_id"] for row in result.outcomes[0].sample} <= deleted
+    # The same query again on changed data is counted afresh, not answered from an earlier run.
+    con.execute("create temp table people_copy as select * replace ('active' as status) from people")
+    again = validate_duckdb(con, "people_copy", "deleted", [check])
+    con.execute("drop table people_copy")
+    assert again.success and again.outcomes[0].unexpected_count == 0
+
+
 def test_regex_with_backslash_classes_is_passed_to_duckdb_intact(con):
     # \d{6} would match nothing (or error) if the backslash were doubled on the way to DuckDB.
     result = validate_duckdb(

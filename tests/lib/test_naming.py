@@ -34,7 +34,8 @@ def test_unknown_prefix_is_refused_with_the_known_prefixes() -> None:
     name = "acme_orders_2025-11-05_seq-00001_crc32-1A2B3C4D.csv"
     with pytest.raises(NamingError) as err:
         parse_file_name(name)
-    assert str(err.value) == f"{name}: unknown feed; expected a name starting with one of acme_customers_*, psp_payouts_*"
+    known = "acme_customers_*, psp_payouts_*"
+    assert str(err.value) == f"{name}: unknown feed; expected a name starting with one of {known}"
 
 
 @pytest.mark.parametrize("date", ["2025-02-30", "2025-13-01", "2025-00-10", "2023-02-29"])

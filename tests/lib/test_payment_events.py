@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 import pandera.errors
+import polars as pl
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -33,16 +34,28 @@ def body(event_id: str, event_type: str = "charge.succeeded", obj: Any = "defaul
             "status": "succeeded",
             "balance_transaction": {"id": "txn_1", "object": "balance_transaction", "fee": 60},
         }
-    payload = {"id": event_id, "object": "event", "type": event_type, "created": int(NOON.timestamp()),
-               "livemode": False, "data": {"object": obj}} | extra
+    payload = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "created": int(NOON.timestamp()),
+        "livemode": False,
+        "data": {"object": obj},
+    } | extra
     if obj is None:
         del payload["data"]
     return json.dumps(payload).encode()
 
 
 def inbound(event_id: str, raw: bytes, event_type: str = "charge.succeeded", created: dt.datetime = NOON):
-    return InboundEvent(provider="stripe", event_id=event_id, event_type=event_type, event_created_at=created,
-                        body=raw, headers={"content-type": "application/json"})
+    return InboundEvent(
+        provider="stripe",
+        event_id=event_id,
+        event_type=event_type,
+        event_created_at=created,
+        body=raw,
+        headers={"content-type": "application/json"},
+    )
 
 
 @pytest.fixture
@@ -77,11 +90,15 @@ def lake(tmp_path: Path) -> Lake:
 def test_events_become_typed_rows_with_lineage(inbox: Inbox, lake: Lake):
     raw = body("evt_1")
     inbox.store(inbound("evt_1", raw))
-    payout = body("evt_2", "payout.paid", {"id": "po_1", "object": "payout", "amount": 2440, "currency": "usd",
-                                          "status": "paid"})
+    payout = body(
+        "evt_2", "payout.paid", {"id": "po_1", "object": "payout", "amount": 2440, "currency": "usd", "status": "paid"}
+    )
     inbox.store(inbound("evt_2", payout, "payout.paid"))
-    dispute = body("evt_3", "charge.dispute.created",
-                   {"id": "dp_1", "object": "dispute", "charge": "ch_1", "amount": 2500, "currency": "eur"})
+    dispute = body(
+        "evt_3",
+        "charge.dispute.created",
+        {"id": "dp_1", "object": "dispute", "charge": "ch_1", "amount": 2500, "currency": "eur"},
+    )
     inbox.store(inbound("evt_3", dispute, "charge.dispute.created"))
 
     load = lake.rebuild(inbox)
@@ -89,12 +106,35 @@ def test_events_become_typed_rows_with_lineage(inbox: Inbox, lake: Lake):
     assert (load.received, load.loaded, load.quarantined) == (3, 3, 0)
     charge, paid, disputed = lake.rows()
     assert pa.schema(DeltaTable(str(lake.bronze)).schema().to_arrow()) == payment_events.BRONZE_SCHEMA
-    assert {k: charge[k] for k in ("event_id", "event_type", "object_type", "charge_id", "payout_id", "amount_minor",
-                                   "amount_refunded_minor", "fee_minor", "currency", "status", "is_known_type",
-                                   "livemode")} == {
-        "event_id": "evt_1", "event_type": "charge.succeeded", "object_type": "charge", "charge_id": "ch_1",
-        "payout_id": None, "amount_minor": 2500, "amount_refunded_minor": 0, "fee_minor": 60, "currency": "EUR",
-        "status": "succeeded", "is_known_type": True, "livemode": False,
+    assert {
+        k: charge[k]
+        for k in (
+            "event_id",
+            "event_type",
+            "object_type",
+            "charge_id",
+            "payout_id",
+            "amount_minor",
+            "amount_refunded_minor",
+            "fee_minor",
+            "currency",
+            "status",
+            "is_known_type",
+            "livemode",
+        )
+    } == {
+        "event_id": "evt_1",
+        "event_type": "charge.succeeded",
+        "object_type": "charge",
+        "charge_id": "ch_1",
+        "payout_id": None,
+        "amount_minor": 2500,
+        "amount_refunded_minor": 0,
+        "fee_minor": 60,
+        "currency": "EUR",
+        "status": "succeeded",
+        "is_known_type": True,
+        "livemode": False,
     }
     assert charge["event_created_at"] == NOON
     assert charge["business_date"] == dt.date(2025, 11, 5)
@@ -125,12 +165,18 @@ def test_events_breaking_the_contract_are_quarantined_with_every_reason(inbox: I
     good = body("evt_ok")
     no_object = body("evt_no_object", obj=None)
     negative = body("evt_negative", obj={"id": "ch_2", "object": "charge", "amount": -5, "currency": "eur"})
-    several = body("evt_several", obj={"id": "ch_3", "object": "charge", "amount": "12.50", "currency": "euro",
-                                       "amount_refunded": 1.5})
+    several = body(
+        "evt_several",
+        obj={"id": "ch_3", "object": "charge", "amount": "12.50", "currency": "euro", "amount_refunded": 1.5},
+    )
     missing = body("evt_missing", "payout.paid", {"id": "po_1", "object": "payout", "status": "paid"})
-    for event_id, raw, event_type in [("evt_ok", good, "charge.succeeded"), ("evt_no_object", no_object, "charge.succeeded"),
-                                      ("evt_negative", negative, "charge.succeeded"),
-                                      ("evt_several", several, "charge.succeeded"), ("evt_missing", missing, "payout.paid")]:
+    for event_id, raw, event_type in [
+        ("evt_ok", good, "charge.succeeded"),
+        ("evt_no_object", no_object, "charge.succeeded"),
+        ("evt_negative", negative, "charge.succeeded"),
+        ("evt_several", several, "charge.succeeded"),
+        ("evt_missing", missing, "payout.paid"),
+    ]:
         inbox.store(inbound(event_id, raw, event_type))
 
     load = lake.rebuild(inbox)
@@ -189,9 +235,18 @@ def test_a_resent_event_is_one_row(inbox: Inbox, lake: Lake):
 
 
 def _stored(event_id: str, inbox_id: int, raw: bytes) -> StoredEvent:
-    return StoredEvent(id=inbox_id, provider="stripe", event_id=event_id, event_type="charge.succeeded",
-                       event_created_at=NOON, event_date=NOON.date(), body=raw, body_sha256=sha256_hex(raw),
-                       headers={}, received_at=NOON)
+    return StoredEvent(
+        id=inbox_id,
+        provider="stripe",
+        event_id=event_id,
+        event_type="charge.succeeded",
+        event_created_at=NOON,
+        event_date=NOON.date(),
+        body=raw,
+        body_sha256=sha256_hex(raw),
+        headers={},
+        received_at=NOON,
+    )
 
 
 def test_a_repeated_event_id_is_deduplicated_even_across_batches(lake: Lake):
@@ -233,11 +288,23 @@ def test_an_empty_partition_leaves_the_other_dates_alone(inbox: Inbox, lake: Lak
 
 def test_the_batch_contract_refuses_a_repeated_event_id():
     row = {f.name: None for f in payment_events.BRONZE_SCHEMA}
-    row |= {"event_id": "evt_1", "event_type": "x", "event_created_at": NOON, "object_type": "charge",
-            "is_known_type": False, "body": "{}", "business_date": NOON.date(), "_source": "webhook",
-            "_source_file": "inbox:stripe:1", "_source_row": 1, "_checksum_sha256": "0" * 64, "_schema_version": 1,
-            "_received_at": NOON, "_ingested_at": NOON, "_run_id": "r"}
-    import polars as pl
+    row |= {
+        "event_id": "evt_1",
+        "event_type": "x",
+        "event_created_at": NOON,
+        "object_type": "charge",
+        "is_known_type": False,
+        "body": "{}",
+        "business_date": NOON.date(),
+        "_source": "webhook",
+        "_source_file": "inbox:stripe:1",
+        "_source_row": 1,
+        "_checksum_sha256": "0" * 64,
+        "_schema_version": 1,
+        "_received_at": NOON,
+        "_ingested_at": NOON,
+        "_run_id": "r",
+    }
 
     frame = pl.from_arrow(pa.Table.from_pylist([row, row], schema=payment_events.BRONZE_SCHEMA))
     with pytest.raises(pandera.errors.SchemaError, match="event_id"):
@@ -246,14 +313,21 @@ def test_the_batch_contract_refuses_a_repeated_event_id():
 
 def test_bronze_gate_passes_a_rebuilt_partition_and_counts_like_its_sql(inbox: Inbox, lake: Lake):
     inbox.store(inbound("evt_1", body("evt_1")))
-    inbox.store(inbound("evt_2", body("evt_2", "customer.created", {"id": "cus_1", "object": "customer"}),
-                        "customer.created"))
+    inbox.store(
+        inbound("evt_2", body("evt_2", "customer.created", {"id": "cus_1", "object": "customer"}), "customer.created")
+    )
     inbox.store(inbound("evt_bad", body("evt_bad", obj=None)))
     load = lake.rebuild(inbox)
     gate = payment_gates.bronze_payment_events(expected_rows=load.received - load.quarantined)
 
-    result = validate_delta(lake.bronze, gate.name, gate.expectations, predicate_sql="business_date = ?::DATE",
-                            params=[DAY], sample_columns=list(gate.sample_columns))
+    result = validate_delta(
+        lake.bronze,
+        gate.name,
+        gate.expectations,
+        predicate_sql="business_date = ?::DATE",
+        params=[DAY],
+        sample_columns=list(gate.sample_columns),
+    )
 
     assert result.success, result.summary()
     con = duckdb.connect()

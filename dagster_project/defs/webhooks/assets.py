@@ -93,7 +93,6 @@ INGEST_JOB_NAME = "payment_events_ingest"
 payment_events_ingest = dg.define_asset_job(
     INGEST_JOB_NAME,
     selection=dg.AssetSelection.assets(BRONZE_KEY, QUARANTINE_KEY),
-    partitions_def=daily_partitions,
     description="Rebuild the bronze payment_events partition of an event date from the webhook inbox.",
 )
 

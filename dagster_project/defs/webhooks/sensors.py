@@ -2,6 +2,7 @@ from collections import defaultdict
 
 import dagster as dg
 
+from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.webhooks.assets import INGEST_JOB_NAME, payment_events_ingest
 from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.lib import payment_events
@@ -36,6 +37,12 @@ def payment_events_sensor(context: dg.SensorEvaluationContext, inbox: InboxResou
                     break
     except InboxUnavailable as error:
         return dg.SensorResult(skip_reason=str(error), cursor=context.cursor)
+    outside = [day for day in newest_by_date if not daily_partitions.has_partition_key(day)]
+    for day in outside:
+        # A date the partitions do not cover (an event created before the first partition or in the future)
+        # cannot be requested; its events stay in the inbox and load with any later rebuild of that date.
+        context.log.warning(f"event date {day} is outside the daily partitions; not requested")
+        del newest_by_date[day]
     run_requests = [
         dg.RunRequest(
             # The newest inbox id of the date names the state being loaded: a new event for the date gets a

@@ -159,7 +159,7 @@ def test_wrong_crc_is_quarantined_and_nothing_lands(intake: Intake, tmp_path: Pa
 
     [run] = intake.take_all()
 
-    [check] = run.get_asset_check_evaluations()
+    [check] = [c for c in run.get_asset_check_evaluations() if c.check_name == "files_accepted"]
     assert check.check_name == "files_accepted" and not check.passed
     assert wrong in check.description and "CRC32" in check.description and "DEADBEEF" in check.description
     assert (intake.server.root / "quarantine" / wrong).exists()
@@ -174,7 +174,7 @@ def test_unknown_column_rejects_the_file_naming_the_column(intake: Intake, tmp_p
 
     [run] = intake.take_all()
 
-    [check] = run.get_asset_check_evaluations()
+    [check] = [c for c in run.get_asset_check_evaluations() if c.check_name == "files_accepted"]
     assert not check.passed and "loyalty_tier" in check.description and name in check.description
     reason = (intake.server.root / "quarantine" / f"{name}.reason.txt").read_text()
     assert "unknown column(s) loyalty_tier" in reason

@@ -17,11 +17,17 @@ from tests.dbt.support import customer, write_bronze_partition
 SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),
     dg.AssetKey(["silver", "stg_acme__customers"]),
+    dg.AssetKey(["silver", "stg_psp__payment_events"]),
+    dg.AssetKey(["silver", "stg_psp__charges"]),
+    dg.AssetKey(["silver", "stg_psp__payouts"]),
 }
 GOLD_KEYS = {
     dg.AssetKey(["gold", "customers_snapshot"]),
     dg.AssetKey(["gold", "dim_customers"]),
     dg.AssetKey(["gold", "fct_customer_daily_metrics"]),
+    dg.AssetKey(["gold", "fct_payments"]),
+    dg.AssetKey(["gold", "fct_daily_revenue"]),
+    dg.AssetKey(["gold", "payout_reconciliation"]),
 }
 BRONZE_CUSTOMERS = dg.AssetKey(["bronze", "customers"])
 

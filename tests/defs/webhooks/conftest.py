@@ -26,9 +26,18 @@ def parsed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project_dir = settings.dbt_project_dir()
     env = {"MEDALLION_LAKE_ROOT": str(scratch / "lake"), "MEDALLION_WAREHOUSE_PATH": str(scratch / "warehouse.duckdb")}
     subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet",
-         "--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
-        check=True, cwd=project_dir, env={**os.environ, **env},
+        [
+            str(Path(sys.executable).with_name("dbt")),
+            "parse",
+            "--quiet",
+            "--project-dir",
+            str(project_dir),
+            "--profiles-dir",
+            str(project_dir),
+        ],
+        check=True,
+        cwd=project_dir,
+        env={**os.environ, **env},
     )
     return project_dir / "target" / "manifest.json"
 

@@ -54,7 +54,9 @@ class Platform:
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def(request.job_name)
         return job.execute_in_process(
-            instance=self.instance, partition_key=request.partition_key, run_config=request.run_config,
+            instance=self.instance,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
             tags=request.tags,
         )
 
@@ -127,7 +129,9 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     keys = [get_asset_key_for_model([dbt_silver], m) for m in SILVER_MODELS]
     keys += [get_asset_key_for_model([dbt_gold], m) for m in GOLD_MODELS]
     job = platform.defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=platform.instance, asset_selection=keys, partition_key=DAYS[-1].isoformat())
+    result = job.execute_in_process(
+        instance=platform.instance, asset_selection=keys, partition_key=DAYS[-1].isoformat()
+    )
 
     assert result.success
     assert {m.asset_key for m in result.get_asset_materialization_events()} == set(keys)
@@ -143,10 +147,9 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
         revenue = _rows(con, "select * from gold.fct_daily_revenue")
 
     # Every charge ends in the state its event history says, whatever order the events arrived in.
-    assert {k: (c["charge_status"], c["currency"], c["captured_minor"], c["refunded_minor"])
-            for k, c in charges.items()} == {
-        k: (t.status, t.currency, t.captured_minor, t.refunded_minor) for k, t in truth.charges.items()
-    }
+    assert {
+        k: (c["charge_status"], c["currency"], c["captured_minor"], c["refunded_minor"]) for k, c in charges.items()
+    } == {k: (t.status, t.currency, t.captured_minor, t.refunded_minor) for k, t in truth.charges.items()}
     assert charges[truth.out_of_order_charge_id]["charge_status"] == "partially_refunded"
     assert truth.tampered_event_id not in events
     assert events[truth.unknown_type_event_id]["is_known_type"] is False
@@ -158,7 +161,8 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     assert payouts[truth.mismatched_payout_id]["difference_minor"] == truth.mismatch_minor
     for payout_id, t in truth.payouts.items():
         assert (payouts[payout_id]["expected_net_minor"], payouts[payout_id]["net_paid_minor"]) == (
-            t.expected_net_minor, t.net_paid_minor,
+            t.expected_net_minor,
+            t.net_paid_minor,
         )
     assert sum(1 for p in payments if p["payout_id"]) == sum(f.good for f in sample.payout_files)
     captured = sum(t.captured_minor for t in truth.charges.values())
@@ -197,15 +201,22 @@ def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox
     later = tick(first.cursor)
     assert [(r.partition_key, r.run_key) for r in later.run_requests] == [("2025-11-04", "payment_events:2025-11-04:5")]
 
+    with Inbox(inbox_url) as inbox:  # created before the first partition: skipped, and the sensor moves on
+        inbox.store(
+            InboundEvent("stripe", "evt_old", "charge.succeeded", dt.datetime(2024, 6, 1, tzinfo=dt.UTC), b"{}")
+        )
+    old = tick(later.cursor)
+    assert old.run_requests == [] and old.cursor == "6"
+
 
 @pytest.mark.sftp
 def test_payout_files_go_through_the_sftp_intake_as_a_declared_feed(platform: Platform, tmp_path: Path):
     sample = build_payments_sample(tmp_path / "samples", DAYS, secret=STRIPE_SECRET)
     broken_text = (
-        "payout_id,charge_id,gross,fee,net,currency,settled_at\n"
-        "po_X1,ch_X1,10.00,0.39,9.61,EUR,2025-11-05T06:00:00Z\n"
-        "po_X1,ch_X2,10.005,0.39,9.61,usd,2025-11-05T06:00:00Z\n"
-    ).encode()
+        b"payout_id,charge_id,gross,fee,net,currency,settled_at\n"
+        b"po_X1,ch_X1,10.00,0.39,9.61,EUR,2025-11-05T06:00:00Z\n"
+        b"po_X1,ch_X2,10.005,0.39,9.61,usd,2025-11-05T06:00:00Z\n"
+    )
     broken = tmp_path / PSP_PAYOUTS.file_name("2025-11-05", 3, crc32_hex(broken_text))
     broken.write_bytes(broken_text)
     (platform.sftp_inbox / broken.name).write_bytes(broken_text)

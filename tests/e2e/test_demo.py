@@ -1,0 +1,165 @@
+"""The demo path end to end: SFTP -> landing -> bronze -> silver -> gold on a real Dagster instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from deltalake import DeltaTable
+
+from dagster_project import settings
+from dagster_project.demo import DemoSummary, run_demo
+from dagster_project.definitions import defs as load_defs
+
+pytestmark = [pytest.mark.slow, pytest.mark.sftp]
+
+VOLATILE = {"_ingested_at", "_run_id", "dbt_updated_at", "dbt_valid_from", "dbt_valid_to", "dbt_scd_id"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
+    # Module-scoped: one demo run serves the tests below; they restore what they change.
+    mp = pytest.MonkeyPatch()
+    data = tmp_path_factory.mktemp("demo") / "data"
+    for name, value in {
+        "MEDALLION_DATA_DIR": str(data),
+        "MEDALLION_LAKE_ROOT": str(data / "lake"),
+        "MEDALLION_WAREHOUSE_PATH": str(data / "warehouse.duckdb"),
+        "DAGSTER_HOME": str(data / "dagster"),
+        "MEDALLION_SFTP_PORT": "0",
+    }.items():
+        mp.setenv(name, value)
+    mp.delenv("MEDALLION_PII_HMAC_KEY", raising=False)
+    try:
+        yield run_demo(days=3)
+    finally:
+        mp.undo()
+
+
+def _lake_rows(layer: str, table: str) -> list[dict]:
+    return DeltaTable(str(settings.lake_root() / layer / table)).to_pyarrow_table().to_pylist()
+
+
+def _warehouse(sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def _snapshot(rows: list[dict] | list[tuple]) -> list:
+    if rows and isinstance(rows[0], dict):
+        return sorted(tuple((k, v) for k, v in sorted(r.items()) if k not in VOLATILE) for r in rows)
+    return sorted(rows)
+
+
+def _state() -> dict[str, list]:
+    return {
+        "bronze": _snapshot(_lake_rows("bronze", "customers")),
+        "quarantine": _snapshot(_lake_rows("quarantine", "customers")),
+        "silver": _snapshot(_warehouse("select * from silver.stg_acme__customers")),
+        "gold": _snapshot(
+            _warehouse(
+                "select customer_sk, customer_id, email_token, status, valid_from, valid_to, is_current "
+                "from gold.dim_customers"
+            )
+        ),
+        "metrics": _snapshot(_warehouse("select * from gold.fct_customer_daily_metrics")),
+    }
+
+
+def test_demo_lands_every_row_once_and_refines_it(demo: DemoSummary, monkeypatch: pytest.MonkeyPatch):
+    assert demo.failed_runs == []
+    truth_good = sum(f.good for f in demo.expected)
+    truth_bad = sum(f.bad for f in demo.expected)
+    assert demo.bronze_rows["customers"] == truth_good
+    assert demo.quarantined_rows["customers"] == truth_bad
+    assert sum(demo.quarantine_reasons.values()) >= truth_bad
+    # The two files the inbox must refuse never reached landing.
+    assert len(demo.remote_quarantine) == 2
+    # Every gate of every layer passed; the one failed check is the wrong-CRC file's intake check.
+    gates = {(asset, check): passed for asset, check, passed in demo.gates if check.startswith("gx_")}
+    assert gates[("bronze/customers", "gx_bronze_gate")]
+    assert gates[("silver/stg_acme__customers", "gx_silver_gate")]
+    assert gates[("gold/dim_customers", "gx_gold_gate")]
+
+    bronze = _lake_rows("bronze", "customers")
+    customers = {r["customer_id"] for r in bronze}
+    assert demo.warehouse_rows["silver.stg_acme__customers"] == len(customers)
+    [(current,)] = _warehouse("select count(*) from gold.dim_customers where is_current")
+    assert current == len(customers)
+    # Raw PII stays in bronze: no email address appears anywhere in the warehouse.
+    emails = {r["email"] for r in bronze}
+    for schema, table in _warehouse(
+        "select table_schema, table_name from information_schema.tables where table_schema in ('silver', 'gold')"
+    ):
+        for row in _warehouse(f'select * from "{schema}"."{table}"'):
+            assert not emails & {v for v in row if isinstance(v, str)}, f"{schema}.{table}"
+
+
+def test_backfilling_a_partition_twice_changes_nothing(demo: DemoSummary):
+    defs = load_defs()
+    before = _state()
+    day = demo.expected[1].business_date
+    with dg.DagsterInstance.get() as instance:
+        job = defs.resolve_implicit_global_asset_job_def()
+        # A backfill rebuilds bronze from landing, then everything downstream of it.
+        selection = (
+            dg.AssetSelection.assets(dg.AssetKey(["bronze", "customers"]), dg.AssetKey(["quarantine", "customers"]))
+            .downstream()
+            .resolve(defs.resolve_asset_graph())
+        )
+        for _ in range(2):
+            result = job.execute_in_process(
+                instance=instance, partition_key=day, asset_selection=list(selection), raise_on_error=False
+            )
+            assert result.success
+    assert _state() == before
+
+
+def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation(
+    demo: DemoSummary, monkeypatch: pytest.MonkeyPatch
+):
+    defs = load_defs()
+    graph = defs.resolve_asset_graph()
+    bronze_key = dg.AssetKey(["bronze", "customers"])
+    silver_key = dg.AssetKey(["silver", "stg_acme__customer_versions"])  # bronze's direct child
+    day = demo.expected[-1].business_date
+    refined_before = {k: v for k, v in _state().items() if k not in ("bronze", "quarantine")}
+
+    import dagster_project.defs.sftp.assets as intake_assets
+
+    real_load = intake_assets.load_partition
+
+    def losing_a_row(*args, **kwargs):
+        # A writer bug: the partition is committed one row short of what the contract let through.
+        result = real_load(*args, **kwargs)
+        DeltaTable(str(kwargs["bronze_path"])).delete(f"business_date = '{day}' AND _source_row = 1")
+        return result
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    downstream = dg.AssetSelection.assets(bronze_key).required_multi_asset_neighbors().downstream().resolve(graph)
+    with dg.DagsterInstance.get() as instance:
+        baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        monkeypatch.setattr(intake_assets, "load_partition", losing_a_row)
+        broken = job.execute_in_process(
+            instance=instance, partition_key=day, asset_selection=list(downstream), raise_on_error=False
+        )
+        gate = next(e for e in broken.get_asset_check_evaluations() if e.check_name == "gx_bronze_gate")
+        assert not gate.passed
+        assert "expect_table_row_count_to_equal: observed" in gate.description
+        assert "dbt_silver" not in {e.step_key for e in broken.get_step_success_events()}
+        assert {k: v for k, v in _state().items() if k not in ("bronze", "quarantine")} == refined_before
+
+        # Automation holds silver back while the gate is failed...
+        held = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+        assert day not in held.get_requested_partitions(silver_key)
+
+        # ...and lets it go once the partition is rebuilt correctly and the gate passes.
+        monkeypatch.setattr(intake_assets, "load_partition", real_load)
+        bronze_only = dg.AssetSelection.assets(bronze_key, dg.AssetKey(["quarantine", "customers"])).resolve(graph)
+        healed = job.execute_in_process(instance=instance, partition_key=day, asset_selection=list(bronze_only))
+        assert all(e.passed for e in healed.get_asset_check_evaluations())
+        released = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=held.cursor)
+        assert day in released.get_requested_partitions(silver_key)
