@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from deltalake import WriterProperties, write_deltalake
 
 from dagster_project.lib.contract import (
+    LINEAGE_COLUMNS,
     PARTITION_COLUMN,
     QUARANTINE_SCHEMA,
     bronze_schema,
@@ -96,7 +97,25 @@ def _csv_source(spec: FeedSpec, header: list[str], index: int) -> str:
 
 
 def _constant(value: object, type_: pa.DataType, length: int) -> pa.Array:
+    if pa.types.is_dictionary(type_):
+        # One dictionary entry and zero indices: the writer encodes the column once instead of hashing
+        # the same string on every row (Delta stores it as a plain string column).
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(length, dtype=np.int32)), pa.array([value], type=type_.value_type)
+        )
     return pa.repeat(pa.scalar(value, type=type_), length)
+
+
+def _writer_schema(schema: pa.Schema) -> pa.Schema:
+    """The bronze schema as batches carry it: constant lineage strings dictionary-encoded."""
+    return pa.schema(
+        [
+            pa.field(f.name, pa.dictionary(pa.int32(), f.type), nullable=f.nullable)
+            if f.name in LINEAGE_COLUMNS and pa.types.is_string(f.type)
+            else f
+            for f in schema
+        ]
+    )
 
 
 class _Lineage:
@@ -114,11 +133,11 @@ class _Lineage:
         }
         self.business_date = dt.date.fromisoformat(manifest.business_date)
 
-    def column(self, name: str, length: int) -> pa.Array:
+    def column(self, name: str, length: int, type_: pa.DataType | None = None) -> pa.Array:
         if name == PARTITION_COLUMN:
             return _constant(self.business_date, pa.date32(), length)
-        value, type_ = self.values[name]
-        return _constant(value, type_, length)
+        value, default_type = self.values[name]
+        return _constant(value, type_ or default_type, length)
 
 
 def _good_batch(batch: pa.RecordBatch, rows: pa.Array, schema: pa.Schema, lineage: _Lineage) -> pa.RecordBatch:
@@ -130,7 +149,7 @@ def _good_batch(batch: pa.RecordBatch, rows: pa.Array, schema: pa.Schema, lineag
         elif f.name in batch.schema.names:
             arrays.append(batch.column(f.name))
         else:
-            arrays.append(lineage.column(f.name, n))
+            arrays.append(lineage.column(f.name, n, f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -183,7 +202,7 @@ class _FileReader:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: FeedSpec, spool: pa.ipc.RecordBatchStreamWriter):
         self.con, self.spec, self.spool = con, spec, spool
-        self.schema = bronze_schema(spec)
+        self.schema = _writer_schema(bronze_schema(spec))
         self.contract = pandera_schema(spec)
 
     def read(self, index: int, manifest: Manifest, lineage: _Lineage, load: FileLoad, batch_rows: int):
