@@ -73,11 +73,11 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     """The Dagster UI with the daemon (sensors, automation), beside the embedded SFTP server."""
-    from dagster_project.demo import ensure_local_pii_key, prepare_instance_home
+    from dagster_project.demo import ensure_local_secrets, prepare_instance_home
     from dagster_project.services.sftp_server import EmbeddedSftpServer
 
     prepare_instance_home()
-    ensure_local_pii_key()
+    ensure_local_secrets()
     s = settings.sftp()
     server = EmbeddedSftpServer(
         root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=s.port, username=s.username

@@ -12,7 +12,12 @@ import datetime as dt
 import os
 import secrets
 import shutil
+import socket
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +28,9 @@ from deltalake import DeltaTable
 from dagster_project import settings
 from dagster_project.lib.feeds import CUSTOMERS
 from dagster_project.lib.sample_data import GeneratedFile, write_customer_files
+from dagster_project.lib.sample_payments import PaymentsTruth, build_payments_sample, post_deliveries
 from dagster_project.lib.sftp import SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
-
 
 # The demo prints its own summary; the runs' step-by-step logs stay in the instance (and the UI).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -42,11 +47,16 @@ class DemoSummary:
     warehouse_rows: dict[str, int] = field(default_factory=dict)
     gates: list[tuple[str, str, bool]] = field(default_factory=list)  # (asset, check, passed)
     failed_runs: list[str] = field(default_factory=list)
+    webhook_answers: dict[int, int] = field(default_factory=dict)
+    payments: PaymentsTruth | None = None
+    reconciliation: list[tuple] = field(default_factory=list)  # (payout_id, status, expected, paid, currency)
     expected: list[GeneratedFile] = field(default_factory=list)
 
     def render(self) -> str:
         lines = ["", "Medallion demo summary", "=" * 22]
         lines.append(f"files uploaded to the SFTP inbox: {self.files_uploaded}; intake runs: {self.intake_runs}")
+        answers = ", ".join(f"{count} x HTTP {code}" for code, count in self.webhook_answers.items())
+        lines.append(f"signed webhooks posted to the receiver: {answers}")
         for name in self.remote_quarantine:
             lines.append(f"  rejected at the inbox: {name}")
         lines.append("bronze (Delta):")
@@ -59,10 +69,24 @@ class DemoSummary:
         lines.append("warehouse (DuckDB):")
         for table, rows in self.warehouse_rows.items():
             lines.append(f"  {table:<35} {rows:>8} rows")
-        lines.append("gates and checks:")
-        for (asset, check, passed), count in Counter(self.gates).items():
-            times = f" (x{count})" if count > 1 else ""
-            lines.append(f"  {'PASS' if passed else 'FAIL'}  {asset} :: {check}{times}")
+        lines.append("payout reconciliation (gold.payout_reconciliation):")
+        for payout_id, status, expected, paid, currency in self.reconciliation:
+            lines.append(
+                f"  {payout_id:<24} {status:<15} expected net {expected:>8} paid {paid:>8} {currency} (minor units)"
+            )
+        lines.append("gates (Great Expectations, blocking) and intake checks:")
+        tally = Counter(self.gates)
+        for (asset, check, passed), count in tally.items():
+            if check.startswith("gx_") or check == "files_accepted":
+                times = f" (x{count})" if count > 1 else ""
+                lines.append(f"  {'PASS' if passed else 'FAIL'}  {asset} :: {check}{times}")
+        dbt_tests = [
+            passed
+            for (_, check, passed), n in tally.items()
+            for _ in range(n)
+            if not check.startswith("gx_") and check != "files_accepted"
+        ]
+        lines.append(f"dbt tests as asset checks: {sum(dbt_tests)} passed, {len(dbt_tests) - sum(dbt_tests)} failed")
         for run in self.failed_runs:
             lines.append(f"run failed: {run}")
         return "\n".join(lines)
@@ -79,19 +103,53 @@ def prepare_instance_home() -> Path:
     return home
 
 
-def ensure_local_pii_key() -> None:
-    """Give the embedded platform a PII key when none is configured: random, made once, kept under
-    .data/ with owner-only permissions (like the embedded SFTP server's keys). Deployments set the
-    variable from a secret instead."""
-    if settings.pii_hmac_key_configured():
+def _ensure_local_secret(variable: str, file_name: str) -> None:
+    """Give the embedded platform a secret when none is configured: random, made once, kept under
+    .data/secrets with owner-only permissions (like the embedded SFTP server's keys). Deployments set
+    the variable from a secret store instead."""
+    if settings.is_configured(variable):
         return
-    path = settings.data_dir() / "secrets" / "pii_hmac_key"
+    path = settings.data_dir() / "secrets" / file_name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    os.environ["MEDALLION_PII_HMAC_KEY"] = path.read_text().strip()
+    os.environ[variable] = path.read_text().strip()
+
+
+def ensure_local_secrets() -> None:
+    """The PII HMAC key and the PSP's webhook signing secret, for the embedded platform."""
+    _ensure_local_secret("MEDALLION_PII_HMAC_KEY", "pii_hmac_key")
+    _ensure_local_secret("MEDALLION_WEBHOOK_SECRETS_STRIPE", "webhook_secret_stripe")
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[str]:
+    """The real webhook receiver (uvicorn) on a free loopback port, in a background thread."""
+    import uvicorn
+
+    from dagster_project.services.webhook_receiver import create_app_from_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app_from_settings(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="webhook-receiver", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the webhook receiver did not start")
+        time.sleep(0.05)
+    try:
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def demo_days(count: int, today: dt.date | None = None) -> list[dt.date]:
@@ -117,10 +175,15 @@ def upload(client: SftpClient, paths: list[Path], inbox: str) -> None:
 def run_demo(days: int = 5) -> DemoSummary:
     from dagster_project.definitions import defs as load_defs
     from dagster_project.defs.sftp.resources import SftpResource
+    from dagster_project.defs.webhooks.resources import InboxResource
 
+    if days < 3:
+        raise ValueError("the demo needs at least three days of data")
     prepare_instance_home()
-    ensure_local_pii_key()
+    ensure_local_secrets()
     summary = DemoSummary()
+    business_days = demo_days(days)
+    samples = settings.data_dir() / "samples"
     sftp_settings = settings.sftp()
     with (
         dg.DagsterInstance.get() as instance,
@@ -131,33 +194,32 @@ def run_demo(days: int = 5) -> DemoSummary:
             port=sftp_settings.port,
             username=sftp_settings.username,
         ) as server,
+        webhook_receiver() as receiver_url,
     ):
         os.environ["MEDALLION_SFTP_PORT"] = str(server.port)  # the resource reads it per call
-        good, bad = write_sample_files(settings.data_dir() / "samples" / "customers", demo_days(days))
+        # The PSP signs its webhooks and posts them to the receiver (duplicates, a refund before its
+        # capture and one tampered event included); its payout files go to the SFTP inbox.
+        payments = build_payments_sample(
+            samples / "payments", business_days[-3:], secret=settings.webhook_secrets("stripe")[0]
+        )
+        summary.webhook_answers = post_deliveries(receiver_url, payments.deliveries)
+        summary.payments = payments.truth
+        good, refused = write_sample_files(samples / "customers", business_days)
         summary.expected = good
         sftp = SftpResource()
         with sftp.client() as client:
-            upload(client, [f.path for f in good] + bad, sftp.layout().inbox)
-        summary.files_uploaded = len(good) + len(bad)
+            upload(client, [f.path for f in good + payments.payout_files] + refused, sftp.layout().inbox)
+        summary.files_uploaded = len(good) + len(payments.payout_files) + len(refused)
 
         defs = load_defs()
-        sensor = defs.resolve_sensor_def("sftp_inbox_sensor")
-        cursor = None
-        requests: list[dg.RunRequest] = []
         # Two looks at the inbox: a file is taken once its size and mtime held still between them.
-        for _ in range(2):
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"sftp": sftp})
-            result = sensor(context)
-            cursor = result.cursor
-            requests.extend(result.run_requests or [])
-
-        partitions = sorted({r.partition_key for r in requests})
+        requests = _sensor_requests(defs, instance, "sftp_inbox_sensor", {"sftp": sftp}, looks=2)
+        requests += _sensor_requests(defs, instance, "payment_events_sensor", {"inbox": InboxResource()}, looks=1)
         for request in requests:
-            job = defs.resolve_job_def(request.job_name)
-            run = job.execute_in_process(
+            run = defs.resolve_job_def(request.job_name).execute_in_process(
                 instance=instance,
                 partition_key=request.partition_key,
-                run_config={**request.run_config, **QUIET},
+                run_config={**(request.run_config or {}), **QUIET},
                 tags=request.tags,
                 raise_on_error=False,
             )
@@ -168,11 +230,11 @@ def run_demo(days: int = 5) -> DemoSummary:
                 f.name for f in client.list_dir(sftp.layout().quarantine) if not f.name.endswith(".reason.txt")
             )
 
-        refine = defs.resolve_implicit_global_asset_job_def()
-        graph = defs.resolve_asset_graph()
-        downstream = dg.AssetSelection.groups("silver", "gold").resolve(graph)
+        # What the automation daemon does under `make dev`: silver and gold for the partitions that moved.
+        partitions = sorted({r.partition_key for r in requests})
+        downstream = dg.AssetSelection.groups("silver", "gold").resolve(defs.resolve_asset_graph())
         if downstream and partitions:
-            run = refine.execute_in_process(
+            run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
                 instance=instance,
                 asset_selection=list(downstream),
                 run_config=QUIET,
@@ -185,6 +247,18 @@ def run_demo(days: int = 5) -> DemoSummary:
             _collect_run(run, summary)
     _collect_tables(summary)
     return summary
+
+
+def _sensor_requests(
+    defs: dg.Definitions, instance: dg.DagsterInstance, name: str, resources: dict, *, looks: int
+) -> list[dg.RunRequest]:
+    sensor = defs.resolve_sensor_def(name)
+    cursor, requests = None, []
+    for _ in range(looks):
+        result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+        cursor = result.cursor
+        requests.extend(result.run_requests or [])
+    return requests
 
 
 def _collect_run(run: dg.ExecuteInProcessResult, summary: DemoSummary) -> None:
@@ -213,3 +287,8 @@ def _collect_tables(summary: DemoSummary) -> None:
             for schema, name in tables:
                 count = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
                 summary.warehouse_rows[f"{schema}.{name}"] = count
+            if ("gold", "payout_reconciliation") in tables:
+                summary.reconciliation = con.execute(
+                    "SELECT payout_id, status, expected_net_minor, net_paid_minor, currency "
+                    "FROM gold.payout_reconciliation ORDER BY payout_id"
+                ).fetchall()

@@ -86,9 +86,9 @@ def sftp_stable_seconds() -> float:
     return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "0"))
 
 
-def pii_hmac_key_configured() -> bool:
-    """Whether MEDALLION_PII_HMAC_KEY is set (its value is read only by the dbt plugin that uses it)."""
-    return bool(os.environ.get("MEDALLION_PII_HMAC_KEY", "").strip())
+def is_configured(variable: str) -> bool:
+    """Whether a variable is set, without reading it here (secrets go by reference, see above)."""
+    return bool(os.environ.get(variable, "").strip())
 
 
 def webhook_inbox_url() -> str:

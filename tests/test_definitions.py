@@ -70,5 +70,5 @@ def test_silver_and_gold_follow_upstream_only_past_passing_gates():
 
 def test_sensors_and_jobs():
     defs = _defs()
-    assert {s.name for s in defs.resolve_sensor_defs()} >= {"sftp_inbox_sensor"}
+    assert {s.name for s in defs.sensors or []} >= {"sftp_inbox_sensor", "payment_events_sensor"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"customers_intake", "psp_payouts_intake"}

@@ -9,6 +9,7 @@ The pandera schema is the typed contract each bronze batch must satisfy before i
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandera.polars as pa_pl
@@ -166,14 +167,16 @@ def _csv_field(name: str) -> str:
     )
 
 
-def select_sql(spec: FeedSpec, present: list[str], source: str) -> str:
+def select_sql(spec: FeedSpec, present: list[str], source: str, passthrough: Sequence[str] = ()) -> str:
     """SQL over `source`, a relation of VARCHAR columns: typed columns, `_reasons` (NULL when the row is
-    good) and `_raw_record` (the record re-rendered as a CSV line, only for rows that break a rule)."""
+    good) and `_raw_record` (the record re-rendered as a CSV line, only for rows that break a rule).
+    `passthrough` names further columns of `source` returned unchanged after those (e.g. lineage)."""
     missing = [c.name for c in spec.columns if c.name not in present]
     nulls = "".join(f", NULL::VARCHAR AS {_quote(m)}" for m in missing)
     typed = ",\n  ".join(f"{_typed_expr(c)} AS {_quote(c.name)}" for c in spec.columns)
     reasons = ", ".join(_reason_expr(c) for c in spec.columns)
     record = " || ',' || ".join(_csv_field(c) for c in present) or "''"
+    extra = "".join(f",\n  {_quote(name)}" for name in passthrough)
     return f"""
 WITH src AS (SELECT *{nulls} FROM {source}),
 checked AS (
@@ -182,7 +185,7 @@ checked AS (
 SELECT
   {typed},
   CASE WHEN len(_all_reasons) > 0 THEN _all_reasons END AS _reasons,
-  CASE WHEN len(_all_reasons) > 0 THEN {record} END AS _raw_record
+  CASE WHEN len(_all_reasons) > 0 THEN {record} END AS _raw_record{extra}
 FROM checked
 """
 

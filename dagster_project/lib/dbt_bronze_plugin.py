@@ -27,14 +27,14 @@ from dbt.adapters.duckdb.utils import SourceConfig
 from deltalake import DeltaTable
 from duckdb import DuckDBPyConnection
 
-from dagster_project.lib import payment_events
+from dagster_project.lib import orders, payment_events
 from dagster_project.lib.contract import bronze_schema
 from dagster_project.lib.feeds import FEEDS
 
 
 def bronze_schemas() -> dict[str, pa.Schema]:
     """The Arrow schema of every bronze table, by table name."""
-    return {payment_events.TABLE: payment_events.BRONZE_SCHEMA} | {
+    return {payment_events.TABLE: payment_events.BRONZE_SCHEMA, orders.TABLE: orders.BRONZE_SCHEMA} | {
         name: bronze_schema(spec) for name, spec in FEEDS.items()
     }
 

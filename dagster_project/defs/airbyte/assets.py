@@ -1,0 +1,171 @@
+"""Shop orders through Airbyte: the connection sync, then bronze orders (+ quarantine) from what it landed."""
+
+import json
+
+import dagster as dg
+
+from dagster_project import settings
+from dagster_project.defs.airbyte.resources import AirbyteResource
+from dagster_project.defs.common.partitions import daily_partitions
+from dagster_project.defs.common.resources import LakeResource
+from dagster_project.lib import orders
+from dagster_project.lib.airbyte import AirbyteSyncError
+from dagster_project.lib.airbyte_records import record_files
+
+SYNC_KEY = dg.AssetKey(["airbyte", "shop_orders_sync"])
+BRONZE_KEY = dg.AssetKey(["bronze", orders.TABLE])
+QUARANTINE_KEY = dg.AssetKey(["quarantine", orders.TABLE])
+OWNERS = list(orders.ORDERS.owners)
+
+
+@dg.asset(
+    key=SYNC_KEY,
+    group_name="landing",
+    description="Airbyte sync of the shop connection; its destination writes orders into the landing zone.",
+    kinds={"airbyte"},
+    owners=OWNERS,
+)
+def shop_orders_sync(
+    context: dg.AssetExecutionContext, airbyte: AirbyteResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    directory = orders.landing_dir(lake.landing_root())
+    before = set(record_files(directory)) if directory.exists() else set()
+    try:
+        result = airbyte.sync()
+    except AirbyteSyncError as exc:
+        # The message names the connection, job and status; credentials never reach it.
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"connection_id": exc.connection_id, "job_id": exc.job_id, "status": exc.status},
+        ) from exc
+    new_files = sorted(set(record_files(directory)) - before) if directory.exists() else []
+    dates = orders.order_dates_in(new_files, directory) if new_files else []
+    context.log.info(
+        f"Airbyte job {result.job_id} {result.status}: {result.rows_synced} rows, "
+        f"{len(new_files)} new file(s) for {len(dates)} business date(s)"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "connection_id": result.connection_id,
+            "job_id": result.job_id,
+            "status": result.status,
+            "rows_synced": result.rows_synced,
+            "bytes_synced": result.bytes_synced,
+            "duration_seconds": round(result.duration_seconds, 3),
+            "attached_to_running_job": result.attached,
+            "new_files": dg.MetadataValue.json([p.relative_to(directory).as_posix() for p in new_files]),
+            "business_dates": dg.MetadataValue.json(dates),
+        }
+    )
+
+
+@dg.multi_asset(
+    name="bronze_orders",
+    specs=[
+        dg.AssetSpec(
+            BRONZE_KEY,
+            deps=[SYNC_KEY],
+            group_name="bronze",
+            description=f"{orders.ORDERS.description} Typed, with lineage columns; partitioned by order date.",
+            kinds={"delta"},
+            owners=OWNERS,
+            metadata={"primary_key": list(orders.ORDERS.key), "schema_version": orders.ORDERS.schema_version},
+        ),
+        dg.AssetSpec(
+            QUARANTINE_KEY,
+            deps=[SYNC_KEY],
+            group_name="bronze",
+            description="Shop order records that broke the orders contract, with every reason.",
+            kinds={"delta"},
+            owners=OWNERS,
+        ),
+    ],
+    partitions_def=daily_partitions,
+)
+def bronze_orders(context: dg.AssetExecutionContext, lake: LakeResource):
+    business_date = context.partition_key
+    load = orders.load_orders_partition(
+        lake.landing_root(),
+        business_date=business_date,
+        bronze_path=lake.bronze_path(orders.TABLE),
+        quarantine_path=lake.quarantine_path(orders.TABLE),
+        run_id=context.run.run_id,
+    )
+    if load.quarantined:
+        context.log.warning(
+            f"orders {business_date}: {load.quarantined} of {load.received} records quarantined: "
+            + json.dumps(dict(load.reasons))
+        )
+    yield dg.MaterializeResult(
+        asset_key=BRONZE_KEY,
+        metadata={
+            "dagster/row_count": load.loaded,
+            "received": load.received,
+            "loaded": load.loaded,
+            "quarantined": load.quarantined,
+            "duplicates_dropped": load.duplicates_dropped,
+            "files_read": load.files,
+            "schema_version": orders.ORDERS.schema_version,
+            "table": dg.MetadataValue.path(str(lake.bronze_path(orders.TABLE))),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=QUARANTINE_KEY,
+        metadata={
+            "dagster/row_count": load.quarantined,
+            "reasons": dg.MetadataValue.json(dict(load.reasons)),
+            "table": dg.MetadataValue.path(str(lake.quarantine_path(orders.TABLE))),
+        },
+    )
+
+
+sync_job = dg.define_asset_job(
+    "shop_orders_sync",
+    selection=dg.AssetSelection.assets(SYNC_KEY),
+    description="Run the Airbyte sync of the shop connection.",
+)
+bronze_job = dg.define_asset_job(
+    "shop_orders_bronze",
+    selection=dg.AssetSelection.assets(BRONZE_KEY, QUARANTINE_KEY),
+    partitions_def=daily_partitions,
+    description="Rebuild bronze orders (and quarantine) for a business date from the landed Airbyte output.",
+)
+
+
+def build_sync_schedule() -> dg.ScheduleDefinition:
+    """Hourly sync; running by default only where an Airbyte server is configured."""
+    return dg.ScheduleDefinition(
+        name="shop_orders_sync_hourly",
+        job=sync_job,
+        cron_schedule="15 * * * *",
+        execution_timezone="UTC",
+        default_status=(
+            dg.DefaultScheduleStatus.RUNNING if settings.airbyte_server_url() else dg.DefaultScheduleStatus.STOPPED
+        ),
+        description="Sync the shop connection every hour (off unless MEDALLION_AIRBYTE_SERVER_URL is set).",
+    )
+
+
+@dg.asset_sensor(asset_key=SYNC_KEY, job=bronze_job, name="shop_orders_landed_sensor")
+def shop_orders_landed_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """After each sync, rebuild the bronze partitions of the business dates its new files touch."""
+    materialization = asset_event.asset_materialization
+    dates = materialization.metadata.get("business_dates") if materialization else None
+    for business_date in (dates.value if dates else None) or []:
+        yield dg.RunRequest(run_key=f"{asset_event.run_id}:{business_date}", partition_key=business_date)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[shop_orders_sync, bronze_orders],
+        jobs=[sync_job, bronze_job],
+        schedules=[build_sync_schedule()],
+        sensors=[shop_orders_landed_sensor],
+        resources={
+            "airbyte": AirbyteResource(
+                client_id=dg.EnvVar("MEDALLION_AIRBYTE_CLIENT_ID"),
+                client_secret=dg.EnvVar("MEDALLION_AIRBYTE_CLIENT_SECRET"),
+            )
+        },
+    )

@@ -1,0 +1,67 @@
+"""Reverse ETL: gold customer segments pushed into the CRM's operational table."""
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+
+from dagster_project import settings
+from dagster_project.defs.common.dbt_keys import dbt_model_key
+from dagster_project.defs.common.partitions import WAREHOUSE_POOL
+from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
+
+SEGMENTS_MODEL = "customer_segments"
+KEY = "customer_id"
+CRM_SCORES_KEY = dg.AssetKey(["reverse_etl", "crm_customer_scores"])
+
+
+def read_segments(warehouse: str) -> pa.Table:
+    """The gold segments table, read-only, in key order."""
+    with duckdb.connect(warehouse, read_only=True) as con:
+        return con.sql(f"select * from gold.{SEGMENTS_MODEL} order by {KEY}").to_arrow_table()
+
+
+def build_crm_scores_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        key=CRM_SCORES_KEY,
+        deps=[dbt_model_key(SEGMENTS_MODEL)],
+        group_name="reverse_etl",
+        description="Customer RFM scores and segments upserted into the CRM table (hash-diff, deletes vanished).",
+        kinds={"sqlite", "postgres"},
+        owners=["team:crm-data"],
+        pool=WAREHOUSE_POOL,
+    )
+    def crm_customer_scores(context: dg.AssetExecutionContext, crm: ReverseEtlTarget) -> dg.MaterializeResult:
+        rows = read_segments(str(settings.warehouse_path()))
+        stats = crm.sync(rows, key=KEY)
+        context.log.info(
+            f"{rows.num_rows} customers: {stats.inserted} inserted, {stats.updated} updated, "
+            f"{stats.deleted} deleted, {stats.unchanged} unchanged"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": rows.num_rows,
+                "inserted": stats.inserted,
+                "updated": stats.updated,
+                "deleted": stats.deleted,
+                "unchanged": stats.unchanged,
+                "target_table": crm.table or settings.reverse_etl_table(),
+            }
+        )
+
+    return crm_customer_scores
+
+
+crm_scores_job = dg.define_asset_job(
+    "crm_customer_scores_sync",
+    selection=dg.AssetSelection.assets(CRM_SCORES_KEY),
+    description="Push gold customer segments into the CRM table.",
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[build_crm_scores_asset()],
+        jobs=[crm_scores_job],
+        resources={"crm": ReverseEtlTarget()},
+    )
