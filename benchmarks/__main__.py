@@ -22,12 +22,16 @@ def _verdict(ok: bool) -> str:
 def bronze_section(sizes: list[int]) -> None:
     print("\n## Bronze hop (parse, contract, quarantine, lineage, Delta commit) vs DuckDB COPY CSV -> Parquet")
     rows = bronze.run(sizes, WORK)
-    print(f"{'rows':>11} {'file MB':>8} {'COPY rows/s':>12} {'COPY RSS MB':>11} {'hop rows/s':>11} "
-          f"{'hop RSS MB':>10} {'hop/COPY':>8} {'quarantined':>11}")
+    print(
+        f"{'rows':>11} {'file MB':>8} {'COPY rows/s':>12} {'COPY RSS MB':>11} {'hop rows/s':>11} "
+        f"{'hop RSS MB':>10} {'hop/COPY':>8} {'quarantined':>11}"
+    )
     for r in rows:
-        print(f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['copy_rows_per_s']:>12,.0f} {r['copy_peak_rss_mb']:>11.0f} "
-              f"{r['hop_rows_per_s']:>11,.0f} {r['hop_peak_rss_mb']:>10.0f} {r['hop_vs_copy']:>8.2f} "
-              f"{r['quarantined']:>11,}")
+        print(
+            f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['copy_rows_per_s']:>12,.0f} {r['copy_peak_rss_mb']:>11.0f} "
+            f"{r['hop_rows_per_s']:>11,.0f} {r['hop_peak_rss_mb']:>10.0f} {r['hop_vs_copy']:>8.2f} "
+            f"{r['quarantined']:>11,}"
+        )
     print("targets: hop >= 0.75x COPY; peak RSS <= 600 MB at 10M and <= 1.2x the 1M figure")
     for r in rows:
         print(f"  {r['rows']:,} rows: throughput {_verdict(r['hop_vs_copy'] >= 0.75)} ({r['hop_vs_copy']:.2f}x)")
@@ -35,8 +39,10 @@ def bronze_section(sizes: list[int]) -> None:
         small, big = rows[0], rows[-1]
         growth = big["hop_peak_rss_mb"] / small["hop_peak_rss_mb"]
         ok = big["hop_peak_rss_mb"] <= 600 and growth <= 1.2
-        print(f"  memory: {_verdict(ok)} ({big['hop_peak_rss_mb']:.0f} MB at {big['rows']:,}, {growth:.2f}x the "
-              f"{small['rows']:,}-row figure)")
+        print(
+            f"  memory: {_verdict(ok)} ({big['hop_peak_rss_mb']:.0f} MB at {big['rows']:,}, {growth:.2f}x the "
+            f"{small['rows']:,}-row figure)"
+        )
 
 
 def gates_section(sizes: list[int]) -> None:
@@ -56,8 +62,36 @@ def webhooks_section(events: int) -> None:
     print(f"\n## Webhook receiver: {events:,} signed events, 10% resent, receiver SIGKILLed once and restarted")
     result = webhooks_load.run(events)
     webhooks_load._print_table(result)
-    ok = result["acknowledged_but_missing"] == 0 and result["duplicates_stored"] == 0
-    print(f"target: acknowledged-but-missing = 0 and duplicates = 0: {_verdict(ok)}")
+    bronze_ids = _bronze_event_ids(result["inbox_url"], WORK / "webhooks_lake")
+    acked = set(result["acknowledged_event_ids"])
+    missing = len(acked - set(bronze_ids))
+    duplicates = len(bronze_ids) - len(set(bronze_ids))
+    print(f"events in bronze (and quarantine) after the pipeline: {len(set(bronze_ids)):,}")
+    print(f"acknowledged but not in bronze: {missing}; duplicates in bronze: {duplicates}")
+    ok = result["acknowledged_but_missing"] == 0 and result["duplicates_stored"] == 0 and not missing and not duplicates
+    print(f"target: acknowledged-but-missing = 0 and duplicates = 0, in the inbox and in bronze: {_verdict(ok)}")
+
+
+def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
+    """Run the bronze hop of the payment events over the load test's inbox; every event id it wrote."""
+    import shutil
+
+    from deltalake import DeltaTable
+
+    from dagster_project.lib.inbox import Inbox
+    from dagster_project.lib.payment_events import rebuild_partition
+
+    shutil.rmtree(lake, ignore_errors=True)
+    with Inbox(inbox_url) as inbox:
+        for day in inbox.event_dates("stripe"):
+            rebuild_partition(
+                inbox, day.isoformat(), bronze_path=lake / "bronze", quarantine_path=lake / "quarantine", run_id="bench"
+            )
+    ids: list[str] = []
+    for table in ("bronze", "quarantine"):
+        if (lake / table).exists():
+            ids += DeltaTable(str(lake / table)).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    return ids
 
 
 def main() -> None:

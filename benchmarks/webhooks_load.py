@@ -342,6 +342,7 @@ def run(
         "inbox_rows": len(rows),
         "distinct_events_in_inbox": len(stored),
         "acknowledged_but_missing": len(stats.acknowledged - stored.keys()),
+        "acknowledged_event_ids": sorted(stats.acknowledged),
         "duplicates_stored": len(rows) - len(stored),
         "body_mismatches": sum(1 for event_id, digest in stored.items() if expected.get(event_id) != digest),
         "conflicts": conflicts,
@@ -355,8 +356,9 @@ def run(
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    width = max(len(key) for key in result)
-    for key, value in result.items():
+    shown = {k: v for k, v in result.items() if k != "acknowledged_event_ids"}
+    width = max(len(key) for key in shown)
+    for key, value in shown.items():
         print(f"{key:<{width}}  {value}")
 
 

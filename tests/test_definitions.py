@@ -26,6 +26,14 @@ EXPECTED_ASSETS = {
     "gold/fct_payments": "gold",
     "gold/fct_daily_revenue": "gold",
     "gold/payout_reconciliation": "gold",
+    "airbyte/shop_orders_sync": "landing",
+    "bronze/orders": "bronze",
+    "quarantine/orders": "bronze",
+    "silver/stg_shop__orders": "silver",
+    "gold/fct_customer_revenue": "gold",
+    "gold/orders_without_successful_charge": "gold",
+    "gold/customer_segments": "gold",
+    "reverse_etl/crm_customer_scores": "reverse_etl",
 }
 
 EXPECTED_GATES = {
@@ -35,6 +43,8 @@ EXPECTED_GATES = {
     ("silver/stg_acme__customers", "gx_silver_gate"),
     ("gold/dim_customers", "gx_gold_gate"),
     ("gold/payout_reconciliation", "gx_gold_gate"),
+    ("bronze/orders", "gx_bronze_gate"),
+    ("gold/customer_segments", "gx_gold_gate"),
 }
 
 

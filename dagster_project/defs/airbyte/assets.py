@@ -127,7 +127,6 @@ sync_job = dg.define_asset_job(
 bronze_job = dg.define_asset_job(
     "shop_orders_bronze",
     selection=dg.AssetSelection.assets(BRONZE_KEY, QUARANTINE_KEY),
-    partitions_def=daily_partitions,
     description="Rebuild bronze orders (and quarantine) for a business date from the landed Airbyte output.",
 )
 

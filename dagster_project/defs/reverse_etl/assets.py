@@ -5,7 +5,7 @@ import duckdb
 import pyarrow as pa
 
 from dagster_project import settings
-from dagster_project.defs.common.dbt_keys import dbt_model_key
+from dagster_project.defs.common.dbt_keys import gold_model_key
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
@@ -23,7 +23,7 @@ def read_segments(warehouse: str) -> pa.Table:
 def build_crm_scores_asset() -> dg.AssetsDefinition:
     @dg.asset(
         key=CRM_SCORES_KEY,
-        deps=[dbt_model_key(SEGMENTS_MODEL)],
+        deps=[gold_model_key(SEGMENTS_MODEL)],
         group_name="reverse_etl",
         description="Customer RFM scores and segments upserted into the CRM table (hash-diff, deletes vanished).",
         kinds={"sqlite", "postgres"},
