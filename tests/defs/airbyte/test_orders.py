@@ -101,7 +101,11 @@ def _bronze_run(lake: Path, instance: dg.DagsterInstance, partition: str = DAY) 
 def _rows(lake: Path, layer: str, partition: str = DAY) -> list[dict[str, Any]]:
     rows = DeltaTable(str(lake / layer / "orders")).to_pyarrow_table().to_pylist()
     return sorted(
-        ({k: v for k, v in r.items() if k not in VOLATILE} for r in rows if r["business_date"].isoformat() == partition),
+        (
+            {k: v for k, v in r.items() if k not in VOLATILE}
+            for r in rows
+            if r["business_date"].isoformat() == partition
+        ),
         key=lambda r: (r.get("order_id") or 0, r.get("_source_file"), r.get("_source_row")),
     )
 

@@ -20,6 +20,7 @@ SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_psp__payment_events"]),
     dg.AssetKey(["silver", "stg_psp__charges"]),
     dg.AssetKey(["silver", "stg_psp__payouts"]),
+    dg.AssetKey(["silver", "stg_shop__orders"]),
 }
 GOLD_KEYS = {
     dg.AssetKey(["gold", "customers_snapshot"]),
@@ -28,6 +29,9 @@ GOLD_KEYS = {
     dg.AssetKey(["gold", "fct_payments"]),
     dg.AssetKey(["gold", "fct_daily_revenue"]),
     dg.AssetKey(["gold", "payout_reconciliation"]),
+    dg.AssetKey(["gold", "fct_customer_revenue"]),
+    dg.AssetKey(["gold", "orders_without_successful_charge"]),
+    dg.AssetKey(["gold", "customer_segments"]),
 }
 BRONZE_CUSTOMERS = dg.AssetKey(["bronze", "customers"])
 
