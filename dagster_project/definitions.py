@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-# Silver and gold follow their upstreams unattended, for any partition (not only the latest, so a
+# Silver, gold and reverse ETL follow their upstreams unattended, for any partition (not only the latest, so a
 # backfilled bronze day flows on too), and never while an upstream blocking check has failed.
 FOLLOW_UPSTREAM = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
@@ -27,4 +27,6 @@ def defs() -> dg.Definitions:
         # Mapping specs by selection is marked preview in 1.13; it is the documented way to apply a policy.
         warnings.simplefilter("ignore", dg.PreviewWarning)
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return loaded.map_resolved_asset_specs(func=_with_automation, selection='group:"silver" or group:"gold"')
+        return loaded.map_resolved_asset_specs(
+            func=_with_automation, selection='group:"silver" or group:"gold" or group:"reverse_etl"'
+        )

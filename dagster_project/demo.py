@@ -27,10 +27,13 @@ from deltalake import DeltaTable
 
 from dagster_project import settings
 from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.orders import land_sample_orders
 from dagster_project.lib.sample_data import GeneratedFile, write_customer_files
 from dagster_project.lib.sample_payments import PaymentsTruth, build_payments_sample, post_deliveries
 from dagster_project.lib.sftp import SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
+
+SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])
 
 # The demo prints its own summary; the runs' step-by-step logs stay in the instance (and the UI).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -50,6 +53,7 @@ class DemoSummary:
     webhook_answers: dict[int, int] = field(default_factory=dict)
     payments: PaymentsTruth | None = None
     reconciliation: list[tuple] = field(default_factory=list)  # (payout_id, status, expected, paid, currency)
+    crm_sync: dict[str, int] = field(default_factory=dict)
     expected: list[GeneratedFile] = field(default_factory=list)
 
     def render(self) -> str:
@@ -74,6 +78,9 @@ class DemoSummary:
             lines.append(
                 f"  {payout_id:<24} {status:<15} expected net {expected:>8} paid {paid:>8} {currency} (minor units)"
             )
+        if self.crm_sync:
+            counts = ", ".join(f"{v} {k}" for k, v in self.crm_sync.items())
+            lines.append(f"reverse ETL gold.customer_segments -> crm.customer_scores: {counts}")
         lines.append("gates (Great Expectations, blocking) and intake checks:")
         tally = Counter(self.gates)
         for (asset, check, passed), count in tally.items():
@@ -230,6 +237,16 @@ def run_demo(days: int = 5) -> DemoSummary:
                 f.name for f in client.list_dir(sftp.layout().quarantine) if not f.name.endswith(".reason.txt")
             )
 
+        # Shop orders as an Airbyte connection's destination writes them (no Airbyte server runs here).
+        orders = land_sample_orders(settings.lake_root(), business_days)
+        order_days = sorted(orders["orders_by_date"])
+        for day in order_days:
+            run = defs.resolve_job_def("shop_orders_bronze").execute_in_process(
+                instance=instance, partition_key=day, run_config=QUIET, raise_on_error=False
+            )
+            _collect_run(run, summary)
+        requests += [dg.RunRequest(partition_key=day) for day in order_days]
+
         # What the automation daemon does under `make dev`: silver and gold for the partitions that moved.
         partitions = sorted({r.partition_key for r in requests})
         downstream = dg.AssetSelection.groups("silver", "gold").resolve(defs.resolve_asset_graph())
@@ -245,6 +262,16 @@ def run_demo(days: int = 5) -> DemoSummary:
                 raise_on_error=False,
             )
             _collect_run(run, summary)
+            # Reverse ETL only behind a passed gold gate, as automation does it.
+            gold_gate = [e.passed for e in run.get_asset_check_evaluations() if e.asset_key == SEGMENTS_KEY]
+            if gold_gate and all(gold_gate):
+                sync = defs.resolve_job_def("crm_customer_scores_sync").execute_in_process(
+                    instance=instance, run_config=QUIET, raise_on_error=False
+                )
+                _collect_run(sync, summary)
+                for event in sync.get_asset_materialization_events():
+                    metadata = event.materialization.metadata
+                    summary.crm_sync = {k: metadata[k].value for k in ("inserted", "updated", "deleted", "unchanged")}
     _collect_tables(summary)
     return summary
 

@@ -72,7 +72,7 @@ def test_silver_and_gold_follow_upstream_only_past_passing_gates():
     graph = _defs().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         condition = graph.get(key).automation_condition
-        if key.path[0] in ("silver", "gold"):
+        if key.path[0] in ("silver", "gold", "reverse_etl"):
             assert condition == FOLLOW_UPSTREAM, key
         else:
             assert condition is None, key
