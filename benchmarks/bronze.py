@@ -80,13 +80,26 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         digest = digest_file(csv_path)  # landing's work, not the bronze hop's
         start = time.perf_counter()
         manifest = Manifest(
-            feed="customers", file_name=csv_path.name, business_date="2025-11-05", sequence=1, size=digest.size,
-            crc32=digest.crc32, sha256=digest.sha256, schema_version=CUSTOMERS.schema_version, source="bench",
-            source_uri=str(csv_path), received_at=dt.datetime.now(dt.UTC).isoformat(), landed_path=str(csv_path),
+            feed="customers",
+            file_name=csv_path.name,
+            business_date="2025-11-05",
+            sequence=1,
+            size=digest.size,
+            crc32=digest.crc32,
+            sha256=digest.sha256,
+            schema_version=CUSTOMERS.schema_version,
+            source="bench",
+            source_uri=str(csv_path),
+            received_at=dt.datetime.now(dt.UTC).isoformat(),
+            landed_path=str(csv_path),
         )
         result = load_partition(
-            CUSTOMERS, [manifest], business_date="2025-11-05", bronze_path=work / "lake" / "bronze",
-            quarantine_path=work / "lake" / "quarantine", run_id="bench",
+            CUSTOMERS,
+            [manifest],
+            business_date="2025-11-05",
+            bronze_path=work / "lake" / "bronze",
+            quarantine_path=work / "lake" / "quarantine",
+            run_id="bench",
         )
         rows = result.received
         extra = {"loaded": result.loaded, "quarantined": result.quarantined}

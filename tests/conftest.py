@@ -44,7 +44,9 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def sftp_env(platform_env: Path, sftp_server: EmbeddedSftpServer, monkeypatch: pytest.MonkeyPatch) -> EmbeddedSftpServer:
+def sftp_env(
+    platform_env: Path, sftp_server: EmbeddedSftpServer, monkeypatch: pytest.MonkeyPatch
+) -> EmbeddedSftpServer:
     """The platform's SFTP settings point at the test's embedded server."""
     monkeypatch.setenv("MEDALLION_SFTP_HOST", sftp_server.host)
     monkeypatch.setenv("MEDALLION_SFTP_PORT", str(sftp_server.port))

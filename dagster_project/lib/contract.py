@@ -144,9 +144,7 @@ def _reason_expr(c: Column) -> str:
     if c.type != "string":
         whens.append((f"{raw} IS NOT NULL AND {typed} IS NULL", message or f"not a valid {c.type}"))
     if c.pattern:
-        whens.append(
-            (f"NOT regexp_full_match({raw}, {_literal(c.pattern)})", "does not match the expected pattern")
-        )
+        whens.append((f"NOT regexp_full_match({raw}, {_literal(c.pattern)})", "does not match the expected pattern"))
     if c.allowed is not None:
         values = ", ".join(_literal(v) for v in c.allowed)
         whens.append((f"{raw} NOT IN ({values})", f"not one of {', '.join(c.allowed)}"))

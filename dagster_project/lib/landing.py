@@ -93,9 +93,7 @@ def land_file(
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / parsed.file_name
     if target.exists() and digest_file(target).sha256 != digest.sha256:
-        raise FileExistsError(
-            f"{parsed.file_name}: already landed with different content; landing is immutable"
-        )
+        raise FileExistsError(f"{parsed.file_name}: already landed with different content; landing is immutable")
     manifest = Manifest(
         feed=parsed.feed.name,
         file_name=parsed.file_name,

@@ -15,10 +15,41 @@ from pathlib import Path
 from dagster_project.lib.checksums import crc32_hex
 from dagster_project.lib.feeds import CUSTOMERS, FeedSpec
 
-FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus",
-               "José", "Zoë", "Anaïs", "Søren", "Björk", "Renée"]
-LAST_NAMES = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-              "Hamilton", "Torvalds", "O'Brien", "García", "Müller", "Okafor", "Nakamura"]
+FIRST_NAMES = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Margaret",
+    "Linus",
+    "José",
+    "Zoë",
+    "Anaïs",
+    "Søren",
+    "Björk",
+    "Renée",
+]
+LAST_NAMES = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Hamilton",
+    "Torvalds",
+    "O'Brien",
+    "García",
+    "Müller",
+    "Okafor",
+    "Nakamura",
+]
 DOMAINS = ["example.com", "mail.example.org", "acme.test", "post.example.net"]
 COUNTRIES = ["DE", "FR", "NL", "GB", "US", "ES", "IT", "SE"]
 STATUSES = ["active", "active", "active", "inactive", "closed"]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
-
 import dagster as dg
 import duckdb
 import pytest
 from deltalake import DeltaTable
 
 from dagster_project import settings
-from dagster_project.demo import DemoSummary, run_demo
 from dagster_project.definitions import defs as load_defs
+from dagster_project.demo import DemoSummary, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.sftp]
 

@@ -1,11 +1,10 @@
 """Shop orders through Airbyte: the connection sync, then bronze orders (+ quarantine) from what it landed."""
 
-import json
-
 import dagster as dg
 
 from dagster_project import settings
 from dagster_project.defs.airbyte.resources import AirbyteResource
+from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.lib import orders
@@ -13,8 +12,8 @@ from dagster_project.lib.airbyte import AirbyteSyncError
 from dagster_project.lib.airbyte_records import record_files
 
 SYNC_KEY = dg.AssetKey(["airbyte", "shop_orders_sync"])
-BRONZE_KEY = dg.AssetKey(["bronze", orders.TABLE])
-QUARANTINE_KEY = dg.AssetKey(["quarantine", orders.TABLE])
+BRONZE_KEY = bronze_key(orders.TABLE)
+QUARANTINE_KEY = quarantine_key(orders.TABLE)
 OWNERS = list(orders.ORDERS.owners)
 
 
@@ -61,61 +60,32 @@ def shop_orders_sync(
 
 @dg.multi_asset(
     name="bronze_orders",
-    specs=[
-        dg.AssetSpec(
-            BRONZE_KEY,
-            deps=[SYNC_KEY],
-            group_name="bronze",
-            description=f"{orders.ORDERS.description} Typed, with lineage columns; partitioned by order date.",
-            kinds={"delta"},
-            owners=OWNERS,
-            metadata={"primary_key": list(orders.ORDERS.key), "schema_version": orders.ORDERS.schema_version},
-        ),
-        dg.AssetSpec(
-            QUARANTINE_KEY,
-            deps=[SYNC_KEY],
-            group_name="bronze",
-            description="Shop order records that broke the orders contract, with every reason.",
-            kinds={"delta"},
-            owners=OWNERS,
-        ),
-    ],
+    specs=bronze_specs(
+        orders.TABLE,
+        upstream=SYNC_KEY,
+        description=f"{orders.ORDERS.description} Typed, with lineage columns; partitioned by order date.",
+        quarantine_description="Shop order records that broke the orders contract, with every reason.",
+        owners=OWNERS,
+        primary_key=orders.ORDERS.key,
+        schema_version=orders.ORDERS.schema_version,
+    ),
     partitions_def=daily_partitions,
 )
 def bronze_orders(context: dg.AssetExecutionContext, lake: LakeResource):
-    business_date = context.partition_key
     load = orders.load_orders_partition(
         lake.landing_root(),
-        business_date=business_date,
+        business_date=context.partition_key,
         bronze_path=lake.bronze_path(orders.TABLE),
         quarantine_path=lake.quarantine_path(orders.TABLE),
         run_id=context.run.run_id,
     )
-    if load.quarantined:
-        context.log.warning(
-            f"orders {business_date}: {load.quarantined} of {load.received} records quarantined: "
-            + json.dumps(dict(load.reasons))
-        )
-    yield dg.MaterializeResult(
-        asset_key=BRONZE_KEY,
-        metadata={
-            "dagster/row_count": load.loaded,
-            "received": load.received,
-            "loaded": load.loaded,
-            "quarantined": load.quarantined,
-            "duplicates_dropped": load.duplicates_dropped,
-            "files_read": load.files,
-            "schema_version": orders.ORDERS.schema_version,
-            "table": dg.MetadataValue.path(str(lake.bronze_path(orders.TABLE))),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key=QUARANTINE_KEY,
-        metadata={
-            "dagster/row_count": load.quarantined,
-            "reasons": dg.MetadataValue.json(dict(load.reasons)),
-            "table": dg.MetadataValue.path(str(lake.quarantine_path(orders.TABLE))),
-        },
+    yield from bronze_results(
+        context,
+        orders.TABLE,
+        load,
+        lake,
+        schema_version=orders.ORDERS.schema_version,
+        metadata={"duplicates_dropped": load.duplicates_dropped, "files_read": load.files},
     )
 
 

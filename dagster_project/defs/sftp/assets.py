@@ -1,9 +1,8 @@
 """Partner file feeds: SFTP inbox -> landing -> bronze Delta (+ quarantine), one set of assets per feed."""
 
-import json
-
 import dagster as dg
 
+from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.sftp.resources import SftpResource
@@ -16,14 +15,6 @@ from dagster_project.lib.naming import NamingError, parse_file_name
 
 def landing_key(spec: FeedSpec) -> dg.AssetKey:
     return dg.AssetKey(["landing", spec.name])
-
-
-def bronze_key(spec: FeedSpec) -> dg.AssetKey:
-    return dg.AssetKey(["bronze", spec.name])
-
-
-def quarantine_key(spec: FeedSpec) -> dg.AssetKey:
-    return dg.AssetKey(["quarantine", spec.name])
 
 
 class LandingConfig(dg.Config):
@@ -100,70 +91,41 @@ def build_landing_asset(spec: FeedSpec) -> dg.AssetsDefinition:
 
 
 def build_bronze_assets(spec: FeedSpec) -> dg.AssetsDefinition:
-    bronze, quarantine = bronze_key(spec), quarantine_key(spec)
-
     @dg.multi_asset(
         name=f"bronze_{spec.name}",
-        specs=[
-            dg.AssetSpec(
-                bronze,
-                deps=[landing_key(spec)],
-                group_name="bronze",
-                description=f"{spec.description} Typed, with lineage columns; one row per record.",
-                kinds={"delta"},
-                owners=list(spec.owners),
-                metadata={"primary_key": list(spec.key), "schema_version": spec.schema_version},
-            ),
-            dg.AssetSpec(
-                quarantine,
-                deps=[landing_key(spec)],
-                group_name="bronze",
-                description=f"Rows of {spec.name} files that broke the feed contract, with every reason.",
-                kinds={"delta"},
-                owners=list(spec.owners),
-            ),
-        ],
+        specs=bronze_specs(
+            spec.name,
+            upstream=landing_key(spec),
+            description=f"{spec.description} Typed, with lineage columns; one row per record.",
+            quarantine_description=f"Rows of {spec.name} files that broke the feed contract, with every reason.",
+            owners=spec.owners,
+            primary_key=spec.key,
+            schema_version=spec.schema_version,
+        ),
         partitions_def=daily_partitions,
     )
     def _bronze(context: dg.AssetExecutionContext, lake: LakeResource):
-        business_date = context.partition_key
-        manifests = landed_files(lake.landing_root(), spec.name, business_date)
         load = load_partition(
             spec,
-            manifests,
-            business_date=business_date,
+            landed_files(lake.landing_root(), spec.name, context.partition_key),
+            business_date=context.partition_key,
             bronze_path=lake.bronze_path(spec.name),
             quarantine_path=lake.quarantine_path(spec.name),
             run_id=context.run.run_id,
         )
-        if load.quarantined:
-            context.log.warning(
-                f"{spec.name} {business_date}: {load.quarantined} of {load.received} rows quarantined: "
-                + json.dumps(dict(load.reasons))
-            )
         per_file = [
             {"file": f.file_name, "received": f.received, "loaded": f.loaded, "quarantined": f.quarantined}
             for f in load.files
         ]
-        yield dg.MaterializeResult(
-            asset_key=bronze,
+        yield from bronze_results(
+            context,
+            spec.name,
+            load,
+            lake,
+            schema_version=spec.schema_version,
             metadata={
-                "dagster/row_count": load.loaded,
-                "received": load.received,
-                "loaded": load.loaded,
-                "quarantined": load.quarantined,
                 "files": dg.MetadataValue.json(per_file),
                 "checksums_sha256": dg.MetadataValue.json([f.sha256 for f in load.files]),
-                "schema_version": spec.schema_version,
-                "table": dg.MetadataValue.path(str(lake.bronze_path(spec.name))),
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=quarantine,
-            metadata={
-                "dagster/row_count": load.quarantined,
-                "reasons": dg.MetadataValue.json(dict(load.reasons)),
-                "table": dg.MetadataValue.path(str(lake.quarantine_path(spec.name))),
             },
         )
 
@@ -177,7 +139,7 @@ def intake_job_name(spec: FeedSpec) -> str:
 def build_intake_job(spec: FeedSpec) -> dg.JobDefinition:
     return dg.define_asset_job(
         intake_job_name(spec),
-        selection=dg.AssetSelection.assets(landing_key(spec), bronze_key(spec), quarantine_key(spec)),
+        selection=dg.AssetSelection.assets(landing_key(spec), bronze_key(spec.name), quarantine_key(spec.name)),
         partitions_def=daily_partitions,
         description=f"Take {spec.name} files from the SFTP inbox and rebuild their bronze partition.",
     )

@@ -1,36 +1,13 @@
 import dagster as dg
 
-from dagster_project.defs.common.gates import gate_check_result, latest_partition_metadata
-from dagster_project.defs.common.partitions import daily_partitions
-from dagster_project.defs.common.resources import LakeResource
-from dagster_project.defs.webhooks.assets import BRONZE_KEY
+from dagster_project.defs.common.bronze import build_bronze_gate
 from dagster_project.lib import payment_events, payment_gates
-from dagster_project.lib.contract import PARTITION_COLUMN
-from dagster_project.lib.gx_runner import validate_delta
 
-
-@dg.asset_check(
-    asset=BRONZE_KEY,
-    name="gx_bronze_gate",
-    blocking=True,
-    partitions_def=daily_partitions,
+payment_events_bronze_gate = build_bronze_gate(
+    payment_events.TABLE,
+    payment_gates.bronze_payment_events,
     description="Great Expectations: columns, event id unique and not null, lineage not null, currency and "
     "amount formats, row count = events received - events quarantined.",
 )
-def payment_events_bronze_gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-    partition = context.partition_key
-    metadata = latest_partition_metadata(context.instance, BRONZE_KEY, partition)
-    expected = int(metadata.get("received", 0)) - int(metadata.get("quarantined", 0))
-    gate = payment_gates.bronze_payment_events(expected_rows=expected)
-    result = validate_delta(
-        lake.bronze_path(payment_events.TABLE),
-        gate.name,
-        gate.expectations,
-        predicate_sql=f"{PARTITION_COLUMN} = ?::DATE",
-        params=[partition],
-        sample_columns=list(gate.sample_columns),
-    )
-    return gate_check_result(result)
-
 
 defs = dg.Definitions(asset_checks=[payment_events_bronze_gate])

@@ -50,7 +50,9 @@ class Intake:
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def(request.job_name)
         return job.execute_in_process(
-            instance=self.instance, partition_key=request.partition_key, run_config=request.run_config,
+            instance=self.instance,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
             tags=request.tags,
         )
 
