@@ -13,7 +13,7 @@ import datetime as dt
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -249,6 +249,44 @@ class _FileReader:
         self.spool.write_batch(_quarantine_batch(lineage, rows, lines, raw, reasons))
 
 
+def replace_partition(
+    path: Path,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    day: dt.date,
+    *,
+    description: str,
+) -> None:
+    """Replace the `day` partition of the Delta table at `path` with `batches`, in one commit.
+
+    The batches stream into the writer, so memory stays flat. An error raised while producing them (a
+    ContractError naming the file, say) propagates as itself, not wrapped in the writer's DeltaError.
+    """
+    failures: list[BaseException] = []
+
+    def watched() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    try:
+        write_deltalake(
+            path,
+            pa.RecordBatchReader.from_batches(schema, watched()),
+            partition_by=[PARTITION_COLUMN],
+            mode="overwrite",
+            predicate=f"{PARTITION_COLUMN} = '{day.isoformat()}'",  # a date object: nothing to inject
+            writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
+            description=description,
+        )
+    except Exception:
+        if failures:
+            raise failures[0] from None
+        raise
+
+
 def load_partition(
     spec: FeedSpec,
     manifests: list[Manifest],
@@ -261,8 +299,7 @@ def load_partition(
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> PartitionLoad:
     """Replace one bronze partition (and its quarantine partition) with the rows of `manifests`."""
-    day = dt.date.fromisoformat(business_date)  # also guards the predicates below against injection
-    predicate = f"{PARTITION_COLUMN} = '{day.isoformat()}'"
+    day = dt.date.fromisoformat(business_date)
     ingested_at = ingested_at or dt.datetime.now(dt.UTC)
     for manifest in manifests:
         if manifest.business_date != business_date:
@@ -275,42 +312,23 @@ def load_partition(
         spool_path = Path(tmp) / "quarantine.arrows"
         with pa.OSFile(str(spool_path), "wb") as sink, pa.ipc.new_stream(sink, QUARANTINE_SCHEMA) as spool:
             reader = _FileReader(con, spec, spool)
-            failures: list[BaseException] = []
 
             def good_batches() -> Iterator[pa.RecordBatch]:
-                try:
-                    for index, manifest in enumerate(manifests):
-                        load = FileLoad(file_name=manifest.file_name, sha256=manifest.sha256)
-                        result.files.append(load)
-                        lineage = _Lineage(manifest, ingested_at, run_id, spec.schema_version)
-                        yield from reader.read(index, manifest, lineage, load, batch_rows)
-                except BaseException as exc:
-                    failures.append(exc)
-                    raise
+                for index, manifest in enumerate(manifests):
+                    load = FileLoad(file_name=manifest.file_name, sha256=manifest.sha256)
+                    result.files.append(load)
+                    lineage = _Lineage(manifest, ingested_at, run_id, spec.schema_version)
+                    yield from reader.read(index, manifest, lineage, load, batch_rows)
 
-            try:
-                write_deltalake(
-                    bronze_path,
-                    pa.RecordBatchReader.from_batches(reader.schema, _prefetched(good_batches())),
-                    partition_by=[PARTITION_COLUMN],
-                    mode="overwrite",
-                    predicate=predicate,
-                    writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
-                    description=spec.description,
-                )
-            except Exception:
-                # The Delta writer wraps an error raised while reading the files in its own DeltaError;
-                # re-raise the original (e.g. ContractError naming the file) so callers can tell them apart.
-                if failures:
-                    raise failures[0] from None
-                raise
+            replace_partition(
+                bronze_path, reader.schema, _prefetched(good_batches()), day, description=spec.description
+            )
         with pa.OSFile(str(spool_path), "rb") as source:
-            write_deltalake(
+            replace_partition(
                 quarantine_path,
+                QUARANTINE_SCHEMA,
                 pa.ipc.open_stream(source),
-                partition_by=[PARTITION_COLUMN],
-                mode="overwrite",
-                predicate=predicate,
+                day,
                 description=f"Rows of feed {spec.name} that broke its contract, with every reason.",
             )
     con.close()

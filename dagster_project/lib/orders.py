@@ -32,7 +32,6 @@ import duckdb
 import pandera.polars as pa_pl
 import polars as pl
 import pyarrow as pa
-from deltalake import WriterProperties, write_deltalake
 
 from dagster_project.lib.airbyte_records import (
     EXTRACTED_AT,
@@ -48,6 +47,7 @@ from dagster_project.lib.airbyte_records import (
     record_schema,
     write_sample_orders,
 )
+from dagster_project.lib.bronze import replace_partition
 from dagster_project.lib.checksums import digest_file
 from dagster_project.lib.contract import (
     PARTITION_COLUMN,
@@ -222,8 +222,7 @@ def load_orders_partition(
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> OrdersLoad:
     """Replace the bronze (and quarantine) partition of `business_date` from every landed orders record."""
-    day = dt.date.fromisoformat(business_date)  # also guards the predicates below against injection
-    predicate = f"{PARTITION_COLUMN} = '{day.isoformat()}'"
+    day = dt.date.fromisoformat(business_date)
     ingested_at = ingested_at or dt.datetime.now(dt.UTC)
     directory = landing_dir(landing_root)
     files = {f.relative: f for f in _landed_files(directory)} if directory.exists() else {}
@@ -278,25 +277,16 @@ def load_orders_partition(
                     result.loaded += out.num_rows
                     yield out
 
-        write_deltalake(
-            bronze_path,
-            pa.RecordBatchReader.from_batches(BRONZE_SCHEMA, bronze_batches()),
-            partition_by=[PARTITION_COLUMN],
-            mode="overwrite",
-            predicate=predicate,
-            writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
-            description=ORDERS.description,
-        )
+        replace_partition(bronze_path, BRONZE_SCHEMA, bronze_batches(), day, description=ORDERS.description)
         quarantined = lineage.quarantine_table(bad) if bad is not None else QUARANTINE_SCHEMA.empty_table()
         result.quarantined = quarantined.num_rows
         for reasons in quarantined.column("_reasons").to_pylist():
             result.reasons.update(reasons)
-        write_deltalake(
+        replace_partition(
             quarantine_path,
-            quarantined,
-            partition_by=[PARTITION_COLUMN],
-            mode="overwrite",
-            predicate=predicate,
+            quarantined.schema,
+            quarantined.to_batches(),
+            day,
             description="Shop order records that broke the orders contract, with every reason.",
         )
     finally:

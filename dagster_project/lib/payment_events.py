@@ -31,8 +31,8 @@ from typing import Any
 import pandera.polars as pa_pl
 import polars as pl
 import pyarrow as pa
-from deltalake import WriterProperties, write_deltalake
 
+from dagster_project.lib.bronze import replace_partition
 from dagster_project.lib.contract import LINEAGE_FIELDS, PARTITION_COLUMN
 from dagster_project.lib.inbox import Inbox, StoredEvent
 
@@ -295,8 +295,7 @@ def load_partition(
     `batches` are the partition's inbox events in inbox id order (`Inbox.iter_for_dates`); every event must
     belong to `business_date`.
     """
-    day = dt.date.fromisoformat(business_date)  # also guards the predicates below against injection
-    predicate = f"{PARTITION_COLUMN} = '{day.isoformat()}'"
+    day = dt.date.fromisoformat(business_date)
     ingested_at = ingested_at or dt.datetime.now(dt.UTC)
     result = PartitionLoad(business_date=day.isoformat())
     contract = pandera_schema()
@@ -305,44 +304,30 @@ def load_partition(
     with tempfile.TemporaryDirectory(prefix="medallion-quarantine-") as tmp:
         spool_path = Path(tmp) / "quarantine.arrows"
         with pa.OSFile(str(spool_path), "wb") as sink, pa.ipc.new_stream(sink, QUARANTINE_SCHEMA) as spool:
-            failures: list[BaseException] = []
 
             def good_batches() -> Iterator[pa.RecordBatch]:
-                try:
-                    for events in batches:
-                        good, bad = _split(events, day, seen, result, ingested_at, run_id)
-                        if bad:
-                            spool.write_batch(pa.RecordBatch.from_pylist(bad, schema=QUARANTINE_SCHEMA))
-                        if good:
-                            batch = pa.RecordBatch.from_pylist(good, schema=BRONZE_SCHEMA)
-                            contract.validate(pl.from_arrow(batch))
-                            yield batch
-                except BaseException as exc:
-                    failures.append(exc)
-                    raise
+                for events in batches:
+                    good, bad = _split(events, day, seen, result, ingested_at, run_id)
+                    if bad:
+                        spool.write_batch(pa.RecordBatch.from_pylist(bad, schema=QUARANTINE_SCHEMA))
+                    if good:
+                        batch = pa.RecordBatch.from_pylist(good, schema=BRONZE_SCHEMA)
+                        contract.validate(pl.from_arrow(batch))
+                        yield batch
 
-            try:
-                write_deltalake(
-                    bronze_path,
-                    pa.RecordBatchReader.from_batches(BRONZE_SCHEMA, good_batches()),
-                    partition_by=[PARTITION_COLUMN],
-                    mode="overwrite",
-                    predicate=predicate,
-                    writer_properties=WriterProperties(compression="ZSTD", compression_level=1),
-                    description="PSP webhook events, one row per event id, partitioned by UTC event date.",
-                )
-            except Exception:
-                # the Delta writer wraps an error raised while reading the batches; re-raise the original
-                if failures:
-                    raise failures[0] from None
-                raise
+            replace_partition(
+                bronze_path,
+                BRONZE_SCHEMA,
+                good_batches(),
+                day,
+                description="PSP webhook events, one row per event id, partitioned by UTC event date.",
+            )
         with pa.OSFile(str(spool_path), "rb") as source:
-            write_deltalake(
+            replace_partition(
                 quarantine_path,
+                QUARANTINE_SCHEMA,
                 pa.ipc.open_stream(source),
-                partition_by=[PARTITION_COLUMN],
-                mode="overwrite",
-                predicate=predicate,
+                day,
                 description="PSP webhook events that broke the edge contract, with every reason.",
             )
     return result
