@@ -12,9 +12,6 @@ import datetime as dt
 import os
 import secrets
 import shutil
-import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,29 +131,11 @@ def ensure_local_secrets() -> None:
 @contextmanager
 def webhook_receiver() -> Iterator[str]:
     """The real webhook receiver (uvicorn) on a free loopback port, in a background thread."""
-    import uvicorn
-
+    from dagster_project.services.loopback import serve_in_thread
     from dagster_project.services.webhook_receiver import create_app_from_settings
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app_from_settings(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="webhook-receiver", daemon=True)
-    thread.start()
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the webhook receiver did not start")
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(create_app_from_settings(), name="webhook receiver") as base_url:
         yield base_url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def demo_days(count: int, today: dt.date | None = None) -> list[dt.date]:

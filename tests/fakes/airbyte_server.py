@@ -20,6 +20,7 @@ every `GET /jobs/{id}` (a failed job, a cancelled job, a job that never ends). E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -32,11 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from dagster_project.services.loopback import serve_in_thread
 
 ACTIVE = {"pending", "running", "incomplete"}
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -147,15 +149,14 @@ class FakeAirbyteServer:
         self._jobs: dict[int, _Job] = {}
         self._ids = itertools.count(101)
         self._tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._serving = contextlib.ExitStack()
+        self._origin = ""
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.base_path}"
+        return f"{self._origin}{self.base_path}"
 
     def start(self) -> FakeAirbyteServer:
         b = self.base_path
@@ -168,25 +169,11 @@ class FakeAirbyteServer:
                 Route(f"{b}/jobs/{{job_id:int}}", self._cancel_job, methods=["DELETE"]),
             ]
         )
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-airbyte", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Airbyte server did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._origin = self._serving.enter_context(serve_in_thread(app, name="fake Airbyte server"))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.close()
 
     def __enter__(self) -> FakeAirbyteServer:
         return self.start()

@@ -2,8 +2,6 @@ import asyncio
 import base64
 import json
 import logging
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from starlette.applications import Starlette
 
 from dagster_project.lib.inbox import InboundEvent, InboxUnavailable, migrate, sha256_hex
 from dagster_project.lib.signatures import sign_standard, sign_stripe
+from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import (
     GroupCommitter,
     JsonLogFormatter,
@@ -506,23 +504,8 @@ async def test_app_from_settings_serves_configured_providers_only(tmp_path: Path
 def live_server(inbox_url: str) -> Iterator[tuple[str, Starlette]]:
     """The receiver under uvicorn on a loopback port chosen by the kernel."""
     app = _app(inbox_url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_in_thread(app, name="webhook-receiver") as base_url:
+        yield base_url, app
 
 
 def test_real_server_round_trip(live_server: tuple[str, Starlette]):
