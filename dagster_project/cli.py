@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,21 +24,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from dagster_project.defs.sftp.resources import SftpResource
-    from dagster_project.demo import demo_days, upload, write_sample_files
+    import json
 
+    from dagster_project.defs.sftp.resources import SftpResource
+    from dagster_project.demo import demo_days, ensure_local_secrets, upload, write_sample_files
+    from dagster_project.lib.sample_payments import build_payments_sample, post_deliveries
+
+    if args.days < 3:
+        raise SystemExit("medallion sample-data: --days must be at least 3 (the payments sample spans three days)")
     end = dt.date.fromisoformat(args.end_date) if args.end_date else dt.date.today()
-    out = Path(args.out) if args.out else settings.data_dir() / "samples" / "customers"
-    good, bad = write_sample_files(out, demo_days(args.days, today=end))
+    out = Path(args.out) if args.out else settings.data_dir() / "samples"
+    days = demo_days(args.days, today=end)
+    good, bad = write_sample_files(out / "customers", days)
     for f in good:
         print(f"{f.path}  ({f.good} good, {f.bad} breaking the contract)")
     for path in bad:
         print(f"{path}  (the inbox must refuse it)")
+    ensure_local_secrets()  # the same signing secret as the receiver of `medallion dev`
+    payments = build_payments_sample(out / "payments", days[-3:], secret=settings.webhook_secrets("stripe")[0])
+    for f in payments.payout_files:
+        print(f"{f.path}  (PSP payouts)")
+    deliveries = out / "payments" / "webhook_deliveries.jsonl"
+    with deliveries.open("w") as fh:
+        for d in payments.deliveries:
+            fh.write(
+                json.dumps({"event_id": d.event_id, "kind": d.kind, "headers": d.headers, "body": d.body.decode()})
+            )
+            fh.write("\n")
+    print(f"{deliveries}  ({len(payments.deliveries)} signed webhook deliveries, resends and one tampered included)")
     if args.upload:
         sftp = SftpResource()
+        files = [f.path for f in good] + bad + [f.path for f in payments.payout_files]
         with sftp.client() as client:
-            upload(client, [f.path for f in good] + bad, sftp.layout().inbox)
-        print(f"uploaded {len(good) + len(bad)} files to {sftp.uri(sftp.layout().inbox)}")
+            upload(client, files, sftp.layout().inbox)
+        print(f"uploaded {len(files)} files to {sftp.uri(sftp.layout().inbox)}")
+    if args.post:
+        answers = post_deliveries(args.post, payments.deliveries)
+        print(
+            f"posted {len(payments.deliveries)} deliveries to {args.post}: "
+            + ", ".join(f"{n} x HTTP {code}" for code, n in answers.items())
+        )
     return 0
 
 
@@ -72,7 +96,8 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    """The Dagster UI with the daemon (sensors, automation), beside the embedded SFTP server."""
+    """The Dagster UI with the daemon (sensors, automation), beside the embedded SFTP server and the
+    webhook receiver."""
     from dagster_project.demo import ensure_local_secrets, prepare_instance_home
     from dagster_project.services.sftp_server import EmbeddedSftpServer
 
@@ -83,29 +108,28 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=s.port, username=s.username
     ).start()
     print(f"embedded SFTP server on {server.host}:{server.port} (inbox: {settings.sftp_root() / s.inbox_dir})")
-    command = [
-        str(Path(sys.executable).parent / "dagster"),
-        "dev",
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-        "-w",
-        str(settings.project_root() / "workspace.yaml"),
-    ]
-    # A parent started in the background may ignore SIGINT/SIGTERM; dagster dev must not inherit that.
-    process = subprocess.Popen(command, cwd=settings.project_root(), preexec_fn=_default_signals)
-    stop = threading.Event()
+    bin_dir = Path(sys.executable).parent
+    # A parent started in the background may ignore SIGINT/SIGTERM; the children must not inherit that.
+    receiver = subprocess.Popen(
+        [str(bin_dir / "medallion"), "webhooks", "serve", "--host", args.host, "--port", str(args.webhooks_port)],
+        preexec_fn=_default_signals,
+    )
+    print(f"webhook receiver on http://{args.host}:{args.webhooks_port}/webhooks/stripe")
+    dagster = [str(bin_dir / "dagster"), "dev", "-h", args.host, "-p", str(args.port)]
+    dagster += ["-w", str(settings.project_root() / "workspace.yaml")]
+    process = subprocess.Popen(dagster, cwd=settings.project_root(), preexec_fn=_default_signals)
 
     def forward(signum: int, _frame: object) -> None:
-        stop.set()
         process.send_signal(signum)
+        receiver.send_signal(signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     try:
         return process.wait()
     finally:
+        receiver.terminate()
+        receiver.wait(timeout=15)
         server.stop()
 
 
@@ -122,16 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=5, help="days of partner files to generate (default 5)")
     demo.set_defaults(func=_cmd_demo)
 
-    dev = sub.add_parser("dev", help="start the Dagster UI, daemon and embedded SFTP server")
+    dev = sub.add_parser(
+        "dev", help="start the Dagster UI and daemon, the embedded SFTP server and the webhook receiver"
+    )
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
+    dev.add_argument("--webhooks-port", type=int, default=8000, help="webhook receiver port (default 8000)")
     dev.set_defaults(func=_cmd_dev)
 
-    sample = sub.add_parser("sample-data", help="write partner sample files (optionally upload them to the inbox)")
-    sample.add_argument("--days", type=int, default=5)
+    sample = sub.add_parser(
+        "sample-data", help="write partner files, PSP payout files and signed webhooks (optionally deliver them)"
+    )
+    sample.add_argument("--days", type=int, default=5, help="days of partner files (default 5, at least 3)")
     sample.add_argument("--end-date", help="the day after the last business date (default today)")
-    sample.add_argument("--out", help="output folder (default .data/samples/customers)")
-    sample.add_argument("--upload", action="store_true", help="upload to the configured SFTP inbox")
+    sample.add_argument("--out", help="output folder (default .data/samples)")
+    sample.add_argument("--upload", action="store_true", help="upload the files to the configured SFTP inbox")
+    sample.add_argument(
+        "--post", metavar="URL", help="post the signed webhooks to a running receiver, e.g. http://127.0.0.1:8000"
+    )
     sample.set_defaults(func=_cmd_sample_data)
 
     sftp = sub.add_parser("sftp-server", help="run the embedded SFTP server in the foreground")

@@ -1,0 +1,120 @@
+"""The `medallion` command as a user runs it: sample data delivered to real services, and `medallion dev`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from dagster_project import cli, settings
+from dagster_project.services.loopback import serve_in_thread
+from dagster_project.services.sftp_server import EmbeddedSftpServer
+from dagster_project.services.webhook_receiver import create_app_from_settings
+
+MEDALLION = str(Path(sys.executable).parent / "medallion")
+
+
+@pytest.mark.parametrize(
+    "command", [["demo"], ["dev"], ["sample-data"], ["sftp-server"], ["webhooks", "serve"], ["webhooks", "migrate"]]
+)
+def test_every_subcommand_has_help(command: list[str]):
+    out = subprocess.run([MEDALLION, *command, "--help"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"usage: medallion {' '.join(command)}"), out
+
+
+@pytest.mark.sftp
+def test_sample_data_uploads_files_and_posts_signed_webhooks(
+    sftp_env: EmbeddedSftpServer, platform_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    monkeypatch.setenv("MEDALLION_WEBHOOK_SECRETS_STRIPE", "whsec_test_cli")
+    out = platform_env / "samples"
+    with serve_in_thread(create_app_from_settings(), name="webhook receiver") as url:
+        assert cli.main(["sample-data", "--days", "3", "--out", str(out), "--upload", "--post", url]) == 0
+    printed = capsys.readouterr().out
+
+    inbox = {p.name for p in (sftp_env.root / "inbox").iterdir()}
+    assert {p.name for p in (out / "customers").glob("*.csv")} <= inbox
+    payouts = {p.name for p in (out / "payments").glob("psp_payouts_*.csv")}
+    assert payouts and payouts <= inbox
+
+    deliveries = [json.loads(line) for line in (out / "payments" / "webhook_deliveries.jsonl").read_text().splitlines()]
+    kinds = [d["kind"] for d in deliveries]
+    assert kinds.count("tampered") == 1 and "resend" in kinds
+    assert all("Stripe-Signature" in d["headers"] for d in deliveries)
+    assert "1 x HTTP 401" in printed  # the tampered one, refused
+
+    # Every signed event stored once, the tampered one not at all.
+    expected = {d["event_id"] for d in deliveries if d["kind"] != "tampered"}
+    engine = sa.create_engine(settings.webhook_inbox_url())
+    with engine.connect() as con:
+        stored = [row[0] for row in con.execute(sa.text("SELECT event_id FROM webhook_events"))]
+    engine.dispose()
+    assert sorted(stored) == sorted(expected)
+
+
+def test_sample_data_refuses_too_few_days(platform_env: Path):
+    with pytest.raises(SystemExit, match="at least 3"):
+        cli.main(["sample-data", "--days", "2"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, deadline: float) -> None:
+    while True:
+        assert process.poll() is None, "medallion dev exited"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in time"
+        time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.sftp
+def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
+    ui_port, webhooks_port, sftp_port = _free_port(), _free_port(), _free_port()
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "MEDALLION_DATA_DIR": str(data),
+        "DAGSTER_HOME": str(data / "dagster"),
+        "MEDALLION_SFTP_PORT": str(sftp_port),
+    }
+    for name in ("MEDALLION_WEBHOOK_SECRETS_STRIPE", "MEDALLION_PII_HMAC_KEY", "MEDALLION_WEBHOOK_INBOX_URL"):
+        env.pop(name, None)
+    command = [MEDALLION, "dev", "--port", str(ui_port), "--webhooks-port", str(webhooks_port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        _wait_for(f"http://127.0.0.1:{webhooks_port}/readyz", process, deadline)
+        _wait_for(f"http://127.0.0.1:{ui_port}/server_info", process, deadline)
+        with socket.create_connection(("127.0.0.1", sftp_port), timeout=5) as ssh:
+            assert ssh.recv(64).startswith(b"SSH-2.0-")
+        # The receiver signs with the secret generated for the embedded platform.
+        assert (data / "secrets" / "webhook_secret_stripe").exists()
+        unsigned = httpx.post(f"http://127.0.0.1:{webhooks_port}/webhooks/stripe", content=b"{}")
+        assert unsigned.status_code == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{webhooks_port}/healthz", timeout=2)
