@@ -78,8 +78,8 @@ def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
 
     from deltalake import DeltaTable
 
-    from dagster_project.lib.inbox import Inbox
-    from dagster_project.lib.payment_events import rebuild_partition
+    from dagster_project.lib.bronze.payment_events import rebuild_partition
+    from dagster_project.lib.intake.inbox import Inbox
 
     shutil.rmtree(lake, ignore_errors=True)
     with Inbox(inbox_url) as inbox:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.sources.registry import CUSTOMERS
 
 # About 100 bytes a row, with 0.1% of rows breaking one rule each, like a real export.
 GENERATE_SQL = """
@@ -61,9 +61,9 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
     import resource
     import shutil
 
-    from dagster_project.lib.bronze import load_partition
+    from dagster_project.lib.bronze.engine import load_partition
     from dagster_project.lib.checksums import digest_file
-    from dagster_project.lib.landing import Manifest
+    from dagster_project.lib.intake.landing import Manifest
 
     start = time.perf_counter()
     if kind == "duckdb_copy":

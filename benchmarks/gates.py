@@ -22,10 +22,10 @@ import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from dagster_project.lib import gates
-from dagster_project.lib.contract import bronze_schema
-from dagster_project.lib.feeds import CUSTOMERS
-from dagster_project.lib.gx_runner import GateResult, validate_delta, validate_duckdb_file
+from dagster_project.lib.bronze.contract import bronze_schema
+from dagster_project.lib.quality import gates
+from dagster_project.lib.quality.gx_runner import GateResult, validate_delta, validate_duckdb_file
+from dagster_project.lib.sources.registry import CUSTOMERS
 
 BUSINESS_DATE = dt.date(2025, 11, 5)
 SILVER = "silver.stg_acme__customers"

@@ -38,8 +38,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from dagster_project.lib.inbox import Inbox, sha256_hex, webhook_events
-from dagster_project.lib.signatures import sign_stripe
+from dagster_project.lib.intake.inbox import Inbox, sha256_hex, webhook_events
+from dagster_project.lib.intake.signatures import sign_stripe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EVENT_TYPES = ("charge.succeeded", "charge.succeeded", "charge.refunded", "charge.dispute.created", "payout.paid")

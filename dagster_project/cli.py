@@ -28,7 +28,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
     from dagster_project.defs.sftp.resources import SftpResource
     from dagster_project.demo import demo_days, ensure_local_secrets, upload, write_sample_files
-    from dagster_project.lib.sample_payments import build_payments_sample, post_deliveries
+    from dagster_project.samples.payments import build_payments_sample, post_deliveries
 
     if args.days < 3:
         raise SystemExit("medallion sample-data: --days must be at least 3 (the payments sample spans three days)")
@@ -88,7 +88,7 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     if args.action == "serve":
         webhook_receiver.serve(host=args.host, port=args.port)
     else:
-        from dagster_project.lib.inbox import migrate
+        from dagster_project.lib.intake.inbox import migrate
 
         migrate(settings.webhook_inbox_url())
         print("webhook inbox schema is up to date")

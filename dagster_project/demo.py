@@ -23,11 +23,11 @@ import duckdb
 from deltalake import DeltaTable
 
 from dagster_project import settings
-from dagster_project.lib.feeds import CUSTOMERS
-from dagster_project.lib.orders import land_sample_orders
-from dagster_project.lib.sample_data import GeneratedFile, write_customer_files
-from dagster_project.lib.sample_payments import PaymentsTruth, build_payments_sample, post_deliveries
-from dagster_project.lib.sftp import SftpClient
+from dagster_project.lib.clients.sftp import SftpClient
+from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.samples.orders import land_sample_orders
+from dagster_project.samples.partner_files import GeneratedFile, write_customer_files
+from dagster_project.samples.payments import PaymentsTruth, build_payments_sample, post_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.lib.sftp import SftpClient
+from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 

@@ -36,8 +36,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dagster_project import settings
-from dagster_project.lib import signatures
-from dagster_project.lib.inbox import MAX_ID_LENGTH, InboundEvent, Inbox, InboxUnavailable, StoreOutcome
+from dagster_project.lib.intake import signatures
+from dagster_project.lib.intake.inbox import MAX_ID_LENGTH, InboundEvent, Inbox, InboxUnavailable, StoreOutcome
 
 logger = logging.getLogger("medallion.webhooks")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.lib.sftp import HostKeyRefused, SftpClient
+from dagster_project.lib.clients.sftp import HostKeyRefused, SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 pytestmark = pytest.mark.sftp

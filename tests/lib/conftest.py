@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.feeds import CUSTOMERS
-from dagster_project.lib.landing import LandResult, land_file
-from dagster_project.lib.naming import parse_file_name
+from dagster_project.lib.intake.landing import LandResult, land_file
+from dagster_project.lib.sources.naming import parse_file_name
+from dagster_project.lib.sources.registry import CUSTOMERS
 from tests.lib.customer_files import RECEIVED_AT
 
 

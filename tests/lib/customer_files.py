@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster_project.lib.feeds import CUSTOMERS
+from dagster_project.lib.sources.registry import CUSTOMERS
 
 RECEIVED_AT = dt.datetime(2025, 11, 5, 7, 30, tzinfo=dt.UTC)
 

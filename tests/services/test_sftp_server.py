@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from dagster_project.lib.sftp import SftpClient
+from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.services.sftp_server import (
     AUTHORIZED_KEYS,
     CLIENT_KEY,

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
 
-from dagster_project.lib.inbox import InboundEvent, InboxUnavailable, migrate, sha256_hex
-from dagster_project.lib.signatures import sign_standard, sign_stripe
+from dagster_project.lib.intake.inbox import InboundEvent, InboxUnavailable, migrate, sha256_hex
+from dagster_project.lib.intake.signatures import sign_standard, sign_stripe
 from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import (
     GroupCommitter,

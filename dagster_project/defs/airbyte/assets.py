@@ -7,9 +7,9 @@ from dagster_project.defs.airbyte.resources import AirbyteResource
 from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib import orders
-from dagster_project.lib.airbyte import AirbyteSyncError
-from dagster_project.lib.airbyte_records import record_files
+from dagster_project.lib.bronze import orders
+from dagster_project.lib.bronze.airbyte_records import record_files
+from dagster_project.lib.clients.airbyte import AirbyteSyncError
 
 SYNC_KEY = dg.AssetKey(["airbyte", "shop_orders_sync"])
 BRONZE_KEY = bronze_key(orders.TABLE)

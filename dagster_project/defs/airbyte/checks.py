@@ -5,7 +5,8 @@ import functools
 import dagster as dg
 
 from dagster_project.defs.common.bronze import build_bronze_gate
-from dagster_project.lib import gates, orders
+from dagster_project.lib.bronze import orders
+from dagster_project.lib.quality import gates
 
 bronze_orders_gate = build_bronze_gate(
     orders.TABLE,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project import settings
-from dagster_project.lib.airbyte import AirbyteClient, SyncResult
+from dagster_project.lib.clients.airbyte import AirbyteClient, SyncResult
 
 
 class AirbyteResource(dg.ConfigurableResource):

@@ -11,9 +11,9 @@ import dagster as dg
 from dagster_project.defs.common.gates import gate_check_result, latest_partition_metadata
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.contract import PARTITION_COLUMN
-from dagster_project.lib.gates import Gate
-from dagster_project.lib.gx_runner import validate_delta
+from dagster_project.lib.bronze.contract import PARTITION_COLUMN
+from dagster_project.lib.quality.gates import Gate
+from dagster_project.lib.quality.gx_runner import validate_delta
 
 
 class PartitionLoad(Protocol):

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from dagster_project.lib.gx_runner import GateResult
+from dagster_project.lib.quality.gx_runner import GateResult
 
 
 def gate_check_result(result: GateResult) -> dg.AssetCheckResult:

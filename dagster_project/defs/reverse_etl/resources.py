@@ -7,7 +7,7 @@ import dagster as dg
 import pyarrow as pa
 
 from dagster_project import settings
-from dagster_project.lib.reverse_etl import SyncStats, sync_rows
+from dagster_project.lib.clients.reverse_etl import SyncStats, sync_rows
 
 
 class ReverseEtlTarget(dg.ConfigurableResource):

@@ -6,11 +6,11 @@ from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronz
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.sftp.resources import SftpResource
-from dagster_project.lib.bronze import load_partition
-from dagster_project.lib.feeds import FEEDS, FeedSpec
-from dagster_project.lib.intake import IntakeOutcome, take_file
-from dagster_project.lib.landing import landed_files
-from dagster_project.lib.naming import NamingError, parse_file_name
+from dagster_project.lib.bronze.engine import load_partition
+from dagster_project.lib.intake.landing import landed_files
+from dagster_project.lib.intake.sftp_inbox import IntakeOutcome, take_file
+from dagster_project.lib.sources.naming import NamingError, parse_file_name
+from dagster_project.lib.sources.registry import FEEDS, FeedSpec
 
 
 def landing_key(spec: FeedSpec) -> dg.AssetKey:

@@ -3,8 +3,8 @@ import functools
 import dagster as dg
 
 from dagster_project.defs.common.bronze import build_bronze_gate
-from dagster_project.lib import gates
-from dagster_project.lib.feeds import FEEDS
+from dagster_project.lib.quality import gates
+from dagster_project.lib.sources.registry import FEEDS
 
 defs = dg.Definitions(
     asset_checks=[

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project import settings
-from dagster_project.lib.intake import RemoteLayout
-from dagster_project.lib.sftp import SftpClient
+from dagster_project.lib.clients.sftp import SftpClient
+from dagster_project.lib.intake.sftp_inbox import RemoteLayout
 
 
 class SftpResource(dg.ConfigurableResource):

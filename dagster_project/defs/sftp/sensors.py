@@ -6,9 +6,9 @@ import dagster as dg
 from dagster_project import settings
 from dagster_project.defs.sftp.assets import intake_job_name, intake_jobs, landing_key
 from dagster_project.defs.sftp.resources import SftpResource
-from dagster_project.lib.feeds import feed_for_file
-from dagster_project.lib.intake import plan_inbox, quarantine_remote
-from dagster_project.lib.naming import parse_file_name
+from dagster_project.lib.intake.sftp_inbox import plan_inbox, quarantine_remote
+from dagster_project.lib.sources.naming import parse_file_name
+from dagster_project.lib.sources.registry import feed_for_file
 
 
 @dg.sensor(

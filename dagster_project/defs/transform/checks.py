@@ -8,8 +8,8 @@ from dagster_project import settings
 from dagster_project.defs.common.gates import gate_check_result
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
 from dagster_project.defs.transform.assets import dbt_gold, dbt_silver
-from dagster_project.lib import gates
-from dagster_project.lib.gx_runner import validate_duckdb_file
+from dagster_project.lib.quality import gates
+from dagster_project.lib.quality.gx_runner import validate_duckdb_file
 
 
 def build_warehouse_gate(

@@ -4,7 +4,7 @@ import dagster as dg
 
 from dagster_project.defs.transform.assets import dbt_gold
 from dagster_project.defs.transform.checks import build_warehouse_gate
-from dagster_project.lib import payment_gates
+from dagster_project.lib.quality import payment_gates
 
 # The mart is rebuilt in full by every run, so the gate checks the whole table whatever the partition.
 payout_reconciliation_gate = build_warehouse_gate(

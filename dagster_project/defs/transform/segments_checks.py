@@ -5,7 +5,7 @@ import dagster as dg
 
 from dagster_project.defs.transform.assets import dbt_gold
 from dagster_project.defs.transform.checks import build_warehouse_gate
-from dagster_project.lib import segment_gates
+from dagster_project.lib.quality import segment_gates
 
 customer_segments_gate = build_warehouse_gate(
     dbt_gold,

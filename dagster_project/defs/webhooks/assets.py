@@ -6,7 +6,7 @@ from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronz
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.lib import payment_events
+from dagster_project.lib.bronze import payment_events
 
 INBOX_KEY = dg.AssetKey(["landing", payment_events.TABLE])
 BRONZE_KEY = bronze_key(payment_events.TABLE)

@@ -1,7 +1,8 @@
 import dagster as dg
 
 from dagster_project.defs.common.bronze import build_bronze_gate
-from dagster_project.lib import payment_events, payment_gates
+from dagster_project.lib.bronze import payment_events
+from dagster_project.lib.quality import payment_gates
 
 payment_events_bronze_gate = build_bronze_gate(
     payment_events.TABLE,

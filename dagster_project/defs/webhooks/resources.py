@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from dagster_project import settings
-from dagster_project.lib.inbox import Inbox
+from dagster_project.lib.intake.inbox import Inbox
 
 
 class InboxResource(dg.ConfigurableResource):

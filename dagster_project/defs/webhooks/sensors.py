@@ -5,8 +5,8 @@ import dagster as dg
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.webhooks.assets import INGEST_JOB_NAME, payment_events_ingest
 from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.lib import payment_events
-from dagster_project.lib.inbox import InboxUnavailable
+from dagster_project.lib.bronze import payment_events
+from dagster_project.lib.intake.inbox import InboxUnavailable
 
 PAGE_SIZE = 1000
 MAX_PAGES_PER_TICK = 50  # a backlog is worked through over several ticks instead of one long evaluation

@@ -17,7 +17,8 @@ from dagster_project.defs.airbyte.assets import BRONZE_KEY, SYNC_KEY, bronze_ord
 from dagster_project.defs.airbyte.checks import bronze_orders_gate
 from dagster_project.defs.airbyte.resources import AirbyteResource
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.orders import land_sample_orders, landing_dir
+from dagster_project.lib.bronze.orders import landing_dir
+from dagster_project.samples.orders import land_sample_orders
 from tests.fakes.airbyte_server import FakeAirbyteServer, JobScript
 
 DAY = "2025-11-03"

@@ -12,9 +12,9 @@ from deltalake import DeltaTable
 from dagster_project.definitions import defs as load_defs
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.feeds import CUSTOMERS
-from dagster_project.lib.sample_data import write_customer_files
-from dagster_project.lib.sftp import HostKeyRefused
+from dagster_project.lib.clients.sftp import HostKeyRefused
+from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.samples.partner_files import write_customer_files
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 pytestmark = pytest.mark.sftp

@@ -18,9 +18,9 @@ from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.defs.webhooks.sensors import payment_events_sensor
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.feeds import PSP_PAYOUTS
-from dagster_project.lib.inbox import InboundEvent, Inbox, migrate
-from dagster_project.lib.sample_payments import PaymentsSample, build_payments_sample, post_deliveries
+from dagster_project.lib.intake.inbox import InboundEvent, Inbox, migrate
+from dagster_project.lib.sources.registry import PSP_PAYOUTS
+from dagster_project.samples.payments import PaymentsSample, build_payments_sample, post_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 from .conftest import STRIPE_SECRET

@@ -1,0 +1,330 @@
+"""Read what an Airbyte destination wrote into the landing zone.
+
+Format: Airbyte Destinations V2 records as JSON Lines, one record per line, optionally gzipped (file
+storage destinations such as S3 / local JSON with root-level flattening write
+`<stream>/<yyyy>_<mm>_<dd>_<epoch ms>_<part>.jsonl[.gz]`). Each record carries
+
+- `_airbyte_raw_id`        uuid of the record, new on every delivery
+- `_airbyte_extracted_at`  when the source emitted it: epoch milliseconds, or an ISO 8601 string
+- `_airbyte_meta`          `{"sync_id": int, "changes": [{"field", "change", "reason"}, ...]}` (object or
+                           JSON string); `changes` lists values the platform nulled or truncated
+- `_airbyte_generation_id` increases on every refresh/clear of the stream
+- the stream's data columns at the top level (or nested under `_airbyte_data` without flattening; they
+  are lifted to the top level here).
+
+Airbyte delivers at least once: the same business key can arrive several times, in one sync or across
+syncs. `deduplicate_latest` keeps, per key, the record with the latest `_airbyte_extracted_at` (then the
+highest generation, then the one delivered last).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+RAW_ID = "_airbyte_raw_id"
+EXTRACTED_AT = "_airbyte_extracted_at"
+META = "_airbyte_meta"
+GENERATION_ID = "_airbyte_generation_id"
+AIRBYTE_COLUMNS = (RAW_ID, EXTRACTED_AT, META, GENERATION_ID)
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+
+CHANGE_TYPE = pa.struct([("field", pa.string()), ("change", pa.string()), ("reason", pa.string())])
+META_TYPE = pa.struct([("sync_id", pa.int64()), ("changes", pa.list_(CHANGE_TYPE))])
+AIRBYTE_FIELDS = (
+    pa.field(RAW_ID, pa.string(), nullable=False),
+    pa.field(EXTRACTED_AT, pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field(META, META_TYPE),
+    pa.field(GENERATION_ID, pa.int64()),
+)
+LINEAGE_FIELDS = (
+    pa.field(SOURCE_FILE, pa.string(), nullable=False),  # path relative to the directory read
+    pa.field(SOURCE_ROW, pa.int64(), nullable=False),  # 1-based line number in that file
+)
+
+# The shop orders stream as the destination writes it: JSON types only. Dates, timestamps and the
+# decimal amount stay strings here; the bronze contract parses them strictly.
+SHOP_ORDERS_SCHEMA = pa.schema(
+    [
+        pa.field("order_id", pa.int64(), nullable=False),
+        pa.field("customer_id", pa.int64()),
+        pa.field("order_date", pa.string()),
+        pa.field("ordered_at", pa.string()),
+        pa.field("total_amount", pa.string()),
+        pa.field("currency", pa.string()),
+        pa.field("status", pa.string()),
+    ]
+)
+ORDER_STATUSES = ("placed", "paid", "shipped", "cancelled")
+
+_RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class AirbyteRecordError(ValueError):
+    """A record that is not in Airbyte's destination format, named by file and line."""
+
+    def __init__(self, file: str, line: int, reason: str) -> None:
+        super().__init__(f"{file}:{line}: {reason}")
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+
+def record_schema(data_schema: pa.Schema) -> pa.Schema:
+    """Arrow schema of the batches `read_airbyte_records` yields for a stream with these data columns."""
+    clash = [name for name in data_schema.names if name in AIRBYTE_COLUMNS or name in (SOURCE_FILE, SOURCE_ROW)]
+    if clash:
+        raise ValueError(f"data columns clash with Airbyte or lineage columns: {clash}")
+    return pa.schema([*AIRBYTE_FIELDS, *data_schema, *LINEAGE_FIELDS])
+
+
+def record_files(directory: str | Path) -> list[Path]:
+    """Record files under `directory` (recursively), in a stable order."""
+    root = Path(directory)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(_RECORD_SUFFIXES))
+
+
+def read_airbyte_records(
+    directory: str | Path,
+    data_schema: pa.Schema | None = None,
+    *,
+    batch_size: int = 10_000,
+    on_unknown_column: Literal["fail", "ignore"] = "fail",
+) -> Iterator[pa.RecordBatch]:
+    """Stream every record under `directory` as Arrow batches of at most `batch_size` rows.
+
+    Data columns follow `data_schema`; without one, it is inferred from the first batch and then held
+    (all-null columns become strings). A data column missing from a record is null. A column the schema
+    does not know fails the read (naming file and line) unless `on_unknown_column="ignore"`.
+    Malformed records raise AirbyteRecordError with the file and line.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    root = Path(directory)
+    schema = record_schema(data_schema) if data_schema is not None else None
+    rows: list[dict[str, Any]] = []
+    for path in record_files(root):
+        relative = path.relative_to(root).as_posix()
+        for line_no, record in _records(path, relative):
+            rows.append(_normalise(record, relative, line_no))
+            if len(rows) >= batch_size:
+                schema = schema or _infer_schema(rows)
+                yield _to_batch(rows, schema, on_unknown_column)
+                rows = []
+    if rows:
+        schema = schema or _infer_schema(rows)
+        yield _to_batch(rows, schema, on_unknown_column)
+
+
+def deduplicate_latest(table: pa.Table, key: str | Sequence[str], *, order_column: str | None = None) -> pa.Table:
+    """One row per key: the latest `_airbyte_extracted_at`, then highest generation, then last delivered.
+
+    "Last delivered" is the row position, or `order_column` when given (ascending = delivered earlier).
+    The result is sorted by key.
+    """
+    keys = [key] if isinstance(key, str) else list(key)
+    missing = [k for k in [*keys, EXTRACTED_AT] if k not in table.column_names]
+    if missing:
+        raise ValueError(f"columns missing for deduplication: {missing}")
+    for k in keys:
+        if table[k].null_count:
+            raise ValueError(f"key column {k!r} has {table[k].null_count} null value(s)")
+    if table.num_rows == 0:
+        return table
+    work = table.append_column("__position", pa.array(range(table.num_rows), pa.int64()))
+    tiebreak = order_column or "__position"
+    sort_keys = [(k, "ascending") for k in keys] + [(EXTRACTED_AT, "descending")]
+    if GENERATION_ID in work.column_names:
+        sort_keys.append((GENERATION_ID, "descending"))
+    sort_keys.append((tiebreak, "descending"))
+    ordered = work.take(pc.sort_indices(work, sort_keys=sort_keys))  # nulls sort last
+    n = ordered.num_rows
+    first = None
+    for k in keys:
+        column = ordered[k].combine_chunks()
+        changed = pc.not_equal(column.slice(1), column.slice(0, n - 1))
+        first = changed if first is None else pc.or_(first, changed)
+    is_first = pa.concat_arrays([pa.array([True]), first])
+    return ordered.filter(is_first).drop_columns(["__position"])
+
+
+def read_latest(
+    directory: str | Path,
+    key: str | Sequence[str],
+    data_schema: pa.Schema | None = None,
+    *,
+    batch_size: int = 10_000,
+    on_unknown_column: Literal["fail", "ignore"] = "fail",
+) -> pa.Table:
+    """All records under `directory`, deduplicated on `key` (see `deduplicate_latest`), sorted by key.
+
+    Reads in batches and compacts as it goes, so memory follows the number of distinct keys rather
+    than the number of deliveries.
+    """
+    current: pa.Table | None = None
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    seq = 0
+    for batch in read_airbyte_records(
+        directory, data_schema, batch_size=batch_size, on_unknown_column=on_unknown_column
+    ):
+        table = pa.Table.from_batches([batch])
+        pending.append(table.append_column("__seq", pa.array(range(seq, seq + table.num_rows), pa.int64())))
+        seq += table.num_rows
+        pending_rows += table.num_rows
+        if pending_rows >= max(batch_size, current.num_rows if current is not None else 0):
+            current = deduplicate_latest(
+                pa.concat_tables([t for t in (current, *pending) if t is not None]), key, order_column="__seq"
+            )
+            pending, pending_rows = [], 0
+    if pending or current is not None:
+        current = deduplicate_latest(
+            pa.concat_tables([t for t in (current, *pending) if t is not None]), key, order_column="__seq"
+        )
+        return current.drop_columns(["__seq"])
+    schema = record_schema(data_schema) if data_schema is not None else pa.schema([*AIRBYTE_FIELDS, *LINEAGE_FIELDS])
+    return schema.empty_table()
+
+
+# -- internals ---------------------------------------------------------------------------------------
+
+
+def _records(path: Path, relative: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    opener = gzip.open if compressed else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        try:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise AirbyteRecordError(relative, line_no, f"not valid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict):
+                    raise AirbyteRecordError(relative, line_no, "a record must be a JSON object")
+                yield line_no, record
+        except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+            raise AirbyteRecordError(relative, 0, f"unreadable file ({exc})") from exc
+
+
+def _normalise(record: dict[str, Any], file: str, line: int) -> dict[str, Any]:
+    nested = record.pop("_airbyte_data", None)
+    if nested is not None:
+        if isinstance(nested, str):
+            try:
+                nested = json.loads(nested)
+            except json.JSONDecodeError as exc:
+                raise AirbyteRecordError(file, line, "_airbyte_data is not valid JSON") from exc
+        if not isinstance(nested, dict):
+            raise AirbyteRecordError(file, line, "_airbyte_data must be an object")
+        record.update(nested)
+    record.pop("_airbyte_loaded_at", None)  # set by the warehouse on load; not part of the record
+    raw_id = record.get(RAW_ID)
+    if not isinstance(raw_id, str) or not raw_id:
+        raise AirbyteRecordError(file, line, f"missing {RAW_ID}")
+    record[EXTRACTED_AT] = _extracted_at(record.get(EXTRACTED_AT), file, line)
+    record[META] = _meta(record.get(META), file, line)
+    generation = record.get(GENERATION_ID)
+    if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
+        raise AirbyteRecordError(file, line, f"{GENERATION_ID} must be an integer")
+    record[SOURCE_FILE] = file
+    record[SOURCE_ROW] = line
+    return record
+
+
+def _extracted_at(value: Any, file: str, line: int) -> datetime:
+    if isinstance(value, bool) or value is None:
+        raise AirbyteRecordError(file, line, f"missing {EXTRACTED_AT}")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not a timestamp: {value!r}") from exc
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not a timestamp: {value!r}")
+
+
+def _meta(value: Any, file: str, line: int) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise AirbyteRecordError(file, line, f"{META} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise AirbyteRecordError(file, line, f"{META} must be an object")
+    changes = value.get("changes") or []
+    if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+        raise AirbyteRecordError(file, line, f"{META}.changes must be a list of objects")
+    return {
+        "sync_id": value.get("sync_id"),
+        "changes": [{"field": c.get("field"), "change": c.get("change"), "reason": c.get("reason")} for c in changes],
+    }
+
+
+def _infer_schema(rows: list[dict[str, Any]]) -> pa.Schema:
+    fixed = {f.name for f in (*AIRBYTE_FIELDS, *LINEAGE_FIELDS)}
+    names: dict[str, None] = {}
+    for row in rows:
+        for name in row:
+            if name not in fixed:
+                names.setdefault(name)
+    fields = []
+    for name in names:
+        try:
+            inferred = pa.array([row.get(name) for row in rows]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+            raise ValueError(
+                f"cannot infer a type for column {name!r} from the first records ({exc}); pass data_schema"
+            ) from exc
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(inferred) else inferred))
+    return record_schema(pa.schema(fields))
+
+
+def _to_batch(
+    rows: list[dict[str, Any]], schema: pa.Schema, on_unknown_column: Literal["fail", "ignore"]
+) -> pa.RecordBatch:
+    known = set(schema.names)
+    if on_unknown_column == "fail":
+        for row in rows:
+            unknown = set(row) - known
+            if unknown:
+                raise AirbyteRecordError(
+                    row[SOURCE_FILE], row[SOURCE_ROW], f"column(s) not in the stream schema: {sorted(unknown)}"
+                )
+    try:
+        batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        batch = None
+    if batch is not None:
+        required = [f.name for f in schema if not f.nullable]
+        if not any(batch.column(name).null_count for name in required):
+            return batch
+    # Find the offending record to name it.
+    for row in rows:
+        for field in schema:
+            try:
+                pa.array([row.get(field.name)], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+                raise AirbyteRecordError(
+                    row[SOURCE_FILE],
+                    row[SOURCE_ROW],
+                    f"column {field.name!r} expects {field.type}, got {row.get(field.name)!r} ({exc})",
+                ) from exc
+            if row.get(field.name) is None and not field.nullable:
+                raise AirbyteRecordError(row[SOURCE_FILE], row[SOURCE_ROW], f"column {field.name!r} is required")
+    raise AirbyteRecordError(rows[0][SOURCE_FILE], rows[0][SOURCE_ROW], "batch could not be converted to Arrow")

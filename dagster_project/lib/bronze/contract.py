@@ -1,0 +1,212 @@
+"""Compile a feed declaration into what checks it: header rules, row-level SQL, Arrow and pandera schemas.
+
+Row rules run as one vectorised DuckDB query that types every column and lists every rule a row breaks
+(one reason per column at most: a value that is not a number is not also checked against a minimum).
+Reasons name the column and the rule, never the value, so they are safe for logs and metadata.
+The pandera schema is the typed contract each bronze batch must satisfy before it is committed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandera.polars as pa_pl
+import polars as pl
+import pyarrow as pa
+
+from dagster_project.lib.sources.registry import Column, FeedSpec, OnSchemaDrift
+
+LINEAGE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("_source", pa.string(), nullable=False),
+    pa.field("_source_file", pa.string(), nullable=False),
+    pa.field("_source_row", pa.int64(), nullable=False),
+    pa.field("_checksum_sha256", pa.string(), nullable=False),
+    pa.field("_schema_version", pa.int32(), nullable=False),
+    pa.field("_received_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("_ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("_run_id", pa.string(), nullable=False),
+)
+LINEAGE_COLUMNS = tuple(f.name for f in LINEAGE_FIELDS)
+PARTITION_COLUMN = "business_date"
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("business_date", pa.date32(), nullable=False),
+        pa.field("_source", pa.string(), nullable=False),
+        pa.field("_source_file", pa.string(), nullable=False),
+        # Ordinal of the record among the records the parser could read (as in bronze); null for a line
+        # it could not read, which has `_source_line` instead: the line as the parser counts it
+        # (header = 1; a quoted field spanning lines counts once).
+        pa.field("_source_row", pa.int64()),
+        pa.field("_source_line", pa.int64()),
+        pa.field("_raw_record", pa.string()),
+        pa.field("_reasons", pa.list_(pa.string()), nullable=False),
+        pa.field("_checksum_sha256", pa.string(), nullable=False),
+        pa.field("_schema_version", pa.int32(), nullable=False),
+        pa.field("_received_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("_ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("_run_id", pa.string(), nullable=False),
+    ]
+)
+
+_ARROW_TYPES = {
+    "string": lambda c: pa.string(),
+    "int64": lambda c: pa.int64(),
+    "decimal": lambda c: pa.decimal128(c.precision, c.scale),
+    "date": lambda c: pa.date32(),
+    "timestamp": lambda c: pa.timestamp("us", tz="UTC"),
+}
+_DUCKDB_TYPES = {
+    "string": lambda c: "VARCHAR",
+    "int64": lambda c: "BIGINT",
+    "decimal": lambda c: f"DECIMAL({c.precision},{c.scale})",
+    "date": lambda c: "DATE",
+    "timestamp": lambda c: "TIMESTAMPTZ",
+}
+# Formats checked before casting: DuckDB's casts accept more than the contract allows
+# (e.g. '2025-1-5' as a date, or '12.345' silently rounded into DECIMAL(12,2)).
+_FORMATS = {
+    "int64": (r"^[+-]?\d+$", "not an integer"),
+    "decimal": (None, "not a decimal number"),
+    "date": (r"^\d{4}-\d{2}-\d{2}$", "not a calendar date (YYYY-MM-DD)"),
+    "timestamp": (
+        r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$",
+        "not an ISO 8601 timestamp",
+    ),
+}
+
+
+class ContractError(ValueError):
+    """The file as a whole breaks the feed contract (its header); the message names the file and the rule."""
+
+
+def bronze_schema(spec: FeedSpec) -> pa.Schema:
+    data = [pa.field(c.name, _ARROW_TYPES[c.type](c), nullable=c.nullable) for c in spec.columns]
+    return pa.schema([*data, pa.field(PARTITION_COLUMN, pa.date32(), nullable=False), *LINEAGE_FIELDS])
+
+
+def read_header(path: Path, delimiter: str) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        row = next(csv.reader(fh, delimiter=delimiter), [])
+    return [name.strip() for name in row]
+
+
+def resolve_columns(spec: FeedSpec, header: list[str], file_name: str) -> list[str]:
+    """The spec columns present in the file; raises ContractError for drift the feed does not allow."""
+    expected = list(spec.column_names)
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise ContractError(f"{file_name}: header repeats column(s) {', '.join(duplicated)}")
+    unknown = [h for h in header if h not in expected]
+    missing = [c for c in expected if c not in header]
+    if unknown and spec.on_unknown_column is OnSchemaDrift.FAIL:
+        raise ContractError(
+            f"{file_name}: unknown column(s) {', '.join(unknown)}; feed {spec.name} "
+            f"v{spec.schema_version} expects {', '.join(expected)}"
+        )
+    if missing:
+        required = [c for c in missing if not spec.column(c).nullable]
+        if spec.on_missing_column is OnSchemaDrift.FAIL or required:
+            raise ContractError(
+                f"{file_name}: missing column(s) {', '.join(missing)}; feed {spec.name} "
+                f"v{spec.schema_version} requires {', '.join(expected)}"
+            )
+    return [c for c in expected if c in header]
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _typed_expr(c: Column) -> str:
+    raw = _quote(c.name)
+    return f"TRY_CAST({raw} AS {_DUCKDB_TYPES[c.type](c)})"
+
+
+def _reason_expr(c: Column) -> str:
+    """A CASE that yields the first rule this column breaks, or NULL."""
+    raw, typed, name = _quote(c.name), _typed_expr(c), c.name
+    whens: list[tuple[str, str]] = []
+    if not c.nullable:
+        whens.append((f"{raw} IS NULL", "required value missing"))
+    pattern, message = _FORMATS.get(c.type, (None, ""))
+    if c.type == "decimal":
+        pattern = rf"^[+-]?\d+(\.\d{{1,{c.scale}}})?$"
+        message = f"not a decimal number with at most {c.scale} decimal places"
+    if pattern:
+        whens.append((f"{raw} IS NOT NULL AND NOT regexp_full_match({raw}, {_literal(pattern)})", message))
+    if c.type != "string":
+        whens.append((f"{raw} IS NOT NULL AND {typed} IS NULL", message or f"not a valid {c.type}"))
+    if c.pattern:
+        whens.append((f"NOT regexp_full_match({raw}, {_literal(c.pattern)})", "does not match the expected pattern"))
+    if c.allowed is not None:
+        values = ", ".join(_literal(v) for v in c.allowed)
+        whens.append((f"{raw} NOT IN ({values})", f"not one of {', '.join(c.allowed)}"))
+    if c.min_value is not None:
+        whens.append((f"{typed} < {c.min_value}", f"below the minimum {c.min_value:g}"))
+    if c.max_value is not None:
+        whens.append((f"{typed} > {c.max_value}", f"above the maximum {c.max_value:g}"))
+    cases = " ".join(f"WHEN {cond} THEN {_literal(f'{name}: {msg}')}" for cond, msg in whens)
+    return f"CASE {cases} END" if cases else "NULL"
+
+
+def _csv_field(name: str) -> str:
+    raw = _quote(name)
+    return (
+        f"CASE WHEN {raw} IS NULL THEN '' "
+        f"WHEN regexp_matches({raw}, '[\",\\r\\n]') THEN '\"' || replace({raw}, '\"', '\"\"') || '\"' "
+        f"ELSE {raw} END"
+    )
+
+
+def select_sql(spec: FeedSpec, present: list[str], source: str, passthrough: Sequence[str] = ()) -> str:
+    """SQL over `source`, a relation of VARCHAR columns: typed columns, `_reasons` (NULL when the row is
+    good) and `_raw_record` (the record re-rendered as a CSV line, only for rows that break a rule).
+    `passthrough` names further columns of `source` returned unchanged after those (e.g. lineage)."""
+    missing = [c.name for c in spec.columns if c.name not in present]
+    nulls = "".join(f", NULL::VARCHAR AS {_quote(m)}" for m in missing)
+    typed = ",\n  ".join(f"{_typed_expr(c)} AS {_quote(c.name)}" for c in spec.columns)
+    reasons = ", ".join(_reason_expr(c) for c in spec.columns)
+    record = " || ',' || ".join(_csv_field(c) for c in present) or "''"
+    extra = "".join(f",\n  {_quote(name)}" for name in passthrough)
+    return f"""
+WITH src AS (SELECT *{nulls} FROM {source}),
+checked AS (
+  SELECT *, list_filter([{reasons}], lambda r: r IS NOT NULL) AS _all_reasons FROM src
+)
+SELECT
+  {typed},
+  CASE WHEN len(_all_reasons) > 0 THEN _all_reasons END AS _reasons,
+  CASE WHEN len(_all_reasons) > 0 THEN {record} END AS _raw_record{extra}
+FROM checked
+"""
+
+
+_POLARS_TYPES = {
+    "string": lambda c: pl.String,
+    "int64": lambda c: pl.Int64,
+    "decimal": lambda c: pl.Decimal(c.precision, c.scale),
+    "date": lambda c: pl.Date,
+    "timestamp": lambda c: pl.Datetime("us", "UTC"),
+}
+
+
+def pandera_schema(spec: FeedSpec) -> pa_pl.DataFrameSchema:
+    """The typed contract of a bronze batch: exactly these columns, in order, with these types and nullability.
+
+    Value rules (patterns, ranges, allowed values) are not repeated here: the contract SQL has already
+    sent every row that breaks one to quarantine, and checking them twice would halve throughput.
+    """
+    columns: dict[str, pa_pl.Column] = {
+        c.name: pa_pl.Column(_POLARS_TYPES[c.type](c), nullable=c.nullable) for c in spec.columns
+    }
+    columns[PARTITION_COLUMN] = pa_pl.Column(pl.Date, nullable=False)
+    for f in LINEAGE_FIELDS:
+        columns[f.name] = pa_pl.Column(nullable=False)
+    return pa_pl.DataFrameSchema(columns, strict=True, name=f"bronze.{spec.name}", ordered=True)

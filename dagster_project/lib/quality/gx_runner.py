@@ -1,0 +1,269 @@
+"""Run a Great Expectations suite on a DuckDB table, view or Delta partition through GX's SQL engine.
+
+The result is a small `GateResult` that is safe to log and to attach as asset-check metadata:
+
+- Counts come from GX (`unexpected_count`, `element_count`, `observed_value`).
+- Samples never carry raw PII. For failing rows a sample holds only the values of `sample_columns`, which
+  the caller chooses among key columns and tokens, at most `SAMPLE_SIZE` rows. Without `sample_columns`, a
+  column check's sample holds the column's own unexpected values, and only when that column is not PII
+  (`pii_columns`, by default every column a feed contract marks `pii=True`); a row-query check then has no
+  sample. Values of a PII column are never reported as `observed` either, and quoted literals are cut out
+  of error messages, since database errors can quote data.
+
+Validation runs in two passes so that a passing suite costs what its checks cost. The first pass computes
+counts only (GX's `partial_unexpected_count=0` turns its sample queries into `LIMIT 0`). Only when
+expectations fail, a second pass re-runs just those to fetch a sample.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import great_expectations as gx
+from deltalake import DeltaTable
+from great_expectations.core import ExpectationValidationResult
+from great_expectations.datasource.fluent.interfaces import Batch
+from great_expectations.expectations import Expectation, UnexpectedRowsExpectation
+
+from dagster_project.lib.quality import gx_duckdb
+from dagster_project.lib.sources.registry import FEEDS
+
+SAMPLE_SIZE = 5
+DEFAULT_PII_COLUMNS: frozenset[str] = frozenset(c.name for spec in FEEDS.values() for c in spec.columns if c.pii)
+
+_POSITION = "gate_position"
+_COUNTS_ONLY = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str  # the expectation's description when it has one, else its GX type
+    column: str | None
+    success: bool
+    unexpected_count: int | None
+    element_count: int | None
+    sample: list = field(default_factory=list)
+    observed: object | None = None
+
+
+@dataclass
+class GateResult:
+    suite: str
+    success: bool
+    outcomes: list[ExpectationOutcome]
+    seconds: float
+
+    @property
+    def failed(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def summary(self) -> str:
+        head = f"{self.suite}: {len(self.outcomes) - len(self.failed)}/{len(self.outcomes)} expectations passed"
+        details = []
+        for o in self.failed:
+            what = f"{o.expectation}({o.column})" if o.column else o.expectation
+            if o.unexpected_count is not None:
+                of = f" of {o.element_count}" if o.element_count is not None else ""
+                what += f": {o.unexpected_count} unexpected{of}"
+            elif o.observed is not None:
+                what += f": observed {o.observed}"
+            details.append(what)
+        failed = f"; failed: {', '.join(details)}" if details else ""
+        return f"{head} in {self.seconds:.2f}s{failed}"
+
+
+def validate_duckdb(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    suite_name: str,
+    expectations: Sequence[Expectation],
+    *,
+    sample_columns: Sequence[str] | None = None,
+    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+) -> GateResult:
+    """Validate a table or view on an open DuckDB connection (`relation` is `name` or `schema.name`).
+
+    `con` must not be inside an open transaction; it is left open.
+    """
+    start = time.perf_counter()
+    schema, _, table = relation.rpartition(".")
+    context = gx_duckdb.ephemeral_context()
+    datasource = gx_duckdb.add_datasource(context, "duckdb", con)
+    with warnings.catch_warnings():
+        # GX 1.x deprecates schema_name in favour of a schema fixed by the connection; one DuckDB
+        # connection serves every schema of the warehouse, so the table asset names it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asset = datasource.add_table_asset(name=relation, table_name=table, schema_name=schema or None)
+    batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
+
+    results = _validate(batch, suite_name, expectations, _COUNTS_ONLY)
+    samples = _samples(batch, suite_name, expectations, results, list(sample_columns or []), frozenset(pii_columns))
+    outcomes = [_outcome(r, samples.get(i, []), frozenset(pii_columns)) for i, r in enumerate(results)]
+    return GateResult(
+        suite=suite_name,
+        success=all(o.success for o in outcomes),
+        outcomes=outcomes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def validate_duckdb_file(
+    path: str | Path,
+    relation: str,
+    suite_name: str,
+    expectations: Sequence[Expectation],
+    *,
+    sample_columns: Sequence[str] | None = None,
+    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+    read_only: bool = True,
+) -> GateResult:
+    """Validate a table or view of a DuckDB database file, such as the warehouse."""
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        return validate_duckdb(
+            con, relation, suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
+        )
+    finally:
+        con.close()
+
+
+def validate_delta(
+    table_path: str | Path,
+    suite_name: str,
+    expectations: Sequence[Expectation],
+    *,
+    predicate_sql: str | None = None,
+    params: Sequence[object] | None = None,
+    sample_columns: Sequence[str] | None = None,
+    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+) -> GateResult:
+    """Validate a Delta table, or the rows of it that `predicate_sql` selects (e.g. `business_date = ?`).
+
+    `predicate_sql` is SQL written by the caller with `?` placeholders; values go in `params`. GX sees the
+    selected rows as a view over the table's Arrow dataset: nothing is copied, DuckDB prunes partitions
+    and decodes only the columns a query reads, and GX computes the counts of a passing suite in a single
+    aggregate scan (the column set and types come from the Delta schema, not from the data). Only a
+    failing suite scans again, to fetch its samples.
+    """
+    start = time.perf_counter()
+    con = duckdb.connect()
+    try:
+        con.register("delta_source", DeltaTable(str(table_path)).to_pyarrow_dataset())
+        where = f" WHERE {predicate_sql}" if predicate_sql else ""
+        # A view cannot hold prepared parameters; a relation keeps them bound.
+        con.sql(f"SELECT * FROM delta_source{where}", params=list(params or [])).create_view("batch")
+        result = validate_duckdb(
+            con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
+        )
+    finally:
+        con.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _validate(
+    batch: Batch, suite_name: str, expectations: Sequence[Expectation], result_format: dict
+) -> list[ExpectationValidationResult]:
+    """GX's results, in the order of `expectations` (GX itself returns them grouped by domain)."""
+    # A suite binds its expectations, so it gets copies; each is tagged with its position.
+    tagged = [e.copy(update={"meta": {**(e.meta or {}), _POSITION: i}}) for i, e in enumerate(expectations)]
+    suite = gx.ExpectationSuite(name=suite_name, expectations=tagged)
+    gx_duckdb.forget_shared_results(batch.data.execution_engine)
+    results = batch.validate(suite, result_format=result_format).results
+    return sorted(results, key=lambda r: r.expectation_config.meta[_POSITION])
+
+
+def _samples(
+    batch: Batch,
+    suite_name: str,
+    expectations: Sequence[Expectation],
+    results: list[ExpectationValidationResult],
+    sample_columns: list[str],
+    pii: frozenset[str],
+) -> dict[int, list]:
+    """A PII-free sample for each failed expectation, by position, from a second pass over those alone."""
+    failed = [i for i, r in enumerate(results) if not r.success and not _raised(r)]
+    row_checks = [i for i in failed if isinstance(expectations[i], UnexpectedRowsExpectation)]
+    column_checks = [
+        i
+        for i in failed
+        if i not in row_checks
+        and results[i].result.get("unexpected_count")
+        and (sample_columns or _column(results[i]) not in pii)
+    ]
+    samples: dict[int, list] = {}
+    if column_checks:
+        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE}
+        if sample_columns:
+            result_format["unexpected_index_column_names"] = sample_columns
+        rerun = _validate(batch, suite_name, [expectations[i] for i in column_checks], result_format)
+        for i, r in zip(column_checks, rerun, strict=True):
+            if sample_columns:
+                rows = r.result.get("partial_unexpected_index_list") or []
+                samples[i] = [{c: row.get(c) for c in sample_columns} for row in rows[:SAMPLE_SIZE]]
+            else:
+                samples[i] = list(r.result.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]
+    if row_checks and sample_columns:
+        # COMPLETE is the only format in which GX returns an unexpected-rows query's rows (at most 200).
+        rerun = _validate(batch, suite_name, [expectations[i] for i in row_checks], {"result_format": "COMPLETE"})
+        for i, r in zip(row_checks, rerun, strict=True):
+            rows = (r.result.get("details") or {}).get("unexpected_rows") or []
+            samples[i] = [{c: row.get(c) for c in sample_columns if c in row} for row in rows[:SAMPLE_SIZE]]
+    return samples
+
+
+def _outcome(r: ExpectationValidationResult, sample: list, pii: frozenset[str]) -> ExpectationOutcome:
+    config = r.expectation_config
+    column = _column(r)
+    result = r.result or {}
+    observed = result.get("observed_value")
+    unexpected = result.get("unexpected_count")
+    if isinstance(config and config.type, str) and config.type == "unexpected_rows_expectation":
+        unexpected = observed  # GX reports the number of rows the query returned as the observed value
+    mismatched = (result.get("details") or {}).get("mismatched")
+    if mismatched:  # a column-set check: name the missing and unexpected columns, not every column
+        observed = mismatched
+    if column in pii and not isinstance(observed, (int, float, bool, type(None))):
+        observed = None
+    if _raised(r):
+        observed = "error: " + _error_message(r)
+    return ExpectationOutcome(
+        expectation=(config.description if config and config.description else config.type) if config else "?",
+        column=column,
+        success=bool(r.success) and not _raised(r),
+        unexpected_count=None if unexpected is None else int(unexpected),
+        element_count=result.get("element_count"),
+        sample=sample,
+        observed=observed,
+    )
+
+
+def _column(r: ExpectationValidationResult) -> str | None:
+    config = r.expectation_config
+    return config.kwargs.get("column") if config else None
+
+
+def _errors(r: ExpectationValidationResult) -> list[dict]:
+    info = r.exception_info or {}
+    if info.get("raised_exception"):
+        return [info]
+    # With metric errors GX keys exception_info by metric id.
+    return [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+
+
+def _raised(r: ExpectationValidationResult) -> bool:
+    return bool(_errors(r))
+
+
+def _error_message(r: ExpectationValidationResult) -> str:
+    message = str(_errors(r)[0].get("exception_message") or "error").strip()
+    first_line = message.splitlines()[0] if message else "error"
+    return _QUOTED.sub("'…'", first_line)[:300]
