@@ -12,9 +12,10 @@ It answers what the `airbyte-api` SDK calls, shaped as Airbyte documents it:
   "rowsSynced"?, "bytesSynced"?}`
 
 Every API call needs `Authorization: Bearer <token>` from the token endpoint (401 otherwise).
-Behaviour is scripted per test: injected failures per operation (429 with Retry-After, 5xx), a slow
-create that creates the job and answers late, and per-job status scripts that advance one step on
-every `GET /jobs/{id}` (a failed job, a cancelled job, a job that never ends). Every request is recorded.
+Behaviour is scripted per test: injected failures per operation (429 with Retry-After, 5xx), a create
+that creates the job and holds its answer back until the test releases it (or the server stops), and
+per-job status scripts that advance one step on every `GET /jobs/{id}` (a failed job, a cancelled job, a
+job that never ends). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ class FakeAirbyteServer:
         self.base_path = base_path.rstrip("/")
         self.token_expires_in = token_expires_in
         self.conflict_when_running = conflict_when_running
-        self.create_delay = 0.0  # seconds POST /jobs waits after creating the job, before answering
+        # While set, POST /jobs creates the job and then holds its answer until `release_create_answers()`:
+        # the client's request times out whatever the machine's speed, after the job exists.
+        self.hold_create_answers = False
+        self._create_released = threading.Event()
         # Runs when a POST /jobs arrives, before it is handled: lets a test start a competing job.
         self.before_create: Callable[[], None] | None = None
         self.default_script = JobScript()
@@ -173,6 +177,7 @@ class FakeAirbyteServer:
         return self
 
     def stop(self) -> None:
+        self.release_create_answers()
         self._serving.close()
 
     def __enter__(self) -> FakeAirbyteServer:
@@ -202,6 +207,9 @@ class FakeAirbyteServer:
             job = self._new_job(connection_id, "sync", script or JobScript())
             job.status = status
             return job.job_id
+
+    def release_create_answers(self) -> None:
+        self._create_released.set()
 
     def revoke_tokens(self) -> None:
         with self._lock:
@@ -359,8 +367,8 @@ class FakeAirbyteServer:
             script = self._scripts.popleft() if self._scripts else self.default_script
             job = self._new_job(connection_id, job_type, script)
             payload = job.as_json()
-        if self.create_delay:
-            await asyncio.sleep(self.create_delay)
+        if self.hold_create_answers:
+            await asyncio.to_thread(self._create_released.wait)
         return self._respond(rec, 200, payload)
 
     async def _get_job(self, request: Request) -> Response:

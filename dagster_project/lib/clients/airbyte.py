@@ -4,8 +4,11 @@ Contract: the Airbyte public API v1 (OpenAPI document 1.0.0) through the officia
 (1.0.x). The SDK prefixes every path with the server URL, which ends in `/v1` (Airbyte Cloud:
 `https://api.airbyte.com/v1`; self-managed: `http://<host>:8000/api/public/v1`). Calls made:
 
-- `POST {server}/applications/token`  client-credentials grant, answers `{access_token, token_type, expires_in}`;
-  the SDK caches the bearer token, fetches a new one 60 s before `expires_in` runs out and drops it on a 401.
+- `POST {server}/applications/token`  client-credentials grant, answers `{access_token, token_type, expires_in}`.
+  The client keeps the bearer token itself (the SDK only sends it): a new one is fetched 60 s before
+  `expires_in` runs out, measured on the client's own clock, and the token is dropped on a 401. The SDK's own
+  token cache is not used: it is shared by the whole process and reads the wall clock, so neither a test nor
+  a second client could control when a token is renewed.
 - `GET  {server}/jobs?connectionId=&jobType=sync&orderBy=createdAt|DESC&limit=`  jobs of the connection.
 - `POST {server}/jobs` with `{"connectionId": ..., "jobType": "sync"}`  trigger a sync.
 - `GET  {server}/jobs/{jobId}`  status, `rowsSynced`, `bytesSynced`, `duration` (ISO 8601).
@@ -18,6 +21,9 @@ Retries are ours, not the SDK's, because triggering a job is not idempotent: aft
 outcome is unknown (timeout, connection drop, 5xx) the jobs are listed again and a job that did not exist
 before the trigger is adopted instead of creating a second one. A 409 (a sync already running) is answered
 the same way.
+
+Every wait (retry backoff, status polls, the `max_wait` budget, token lifetime) goes through the injected
+`clock` and `sleep`, so tests drive time instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ TERMINAL_STATUSES = frozenset({SUCCEEDED, "failed", "cancelled"})
 # Enough recent jobs to see a job triggered moments ago even if other syncs ran meanwhile.
 _RECENT_JOBS_LIMIT = 20
 _MAX_BACKOFF_SECONDS = 60.0
-_TOKEN_FAILURE = re.compile(r"Unexpected status code (\d{3}) from token endpoint")
+# Renew a token this long before it expires, so it never runs out between fetching it and using it.
+_TOKEN_REFRESH_MARGIN_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -142,7 +149,8 @@ class AirbyteClient:
     `timeout` bounds each HTTP request, `max_wait` the whole `sync()` call (trigger plus waiting),
     `retries` the consecutive failed attempts of one call, `poll_interval` the first wait between status
     polls (it grows by half each poll up to `max_poll_interval`), `backoff` the first retry delay (doubling,
-    with jitter) when the server gives no Retry-After.
+    with jitter) when the server gives no Retry-After. `clock` (seconds, monotonic) and `sleep` measure and
+    spend every wait; tests pass a controlled pair.
     """
 
     def __init__(
@@ -158,6 +166,8 @@ class AirbyteClient:
         backoff: float = 1.0,
         max_poll_interval: float = 60,
         cancel_on_timeout: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not server_url:
             raise ValueError("server_url is required (e.g. https://api.airbyte.com/v1)")
@@ -169,20 +179,19 @@ class AirbyteClient:
         self.backoff = backoff
         self.max_poll_interval = max(max_poll_interval, poll_interval)
         self.cancel_on_timeout = cancel_on_timeout
+        self._clock = clock
+        self._sleep = sleep
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token: str | None = None
+        self._token_renew_at = 0.0
         self._http = httpx.Client(follow_redirects=True, timeout=timeout)
         self._sdk = AirbyteAPI(
             server_url=self.server_url,
             client=self._http,
             timeout_ms=int(timeout * 1000),
-            security=models.Security(
-                client_credentials=models.SchemeClientCredentials(
-                    client_id=client_id,
-                    client_secret=client_secret,
-                    # Absolute on purpose: the SDK resolves its relative default against the host root,
-                    # which drops the `/v1` (or `/api/public/v1`) prefix.
-                    token_url=f"{self.server_url}/applications/token",
-                )
-            ),
+            # Called for every request: always the token `_ensure_token` holds at that moment.
+            security=lambda: models.Security(bearer_auth=self._token or ""),
         )
 
     def close(self) -> None:
@@ -203,7 +212,7 @@ class AirbyteClient:
         """
         if not connection_id:
             raise ValueError("connection_id is required")
-        started = time.monotonic()
+        started = self._clock()
         deadline = started + self.max_wait
 
         recent = self.list_sync_jobs(connection_id, deadline=deadline)
@@ -229,7 +238,7 @@ class AirbyteClient:
             status=status,
             rows_synced=job.rows_synced,
             bytes_synced=job.bytes_synced,
-            duration_seconds=reported if reported is not None else time.monotonic() - started,
+            duration_seconds=reported if reported is not None else self._clock() - started,
             start_time=job.start_time,
             attached=attached,
         )
@@ -271,7 +280,7 @@ class AirbyteClient:
             what=f"cancel job {job_id}",
             connection_id=connection_id,
             job_id=job_id,
-            deadline=time.monotonic() + max(self.timeout * 2, 10.0),
+            deadline=self._clock() + max(self.timeout * 2, 10.0),
         )
         return response.job_response
 
@@ -289,7 +298,7 @@ class AirbyteClient:
                 failures += 1
                 delay = self._delay(exc, failures)
                 self._check_budget(failures, delay, deadline, exc.reason, "trigger a sync", connection_id)
-                time.sleep(delay)
+                self._sleep(delay)
                 if exc.outcome_unknown:
                     # The create may have reached Airbyte: adopt the job it started rather than start another.
                     adopted = self._new_job(connection_id, known, deadline)
@@ -328,15 +337,15 @@ class AirbyteClient:
     ) -> models.JobResponse:
         interval = self.poll_interval
         while _status(job) not in TERMINAL_STATUSES:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 self._give_up(connection_id, job, cancel)
-            time.sleep(min(interval, remaining))
+            self._sleep(min(interval, remaining))
             interval = min(interval * 1.5, self.max_poll_interval)
             try:
                 job = self.get_job(job.job_id, connection_id=connection_id, deadline=deadline)
             except AirbyteSyncError:
-                if time.monotonic() >= deadline:
+                if self._clock() >= deadline:
                     self._give_up(connection_id, job, cancel)
                 raise
         return job
@@ -375,7 +384,7 @@ class AirbyteClient:
                 failures += 1
                 delay = self._delay(exc, failures)
                 self._check_budget(failures, delay, deadline, exc.reason, what, connection_id, job_id)
-                time.sleep(delay)
+                self._sleep(delay)
             except _Rejected as exc:
                 raise AirbyteSyncError(
                     f"Airbyte API call '{what}' failed for connection {connection_id}: {exc.reason}",
@@ -383,10 +392,48 @@ class AirbyteClient:
                     job_id=job_id,
                 ) from exc
 
+    def _ensure_token(self) -> None:
+        """Fetch a bearer token with the client credentials unless the one held is still fresh."""
+        if self._token is not None and self._clock() < self._token_renew_at:
+            return
+        self._token = None
+        asked_at = self._clock()
+        response = self._http.post(
+            f"{self.server_url}/applications/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._client_secret,
+            },
+        )
+        code = response.status_code
+        if code == 429 or code >= 500:
+            raise _Transient(f"token endpoint HTTP {code}", delay=None, outcome_unknown=False)
+        if not 200 <= code < 300:
+            raise _Rejected(f"the token endpoint refused the client credentials (HTTP {code})", status_code=code)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if (
+            not isinstance(answer, dict)
+            or str(answer.get("token_type", "")).lower() != "bearer"
+            or not answer.get("access_token")
+        ):
+            raise _Rejected("the token endpoint did not answer with a bearer token", status_code=code)
+        expires_in = answer.get("expires_in")
+        # Without `expires_in` the token is kept until the server answers 401.
+        lifetime = float(expires_in) if expires_in is not None else float("inf")
+        self._token = str(answer["access_token"])
+        self._token_renew_at = asked_at + lifetime - _TOKEN_REFRESH_MARGIN_SECONDS
+
     def _call(self, fn: Callable[[], T]) -> T:
         """One attempt; failures become _Transient (worth repeating) or _Rejected."""
         try:
+            self._ensure_token()
             return fn()
+        except (_Transient, _Rejected):
+            raise
         except httpx.TimeoutException as exc:
             raise _Transient(f"timed out after {self.timeout:g} s", delay=None, outcome_unknown=True) from exc
         except httpx.ConnectError as exc:
@@ -403,7 +450,8 @@ class AirbyteClient:
                     outcome_unknown=False,
                 ) from exc
             if code == 401:
-                # The SDK dropped its cached token on the 401; the next attempt fetches a fresh one.
+                # The token was revoked or expired early: the next attempt fetches a fresh one.
+                self._token = None
                 raise _Transient("HTTP 401, token refreshed", delay=0.0, outcome_unknown=False) from exc
             if code >= 500:
                 raise _Transient(
@@ -414,17 +462,6 @@ class AirbyteClient:
             raise _Rejected(f"HTTP {code} {_short(exc.body)}", status_code=code) from exc
         except errors.AirbyteAPIError as exc:
             raise _Rejected(f"HTTP {exc.status_code} {_short(exc.body)}", status_code=exc.status_code) from exc
-        except Exception as exc:
-            # The SDK's token hook raises a bare Exception("Unexpected status code N from token endpoint").
-            match = _TOKEN_FAILURE.search(str(exc))
-            if match is None:
-                raise
-            code = int(match.group(1))
-            if code == 429 or code >= 500:
-                raise _Transient(f"token endpoint HTTP {code}", delay=None, outcome_unknown=False) from exc
-            raise _Rejected(
-                f"the token endpoint refused the client credentials (HTTP {code})", status_code=code
-            ) from exc
 
     def _delay(self, exc: _Transient, failures: int) -> float:
         if exc.delay is not None:
@@ -448,7 +485,7 @@ class AirbyteClient:
                 connection_id=connection_id,
                 job_id=job_id,
             )
-        if deadline is not None and time.monotonic() + delay > deadline:
+        if deadline is not None and self._clock() + delay > deadline:
             raise AirbyteSyncError(
                 f"Airbyte API call '{what}' for connection {connection_id} still failing when the "
                 f"{self.max_wait:g} s budget ran out; last: {reason}",
