@@ -77,7 +77,8 @@ class SftpClient:
     """One SFTP session to one server; reconnects on its own. Use as a context manager.
 
     `retries` is how many times a failed operation is tried again after the first attempt, waiting
-    `backoff_seconds`, then twice that, and so on.
+    `backoff_seconds`, then twice that, and so on, through `sleep` (tests pass their own to act while the
+    client waits, instead of racing a timer).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class SftpClient:
         timeout: float = 10.0,
         retries: int = 3,
         backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.host = host
         self.port = port
@@ -100,6 +102,7 @@ class SftpClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self._sleep = sleep
         self.connections_opened = 0
         self._key: paramiko.PKey | None = None
         self._ssh: paramiko.SSHClient | None = None
@@ -211,7 +214,7 @@ class SftpClient:
                     self.retries,
                 )
                 self.close()
-                time.sleep(delay)
+                self._sleep(delay)
 
     # -- operations ---------------------------------------------------------------------------------------
 

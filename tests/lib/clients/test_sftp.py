@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -80,14 +79,15 @@ def test_move_and_write_replace_an_existing_target(sftp_server: EmbeddedSftpServ
     assert sftp_client.list_dir("inbox") == []
 
 
-def test_missing_remote_file_is_an_error_not_a_retry(sftp_client: SftpClient, tmp_path: Path) -> None:
-    started = time.monotonic()
-    with pytest.raises(FileNotFoundError):
-        sftp_client.download("inbox/nope.csv", tmp_path / "down" / "nope.csv")
-    with pytest.raises(FileNotFoundError):
-        sftp_client.move("inbox/nope.csv", "archive/nope.csv")
-    assert sftp_client.connections_opened == 1
-    assert time.monotonic() - started < 1
+def test_missing_remote_file_is_an_error_not_a_retry(sftp_server: EmbeddedSftpServer, tmp_path: Path) -> None:
+    waits: list[float] = []
+    with client_for(sftp_server, sleep=waits.append) as client:
+        with pytest.raises(FileNotFoundError):
+            client.download("inbox/nope.csv", tmp_path / "down" / "nope.csv")
+        with pytest.raises(FileNotFoundError):
+            client.move("inbox/nope.csv", "archive/nope.csv")
+        assert client.connections_opened == 1
+    assert waits == []  # no backoff either
     assert list((tmp_path / "down").iterdir()) == []  # no temporary file left behind
 
 
@@ -236,18 +236,25 @@ def test_without_retries_a_dropped_connection_fails(sftp_server: EmbeddedSftpSer
 
 def test_server_restart_is_ridden_out(sftp_server: EmbeddedSftpServer) -> None:
     port = sftp_server.port
-    with client_for(sftp_server, retries=6, backoff_seconds=0.05) as client:
+    restarted = EmbeddedSftpServer(sftp_server.root, sftp_server.keys_dir, sftp_server.host, port)
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        # The server comes back during the second backoff: the client was refused once while it was down.
+        waits.append(seconds)
+        if len(waits) == 2:
+            restarted.start()
+
+    with client_for(sftp_server, retries=6, backoff_seconds=0.05, sleep=wait) as client:
         client.write_bytes("inbox/a.csv", b"a")
         sftp_server.stop()
-        restarted = EmbeddedSftpServer(sftp_server.root, sftp_server.keys_dir, sftp_server.host, port)
-        timer = threading.Timer(0.3, restarted.start)
-        timer.start()
         try:
             assert [f.name for f in client.list_dir("inbox")] == ["a.csv"]
-            assert client.connections_opened >= 3  # refused at least once while the server was down
         finally:
-            timer.join()
             restarted.stop()
+        # The dropped session, a refused connection, then the one that worked; backoff doubling.
+        assert client.connections_opened == 3
+        assert waits == [0.05, 0.1]
 
 
 def test_retries_are_bounded(sftp_server: EmbeddedSftpServer) -> None:
