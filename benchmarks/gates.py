@@ -1,5 +1,11 @@
 """Each layer's GX gate (GX's SQL engine on DuckDB) against the same rules written by hand in DuckDB SQL.
 
+The gates are the production ones, derived from their declarations (bronze from the customers source,
+silver and gold from the dbt model YAML through the parsed manifest). The yardstick is hand-written DuckDB
+SQL per kind of rule (`yardstick_sql`): the column rules of a gate in one aggregate scan, each uniqueness
+and row-query rule in a statement of its own; every statement returns one row of violation counts, all
+zero when the gate passes.
+
 Bronze is a Delta table with two business dates, validated one partition at a time; silver and gold are
 tables of a DuckDB warehouse file. Both sides open their input from scratch on every run, GX and SQL runs
 alternate (so both see the same machine load), and each figure is the best of `repeat` runs. Tables are
@@ -22,9 +28,11 @@ import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from dagster_project import settings
 from dagster_project.lib.bronze.contract import bronze_schema
-from dagster_project.lib.quality import gates
+from dagster_project.lib.quality import dbt_rules, gates
 from dagster_project.lib.quality.gx_runner import GateResult, validate_delta, validate_duckdb_file
+from dagster_project.lib.quality.rules import BATCH, Rule
 from dagster_project.lib.sources.registry import CUSTOMERS
 
 BUSINESS_DATE = dt.date(2025, 11, 5)
@@ -95,6 +103,61 @@ from range(1, $customers + 1) as c(customer_id), range(1, 3) as v(version)
 """
 
 
+def _literal(value: object) -> str:
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _column_count(rule: Rule) -> str | None:
+    """The count of rows breaking a column rule, as one aggregate of a shared scan (None: not a column rule)."""
+    c = rule.column
+    match rule.kind:
+        case "not_null":
+            return f"count(*) filter (where {c} is null) as {c}_null"
+        case "accepted_values":
+            return f"count(*) filter (where {c} not in ({', '.join(map(_literal, rule.values))})) as {c}_not_accepted"
+        case "matches_regex":
+            return f"count(*) filter (where not regexp_full_match({c}, {_literal(rule.pattern)})) as {c}_malformed"
+        case "between":
+            bounds = [f"{c} < {rule.min_value}"] if rule.min_value is not None else []
+            bounds += [f"{c} > {rule.max_value}"] if rule.max_value is not None else []
+            return f"count(*) filter (where {' or '.join(bounds)}) as {c}_out_of_range"
+        case "row_count":
+            return f"abs(count(*) - {int(rule.count or 0)}) as row_count_off"
+    return None
+
+
+def yardstick_sql(gate: gates.Gate, relation: str) -> list[str]:
+    """The gate's rules as hand-written DuckDB SQL over `relation`: one statement per scan, one count per rule."""
+    counts = [sql for sql in map(_column_count, gate.expectations) if sql]
+    statements = ["select\n  " + ",\n  ".join(counts) + f"\nfrom {relation}"] if counts else []
+    for rule in gate.expectations:
+        match rule.kind:
+            case "columns_present":
+                names = ", ".join(f"({_literal(c)})" for c in rule.columns)
+                statements.append(
+                    f"select count(*) as missing_columns from (values {names}) as expected(name)\n"
+                    f"where name not in (select column_name from (describe {relation}))"
+                )
+            case "unique" | "unique_combination":
+                cols = ", ".join(rule.columns or (rule.column,))
+                statements.append(
+                    f"select coalesce(sum(n), 0) as duplicated from (\n  select count(*) as n from {relation}\n"
+                    f"  where ({cols}) is not null group by {cols} having count(*) > 1\n)"
+                )
+            case "unexpected_rows":
+                query = (rule.query or "").replace(BATCH, relation)
+                statements.append(f"select count(*) as unexpected_rows from ({query})")
+    return statements
+
+
+def warehouse_gates() -> dict[str, gates.Gate]:
+    """The silver and gold gates of the dbt model YAML, by relation."""
+    manifest = dbt_rules.load_manifest(settings.dbt_project_dir() / "target" / "manifest.json")
+    return {g.relation: g.gate for g in dbt_rules.model_gates(manifest)}
+
+
 def build(work: Path, rows: int) -> tuple[Path, Path]:
     """A bronze Delta table (`rows` rows on BUSINESS_DATE, a tenth as many the day before) and a warehouse."""
     lake = work / "bronze_customers"
@@ -140,7 +203,7 @@ def _bronze_sql(lake: Path, gate: gates.Gate) -> list[int]:
     try:
         partition = [("business_date", "=", BUSINESS_DATE.isoformat())]
         con.register("bronze_partition", DeltaTable(str(lake)).to_pyarrow_dataset(partitions=partition))
-        return _sql_counts(con, gate.sql_for("bronze_partition"))
+        return _sql_counts(con, yardstick_sql(gate, "bronze_partition"))
     finally:
         con.close()
 
@@ -148,7 +211,7 @@ def _bronze_sql(lake: Path, gate: gates.Gate) -> list[int]:
 def _warehouse_sql(warehouse: Path, relation: str, gate: gates.Gate) -> list[int]:
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        return _sql_counts(con, gate.sql_for(relation))
+        return _sql_counts(con, yardstick_sql(gate, relation))
     finally:
         con.close()
 
@@ -157,9 +220,9 @@ def run(rows: int, repeat: int = 3) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
         lake, warehouse = build(Path(tmp), rows)
-        bronze = gates.bronze_customers(expected_rows=rows)
-        silver = gates.silver_customers()
-        gold = gates.gold_dim_customers()
+        bronze = gates.bronze_gate(CUSTOMERS, expected_rows=rows)
+        warehouse_gate = warehouse_gates()
+        silver, gold = warehouse_gate[SILVER], warehouse_gate[GOLD]
         cases: list[tuple[str, gates.Gate, Callable[[], GateResult], Callable[[], list[int]]]] = [
             (
                 "bronze",
@@ -196,6 +259,10 @@ def run(rows: int, repeat: int = 3) -> list[dict]:
             assert isinstance(result, GateResult)
             if not result.success or any(counts):
                 raise AssertionError(f"{layer} gate should pass on clean data: {result.summary()} / SQL {counts}")
+            if len(counts) != len(gate.expectations):
+                raise AssertionError(
+                    f"{layer}: the SQL yardstick counts {len(counts)} rules, the gate has {len(gate.expectations)}"
+                )
             out.append(
                 {
                     "layer": layer,

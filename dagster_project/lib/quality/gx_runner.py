@@ -6,9 +6,13 @@ The result is a small `GateResult` that is safe to log and to attach as asset-ch
 - Samples never carry raw PII. For failing rows a sample holds only the values of `sample_columns`, which
   the caller chooses among key columns and tokens, at most `SAMPLE_SIZE` rows. Without `sample_columns`, a
   column check's sample holds the column's own unexpected values, and only when that column is not PII
-  (`pii_columns`, by default every column a feed contract marks `pii=True`); a row-query check then has no
+  (`pii_columns`, by default every column a source declaration marks `pii=True`); a row-query check then has no
   sample. Values of a PII column are never reported as `observed` either, and quoted literals are cut out
   of error messages, since database errors can quote data.
+
+Gates are declared as plain `rules.Rule`s; they become GX expectations here, when a gate runs, and this
+module imports Great Expectations, DuckDB and deltalake only then, so that declaring gates (and loading the
+code location) does not pay for them. GX `Expectation` objects are accepted as they are.
 
 Validation runs in two passes so that a passing suite costs what its checks cost. The first pass computes
 counts only (GX's `partial_unexpected_count=0` turns its sample queries into `LIMIT 0`). Only when
@@ -23,20 +27,17 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-import great_expectations as gx
-from deltalake import DeltaTable
-from great_expectations.core import ExpectationValidationResult
-from great_expectations.datasource.fluent.interfaces import Batch
-from great_expectations.expectations import Expectation, UnexpectedRowsExpectation
+from dagster_project.lib.quality.rules import Rule, full_match
 
-from dagster_project.lib.quality import gx_duckdb
-from dagster_project.lib.sources.registry import FEEDS
+if TYPE_CHECKING:
+    import duckdb
+    from great_expectations.core import ExpectationValidationResult
+    from great_expectations.datasource.fluent.interfaces import Batch
+    from great_expectations.expectations import Expectation
 
 SAMPLE_SIZE = 5
-DEFAULT_PII_COLUMNS: frozenset[str] = frozenset(c.name for spec in FEEDS.values() for c in spec.columns if c.pii)
 
 _POSITION = "gate_position"
 _COUNTS_ONLY = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
@@ -80,20 +81,63 @@ class GateResult:
         return f"{head} in {self.seconds:.2f}s{failed}"
 
 
+def default_pii_columns() -> frozenset[str]:
+    """Every column a source declaration marks as PII (read when a gate runs, not at import)."""
+    from dagster_project.lib.sources.registry import pii_columns
+
+    return pii_columns()
+
+
+def to_expectation(rule: Rule | Expectation) -> Expectation:
+    """The GX expectation that checks `rule` (a GX expectation is returned as it is)."""
+    import great_expectations.expectations as gxe
+
+    if not isinstance(rule, Rule):
+        return rule
+    match rule.kind:
+        case "not_null":
+            return gxe.ExpectColumnValuesToNotBeNull(column=rule.column)
+        case "unique":
+            return gxe.ExpectColumnValuesToBeUnique(column=rule.column)
+        case "unique_combination":
+            return gxe.ExpectCompoundColumnsToBeUnique(column_list=list(rule.columns))
+        case "accepted_values":
+            return gxe.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.values))
+        case "matches_regex":
+            # GX matches with search semantics (DuckDB regexp_matches); the rule is a whole-value match.
+            return gxe.ExpectColumnValuesToMatchRegex(column=rule.column, regex=full_match(rule.pattern or ""))
+        case "between":
+            return gxe.ExpectColumnValuesToBeBetween(
+                column=rule.column, min_value=rule.min_value, max_value=rule.max_value
+            )
+        case "columns_present":
+            return gxe.ExpectTableColumnsToMatchSet(column_set=list(rule.columns), exact_match=False)
+        case "row_count":
+            return gxe.ExpectTableRowCountToEqual(value=rule.count)
+        case "unexpected_rows":
+            return gxe.UnexpectedRowsExpectation(description=rule.description, unexpected_rows_query=rule.query)
+    raise ValueError(f"no GX expectation for rule kind {rule.kind!r}")
+
+
 def validate_duckdb(
     con: duckdb.DuckDBPyConnection,
     relation: str,
     suite_name: str,
-    expectations: Sequence[Expectation],
+    expectations: Sequence[Rule | Expectation],
     *,
     sample_columns: Sequence[str] | None = None,
-    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+    pii_columns: Iterable[str] | None = None,
 ) -> GateResult:
     """Validate a table or view on an open DuckDB connection (`relation` is `name` or `schema.name`).
 
-    `con` must not be inside an open transaction; it is left open.
+    `con` must not be inside an open transaction; it is left open. `pii_columns` defaults to every
+    column a source declares PII.
     """
+    from dagster_project.lib.quality import gx_duckdb
+
     start = time.perf_counter()
+    expectations = [to_expectation(e) for e in expectations]
+    pii = frozenset(default_pii_columns() if pii_columns is None else pii_columns)
     schema, _, table = relation.rpartition(".")
     context = gx_duckdb.ephemeral_context()
     datasource = gx_duckdb.add_datasource(context, "duckdb", con)
@@ -105,8 +149,8 @@ def validate_duckdb(
     batch = asset.add_batch_definition_whole_table("whole_table").get_batch()
 
     results = _validate(batch, suite_name, expectations, _COUNTS_ONLY)
-    samples = _samples(batch, suite_name, expectations, results, list(sample_columns or []), frozenset(pii_columns))
-    outcomes = [_outcome(r, samples.get(i, []), frozenset(pii_columns)) for i, r in enumerate(results)]
+    samples = _samples(batch, suite_name, expectations, results, list(sample_columns or []), pii)
+    outcomes = [_outcome(r, samples.get(i, []), pii) for i, r in enumerate(results)]
     return GateResult(
         suite=suite_name,
         success=all(o.success for o in outcomes),
@@ -119,13 +163,15 @@ def validate_duckdb_file(
     path: str | Path,
     relation: str,
     suite_name: str,
-    expectations: Sequence[Expectation],
+    expectations: Sequence[Rule | Expectation],
     *,
     sample_columns: Sequence[str] | None = None,
-    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+    pii_columns: Iterable[str] | None = None,
     read_only: bool = True,
 ) -> GateResult:
     """Validate a table or view of a DuckDB database file, such as the warehouse."""
+    import duckdb
+
     con = duckdb.connect(str(path), read_only=read_only)
     try:
         return validate_duckdb(
@@ -138,12 +184,12 @@ def validate_duckdb_file(
 def validate_delta(
     table_path: str | Path,
     suite_name: str,
-    expectations: Sequence[Expectation],
+    expectations: Sequence[Rule | Expectation],
     *,
     predicate_sql: str | None = None,
     params: Sequence[object] | None = None,
     sample_columns: Sequence[str] | None = None,
-    pii_columns: Iterable[str] = DEFAULT_PII_COLUMNS,
+    pii_columns: Iterable[str] | None = None,
 ) -> GateResult:
     """Validate a Delta table, or the rows of it that `predicate_sql` selects (e.g. `business_date = ?`).
 
@@ -153,6 +199,9 @@ def validate_delta(
     aggregate scan (the column set and types come from the Delta schema, not from the data). Only a
     failing suite scans again, to fetch its samples.
     """
+    import duckdb
+    from deltalake import DeltaTable
+
     start = time.perf_counter()
     con = duckdb.connect()
     try:
@@ -173,6 +222,10 @@ def _validate(
     batch: Batch, suite_name: str, expectations: Sequence[Expectation], result_format: dict
 ) -> list[ExpectationValidationResult]:
     """GX's results, in the order of `expectations` (GX itself returns them grouped by domain)."""
+    import great_expectations as gx
+
+    from dagster_project.lib.quality import gx_duckdb
+
     # A suite binds its expectations, so it gets copies; each is tagged with its position.
     tagged = [e.copy(update={"meta": {**(e.meta or {}), _POSITION: i}}) for i, e in enumerate(expectations)]
     suite = gx.ExpectationSuite(name=suite_name, expectations=tagged)
@@ -190,6 +243,8 @@ def _samples(
     pii: frozenset[str],
 ) -> dict[int, list]:
     """A PII-free sample for each failed expectation, by position, from a second pass over those alone."""
+    from great_expectations.expectations import UnexpectedRowsExpectation
+
     failed = [i for i, r in enumerate(results) if not r.success and not _raised(r)]
     row_checks = [i for i in failed if isinstance(expectations[i], UnexpectedRowsExpectation)]
     column_checks = [

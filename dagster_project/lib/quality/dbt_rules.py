@@ -1,0 +1,140 @@
+"""Silver and gold gates derived from the dbt model YAML, so each rule is declared once and both dbt and
+Great Expectations check it.
+
+A model opts in with `config: {meta: {gx_gate: {sample_columns: [...]}}}` (or `gx_gate: true`, which
+samples the columns it declares `unique`). Every data test of severity `error` on such a model becomes a
+rule of its gate, read from the parsed manifest (`dbt parse` writes `target/manifest.json`):
+
+| dbt test                                | rule                                                  |
+|-----------------------------------------|-------------------------------------------------------|
+| not_null, unique                        | the same                                              |
+| accepted_values                         | the column's values in the set                        |
+| matches_regex (tests/generic)           | non-null values match the pattern as a whole          |
+| accepted_range (tests/generic)          | non-null values within [min_value, max_value]         |
+| unique_combination_of_columns           | the columns unique together                           |
+| expression_is_true                      | rows where the expression is not true                 |
+| no_unexpected_rows (tests/generic)      | the rows its query returns, `{batch}` the model       |
+
+A test this module cannot translate (or one restricted with `config: where`, which GX would ignore) fails
+the derivation with the test's name, rather than leaving a declared rule out of the gate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster_project.lib.quality import rules
+from dagster_project.lib.quality.gates import Gate
+from dagster_project.lib.quality.rules import Rule
+
+GATE_META_KEY = "gx_gate"
+
+
+@dataclass(frozen=True)
+class ModelGate:
+    model: str  # dbt model name
+    unique_id: str
+    schema: str  # the warehouse schema the model is built in
+    gate: Gate
+
+    @property
+    def relation(self) -> str:
+        return f"{self.schema}.{self.model}"
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _gate_meta(node: Mapping[str, Any]) -> object:
+    meta = (node.get("config") or {}).get("meta") or node.get("meta") or {}
+    return meta.get(GATE_META_KEY)
+
+
+def gated_models(manifest: Mapping[str, Any]) -> list[str]:
+    """Names of the models that declare a GX gate, in name order."""
+    return sorted(
+        node["name"] for node in manifest["nodes"].values() if node["resource_type"] == "model" and _gate_meta(node)
+    )
+
+
+def model_gates(manifest: Mapping[str, Any]) -> list[ModelGate]:
+    """The gate of every model that declares one, in model name order."""
+    tests_of: dict[str, list[Mapping[str, Any]]] = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and node.get("attached_node") and node.get("test_metadata"):
+            tests_of.setdefault(node["attached_node"], []).append(node)
+    gates = []
+    for unique_id, node in sorted(manifest["nodes"].items(), key=lambda item: item[1]["name"]):
+        meta = _gate_meta(node) if node["resource_type"] == "model" else None
+        if not meta:
+            continue
+        tests = sorted(tests_of.get(unique_id, []), key=lambda t: t["name"])
+        checks = tuple(rule_from_test(t) for t in tests if (t.get("config") or {}).get("severity", "error") == "error")
+        if not checks:
+            raise ValueError(f"dbt model {node['name']} declares a GX gate but has no data tests of severity error")
+        sample_columns = _sample_columns(node, meta, tests)
+        layer = node.get("schema") or node["config"].get("schema")
+        gates.append(
+            ModelGate(
+                model=node["name"],
+                unique_id=unique_id,
+                schema=layer,
+                gate=Gate(f"{layer}_{node['name']}", checks, sample_columns),
+            )
+        )
+    return gates
+
+
+def _sample_columns(node: Mapping[str, Any], meta: object, tests: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    if isinstance(meta, Mapping) and meta.get("sample_columns"):
+        return tuple(meta["sample_columns"])
+    keys = tuple(t["test_metadata"]["kwargs"]["column_name"] for t in tests if t["test_metadata"]["name"] == "unique")
+    if not keys:
+        raise ValueError(
+            f"dbt model {node['name']}: say which key or token columns a failing gate may show with "
+            f"`meta: {{{GATE_META_KEY}: {{sample_columns: [...]}}}}`"
+        )
+    return keys
+
+
+def rule_from_test(test: Mapping[str, Any]) -> Rule:
+    """The rule a dbt data test node of the manifest declares."""
+    name = test["test_metadata"]["name"]
+    kwargs = test["test_metadata"].get("kwargs") or {}
+    column = kwargs.get("column_name") or test.get("column_name")
+    if (test.get("config") or {}).get("where"):
+        raise ValueError(
+            f"dbt test {test['name']} is restricted with `where`, which the GX gate cannot apply; "
+            "write the rule as a no_unexpected_rows query instead"
+        )
+    match name:
+        case "not_null":
+            return rules.not_null(column)
+        case "unique":
+            return rules.unique(column)
+        case "accepted_values":
+            return rules.accepted_values(column, kwargs["values"])
+        case "matches_regex":
+            return rules.matches_regex(column, kwargs["pattern"])
+        case "accepted_range":
+            return rules.between(column, kwargs.get("min_value"), kwargs.get("max_value"))
+        case "unique_combination_of_columns":
+            return rules.unique_combination(kwargs["combination_of_columns"])
+        case "expression_is_true":
+            # The rows tests/generic/expression_is_true.sql selects.
+            expression = kwargs["expression"]
+            return rules.unexpected_rows(
+                f"select * from {rules.BATCH} where not coalesce(({expression}), false)", expression
+            )
+        case "no_unexpected_rows":
+            return rules.unexpected_rows(kwargs["query"], test.get("description") or test["name"])
+    raise ValueError(
+        f"dbt test {test['name']} ({name}) has no GX translation; add one in lib/quality/dbt_rules.py "
+        "or write the rule as a no_unexpected_rows query"
+    )
