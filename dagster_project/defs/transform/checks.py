@@ -1,35 +1,48 @@
 """Great Expectations gates on silver and gold: blocking checks, so a failed gate stops what is downstream
-in the same run and in automation."""
+in the same run and in automation.
+
+Which models are gated and what each gate checks come from the dbt model YAML (a model's
+`meta: {gx_gate: ...}` and its data tests, read from the parsed manifest by `lib.quality.dbt_rules`): a rule
+is declared once and checked by both dbt and GX. A gate follows the partitioning of the dbt step that builds
+its model; it always validates the whole table, which is what every dbt run leaves behind.
+"""
+
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 from dagster_dbt import get_asset_key_for_model
 
-from dagster_project import settings
 from dagster_project.defs.common.gates import gate_check_result
-from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
-from dagster_project.defs.transform.assets import dbt_gold, dbt_silver
-from dagster_project.lib.quality import gates
-from dagster_project.lib.quality.gx_runner import validate_duckdb_file
+from dagster_project.defs.common.partitions import WAREHOUSE_POOL
+from dagster_project.defs.common.warehouse import WarehouseResource
+from dagster_project.defs.transform.assets import assets_for_model
+from dagster_project.defs.transform.resources import load_dbt_project
+from dagster_project.lib.quality.dbt_rules import ModelGate, load_manifest, model_gates
 
 
-def build_warehouse_gate(
-    assets: dg.AssetsDefinition, model: str, gate: gates.Gate, description: str
-) -> dg.AssetChecksDefinition:
-    key = get_asset_key_for_model([assets], model)
-    layer = key.path[0]  # the translator keys models [layer, model]; the layer is also the DuckDB schema
+def build_warehouse_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """The blocking GX check of one dbt model, on the asset `assets` holds for it, with its partitions."""
+    key = get_asset_key_for_model([assets], model_gate.model)
+    layer = key.path[0]  # the translator keys models [layer, model]
+    gate = model_gate.gate
 
     @dg.asset_check(
         asset=key,
         name=f"gx_{layer}_gate",
         blocking=True,
-        partitions_def=daily_partitions,
+        partitions_def=assets.partitions_def,  # None for a model rebuilt in full: no partitions to check
         pool=WAREHOUSE_POOL,
-        description=description,
+        description=f"Great Expectations: the {len(gate.expectations)} data tests of {model_gate.model} "
+        "declared in its dbt YAML.",
     )
-    def _gate() -> dg.AssetCheckResult:
+    def _gate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        # Imported here: GX and DuckDB load only when a gate runs, not with the code location.
+        from dagster_project.lib.quality.gx_runner import validate_duckdb_file
+
         result = validate_duckdb_file(
-            settings.warehouse_path(),
-            f"{layer}.{model}",
+            warehouse.file,
+            model_gate.relation,
             gate.name,
             gate.expectations,
             sample_columns=list(gate.sample_columns),
@@ -39,19 +52,11 @@ def build_warehouse_gate(
     return _gate
 
 
-defs = dg.Definitions(
-    asset_checks=[
-        build_warehouse_gate(
-            dbt_silver,
-            "stg_acme__customers",
-            gates.silver_customers(),
-            "Great Expectations: one row per customer, accepted statuses, well-formed email tokens.",
-        ),
-        build_warehouse_gate(
-            dbt_gold,
-            "dim_customers",
-            gates.gold_dim_customers(),
-            "Great Expectations: SCD2 validity (one current row per customer, no overlapping ranges).",
-        ),
-    ]
-)
+def warehouse_gates(manifest: Mapping[str, Any]) -> list[dg.AssetChecksDefinition]:
+    """A gate for every dbt model whose YAML declares one."""
+    return [build_warehouse_gate(g, assets_for_model(g.model)) for g in model_gates(manifest)]
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(asset_checks=warehouse_gates(load_manifest(load_dbt_project().manifest_path)))
