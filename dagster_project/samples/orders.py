@@ -14,8 +14,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dagster_project.lib.bronze.airbyte_records import EXTRACTED_AT, GENERATION_ID, META, RAW_ID, read_latest
-from dagster_project.lib.bronze.orders import EDGE_SCHEMA, LANDING_DIR, landing_dir
+from dagster_project.lib.bronze.readers.airbyte_records import edge_schema, landing_dir
+from dagster_project.lib.intake.airbyte_destination import EXTRACTED_AT, GENERATION_ID, META, RAW_ID, read_latest
+from dagster_project.lib.sources.registry import ORDERS
 
 
 def write_sample_orders(
@@ -116,8 +117,8 @@ def land_sample_orders(lake_root: Path, days: list[dt.date], *, customers: int =
         raise ValueError("days must not be empty")
     if (ordered[-1] - ordered[0]).days + 1 != len(ordered):
         raise ValueError("days must be consecutive")
-    target = lake_root / "landing" / LANDING_DIR
-    directory = landing_dir(lake_root / "landing")
+    directory = landing_dir(ORDERS, lake_root / "landing")
+    target = directory.parent
     files = write_sample_orders(
         target,
         orders=80 * len(ordered),
@@ -127,7 +128,7 @@ def land_sample_orders(lake_root: Path, days: list[dt.date], *, customers: int =
         customers=customers,
         seed=seed,
     )
-    latest = read_latest(directory, "order_id", EDGE_SCHEMA)
+    latest = read_latest(directory, "order_id", edge_schema(ORDERS))
     per_date = Counter(latest["order_date"].to_pylist())
     return {
         "directory": str(directory),

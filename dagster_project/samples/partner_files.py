@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.sources.registry import CUSTOMERS, FeedSpec
+from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.spec import SourceSpec
 
 FIRST_NAMES = [
     "Ada",
@@ -113,7 +114,7 @@ def write_customer_files(
     customers: int = 500,
     changes_per_day: int = 80,
     seed: int = 7,
-    spec: FeedSpec = CUSTOMERS,
+    spec: SourceSpec = CUSTOMERS,
 ) -> list[GeneratedFile]:
     """One file per day: the full population on day one, then updates and new customers each day."""
     rng = random.Random(seed)
@@ -153,7 +154,7 @@ def write_customer_files(
         newline = "\r\n" if day_index % 2 else "\n"
         text = newline.join(lines) + newline
         data = ("\ufeff" + text if day_index == 0 else text).encode("utf-8")
-        name = spec.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
+        name = spec.files.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
         path = out_dir / name
         path.write_bytes(data)
         good = len(rows) - len(DEFECTS[day_index % 3 :][:4])

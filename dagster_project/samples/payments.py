@@ -259,7 +259,7 @@ def build_payments_sample(
         text = "\n".join(",".join(row) for row in [list(PSP_PAYOUTS.column_names), *lines]) + "\n"
         data = text.encode()
         business_date = days[day].isoformat()
-        path = out_dir / PSP_PAYOUTS.file_name(business_date, sequence, crc32_hex(data))
+        path = out_dir / PSP_PAYOUTS.files.file_name(business_date, sequence, crc32_hex(data))
         path.write_bytes(data)
         files.append(GeneratedFile(path, business_date, good=len(lines), bad=0))
 

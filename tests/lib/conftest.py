@@ -27,7 +27,7 @@ def land(tmp_path: Path, landing_root: Path) -> Callable[..., LandResult]:
 
     def _land(content: str | bytes, *, business_date: str = "2025-11-05", sequence: int = 1) -> LandResult:
         data = content.encode("utf-8") if isinstance(content, str) else content
-        name = CUSTOMERS.file_name(business_date, sequence, crc32_hex(data))
+        name = CUSTOMERS.files.file_name(business_date, sequence, crc32_hex(data))
         staged = staging / name
         staged.write_bytes(data)
         return land_file(

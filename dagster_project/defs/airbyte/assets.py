@@ -1,20 +1,24 @@
 """Shop orders through Airbyte: the connection sync, then bronze orders (+ quarantine) from what it landed."""
 
+from contextlib import AbstractContextManager, nullcontext
+
 import dagster as dg
 
 from dagster_project import settings
 from dagster_project.defs.airbyte.resources import AirbyteResource
-from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
-from dagster_project.defs.common.partitions import daily_partitions
+from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.bronze import orders
-from dagster_project.lib.bronze.airbyte_records import record_files
+from dagster_project.lib.bronze.engine import Reader
+from dagster_project.lib.bronze.readers.airbyte_records import AirbyteRecordsReader, business_dates_in, landing_dir
 from dagster_project.lib.clients.airbyte import AirbyteSyncError
+from dagster_project.lib.intake.airbyte_destination import record_files
+from dagster_project.lib.sources.registry import ORDERS
+from dagster_project.lib.sources.spec import SourceSpec
 
 SYNC_KEY = dg.AssetKey(["airbyte", "shop_orders_sync"])
-BRONZE_KEY = bronze_key(orders.TABLE)
-QUARANTINE_KEY = quarantine_key(orders.TABLE)
-OWNERS = list(orders.ORDERS.owners)
+BRONZE_KEY = bronze_key(ORDERS.name)
+QUARANTINE_KEY = quarantine_key(ORDERS.name)
+OWNERS = list(ORDERS.owners)
 
 
 @dg.asset(
@@ -27,7 +31,7 @@ OWNERS = list(orders.ORDERS.owners)
 def shop_orders_sync(
     context: dg.AssetExecutionContext, airbyte: AirbyteResource, lake: LakeResource
 ) -> dg.MaterializeResult:
-    directory = orders.landing_dir(lake.landing_root())
+    directory = landing_dir(ORDERS, lake.landing_root())
     before = set(record_files(directory)) if directory.exists() else set()
     try:
         result = airbyte.sync()
@@ -38,7 +42,7 @@ def shop_orders_sync(
             metadata={"connection_id": exc.connection_id, "job_id": exc.job_id, "status": exc.status},
         ) from exc
     new_files = sorted(set(record_files(directory)) - before) if directory.exists() else []
-    dates = orders.order_dates_in(new_files, directory) if new_files else []
+    dates = business_dates_in(ORDERS, new_files, lake.landing_root()) if new_files else []
     context.log.info(
         f"Airbyte job {result.job_id} {result.status}: {result.rows_synced} rows, "
         f"{len(new_files)} new file(s) for {len(dates)} business date(s)"
@@ -58,36 +62,11 @@ def shop_orders_sync(
     )
 
 
-@dg.multi_asset(
-    name="bronze_orders",
-    specs=bronze_specs(
-        orders.TABLE,
-        upstream=SYNC_KEY,
-        description=f"{orders.ORDERS.description} Typed, with lineage columns; partitioned by order date.",
-        quarantine_description="Shop order records that broke the orders contract, with every reason.",
-        owners=OWNERS,
-        primary_key=orders.ORDERS.key,
-        schema_version=orders.ORDERS.schema_version,
-    ),
-    partitions_def=daily_partitions,
-)
-def bronze_orders(context: dg.AssetExecutionContext, lake: LakeResource):
-    load = orders.load_orders_partition(
-        lake.landing_root(),
-        business_date=context.partition_key,
-        bronze_path=lake.bronze_path(orders.TABLE),
-        quarantine_path=lake.quarantine_path(orders.TABLE),
-        run_id=context.run.run_id,
-    )
-    yield from bronze_results(
-        context,
-        orders.TABLE,
-        load,
-        lake,
-        schema_version=orders.ORDERS.schema_version,
-        metadata={"duplicates_dropped": load.duplicates_dropped, "files_read": load.files},
-    )
+def _open_landed_records(context: dg.AssetExecutionContext, spec: SourceSpec) -> AbstractContextManager[Reader]:
+    return nullcontext(AirbyteRecordsReader(spec, context.resources.lake.landing_root(), context.partition_key))
 
+
+bronze_orders, bronze_orders_gate = build_bronze_assets(ORDERS, upstream=SYNC_KEY, open_reader=_open_landed_records)
 
 sync_job = dg.define_asset_job(
     "shop_orders_sync",
@@ -128,13 +107,8 @@ def shop_orders_landed_sensor(context: dg.SensorEvaluationContext, asset_event: 
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[shop_orders_sync, bronze_orders],
+        asset_checks=[bronze_orders_gate],
         jobs=[sync_job, bronze_job],
         schedules=[build_sync_schedule()],
         sensors=[shop_orders_landed_sensor],
-        resources={
-            "airbyte": AirbyteResource(
-                client_id=dg.EnvVar("MEDALLION_AIRBYTE_CLIENT_ID"),
-                client_secret=dg.EnvVar("MEDALLION_AIRBYTE_CLIENT_SECRET"),
-            )
-        },
     )

@@ -1,19 +1,23 @@
 """Partner file feeds: SFTP inbox -> landing -> bronze Delta (+ quarantine), one set of assets per feed."""
 
+from contextlib import AbstractContextManager, nullcontext
+
 import dagster as dg
 
-from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
+from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.sftp.resources import SftpResource
-from dagster_project.lib.bronze.engine import load_partition
+from dagster_project.lib.bronze.engine import Reader
+from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 from dagster_project.lib.intake.landing import landed_files
 from dagster_project.lib.intake.sftp_inbox import IntakeOutcome, take_file
 from dagster_project.lib.sources.naming import NamingError, parse_file_name
-from dagster_project.lib.sources.registry import FEEDS, FeedSpec
+from dagster_project.lib.sources.registry import partner_file_sources
+from dagster_project.lib.sources.spec import SourceSpec
 
 
-def landing_key(spec: FeedSpec) -> dg.AssetKey:
+def landing_key(spec: SourceSpec) -> dg.AssetKey:
     return dg.AssetKey(["landing", spec.name])
 
 
@@ -21,26 +25,26 @@ class LandingConfig(dg.Config):
     files: list[str] = []  # inbox file names to take; empty takes every file of the partition's date
 
 
-def _files_for_date(names: list[str], spec: FeedSpec, business_date: str) -> list[str]:
+def _files_for_date(names: list[str], spec: SourceSpec, business_date: str) -> list[str]:
     chosen = []
     for name in names:
         try:
             parsed = parse_file_name(name)
         except NamingError:
             continue
-        if parsed.feed.name == spec.name and parsed.business_date == business_date:
+        if parsed.source.name == spec.name and parsed.business_date == business_date:
             chosen.append(name)
     return chosen
 
 
-def build_landing_asset(spec: FeedSpec) -> dg.AssetsDefinition:
+def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
     key = landing_key(spec)
 
     @dg.asset(
         key=key,
         group_name="landing",
         partitions_def=daily_partitions,
-        description=f"{spec.system} {spec.entity} files from the SFTP inbox, kept byte for byte with a manifest.",
+        description=f"{spec.files.system} {spec.files.entity} files from the SFTP inbox, kept byte for byte.",
         kinds={"sftp", "csv"},
         owners=list(spec.owners),
         check_specs=[dg.AssetCheckSpec("files_accepted", asset=key, description="Every taken file was landed.")],
@@ -90,53 +94,16 @@ def build_landing_asset(spec: FeedSpec) -> dg.AssetsDefinition:
     return _landing
 
 
-def build_bronze_assets(spec: FeedSpec) -> dg.AssetsDefinition:
-    @dg.multi_asset(
-        name=f"bronze_{spec.name}",
-        specs=bronze_specs(
-            spec.name,
-            upstream=landing_key(spec),
-            description=f"{spec.description} Typed, with lineage columns; one row per record.",
-            quarantine_description=f"Rows of {spec.name} files that broke the feed contract, with every reason.",
-            owners=spec.owners,
-            primary_key=spec.key,
-            schema_version=spec.schema_version,
-        ),
-        partitions_def=daily_partitions,
-    )
-    def _bronze(context: dg.AssetExecutionContext, lake: LakeResource):
-        load = load_partition(
-            spec,
-            landed_files(lake.landing_root(), spec.name, context.partition_key),
-            business_date=context.partition_key,
-            bronze_path=lake.bronze_path(spec.name),
-            quarantine_path=lake.quarantine_path(spec.name),
-            run_id=context.run.run_id,
-        )
-        per_file = [
-            {"file": f.file_name, "received": f.received, "loaded": f.loaded, "quarantined": f.quarantined}
-            for f in load.files
-        ]
-        yield from bronze_results(
-            context,
-            spec.name,
-            load,
-            lake,
-            schema_version=spec.schema_version,
-            metadata={
-                "files": dg.MetadataValue.json(per_file),
-                "checksums_sha256": dg.MetadataValue.json([f.sha256 for f in load.files]),
-            },
-        )
-
-    return _bronze
+def _open_landed_files(context: dg.AssetExecutionContext, spec: SourceSpec) -> AbstractContextManager[Reader]:
+    landed = landed_files(context.resources.lake.landing_root(), spec.name, context.partition_key)
+    return nullcontext(PartnerFilesReader(spec, landed, context.partition_key))
 
 
-def intake_job_name(spec: FeedSpec) -> str:
+def intake_job_name(spec: SourceSpec) -> str:
     return f"{spec.name}_intake"
 
 
-def build_intake_job(spec: FeedSpec) -> dg.JobDefinition:
+def build_intake_job(spec: SourceSpec) -> dg.JobDefinition:
     return dg.define_asset_job(
         intake_job_name(spec),
         selection=dg.AssetSelection.assets(landing_key(spec), bronze_key(spec.name), quarantine_key(spec.name)),
@@ -145,9 +112,19 @@ def build_intake_job(spec: FeedSpec) -> dg.JobDefinition:
     )
 
 
-intake_jobs = [build_intake_job(spec) for spec in FEEDS.values()]
+intake_jobs = [build_intake_job(spec) for spec in partner_file_sources()]
 
-defs = dg.Definitions(
-    assets=[a for spec in FEEDS.values() for a in (build_landing_asset(spec), build_bronze_assets(spec))],
-    jobs=intake_jobs,
-)
+
+bronze = {
+    spec.name: build_bronze_assets(spec, upstream=landing_key(spec), open_reader=_open_landed_files)
+    for spec in partner_file_sources()
+}
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[*(build_landing_asset(spec) for spec in partner_file_sources()), *(a for a, _ in bronze.values())],
+        asset_checks=[gate for _, gate in bronze.values()],
+        jobs=intake_jobs,
+    )

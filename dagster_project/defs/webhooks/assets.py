@@ -1,74 +1,74 @@
-"""PSP webhooks: the durable inbox -> bronze `payment_events` Delta (+ quarantine), one partition per event date."""
+"""Webhooks: the durable inbox -> bronze Delta (+ quarantine), one source per provider, one partition per event date."""
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
-from dagster_project.defs.common.bronze import bronze_key, bronze_results, bronze_specs, quarantine_key
-from dagster_project.defs.common.partitions import daily_partitions
-from dagster_project.defs.common.resources import LakeResource
-from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.lib.bronze import payment_events
+from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
+from dagster_project.lib.bronze.engine import Reader
+from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
+from dagster_project.lib.sources.registry import webhook_sources
+from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
 
-INBOX_KEY = dg.AssetKey(["landing", payment_events.TABLE])
-BRONZE_KEY = bronze_key(payment_events.TABLE)
-QUARANTINE_KEY = quarantine_key(payment_events.TABLE)
-OWNERS = ["team:payments-data"]
-
-webhook_inbox = dg.AssetSpec(
-    INBOX_KEY,
-    group_name="landing",
-    description="Verified PSP webhook deliveries, committed byte for byte by the webhook receiver.",
-    kinds={"webhook"},
-    owners=OWNERS,
-)
+INBOX_BATCH_EVENTS = 5000
 
 
-@dg.multi_asset(
-    name="bronze_payment_events",
-    specs=bronze_specs(
-        payment_events.TABLE,
-        upstream=INBOX_KEY,
-        description="PSP webhook events, typed, with lineage columns; one row per event id.",
-        quarantine_description="PSP webhook events that broke the edge contract, with the raw body and every reason.",
-        owners=OWNERS,
-        primary_key=payment_events.KEY,
-        schema_version=payment_events.SCHEMA_VERSION,
-    ),
-    partitions_def=daily_partitions,
-)
-def bronze_payment_events(context: dg.AssetExecutionContext, inbox: InboxResource, lake: LakeResource):
-    with inbox.open() as store:
-        load = payment_events.rebuild_partition(
-            store,
-            context.partition_key,
-            bronze_path=lake.bronze_path(payment_events.TABLE),
-            quarantine_path=lake.quarantine_path(payment_events.TABLE),
-            run_id=context.run.run_id,
-        )
-    if load.duplicates:
-        context.log.warning(
-            f"{payment_events.TABLE} {context.partition_key}: {load.duplicates} repeated event ids skipped"
-        )
-    yield from bronze_results(
-        context,
-        payment_events.TABLE,
-        load,
-        lake,
-        schema_version=payment_events.SCHEMA_VERSION,
-        metadata={
-            "duplicates_skipped": load.duplicates,
-            "unknown_event_types": load.unknown_types,
-            "event_types": dg.MetadataValue.json(dict(sorted(load.event_types.items()))),
-            "inbox_max_id": load.max_inbox_id,
-        },
+def provider_of(spec: SourceSpec) -> str:
+    assert isinstance(spec.reader, WebhookEvents)
+    return spec.reader.provider
+
+
+def inbox_key(spec: SourceSpec) -> dg.AssetKey:
+    return dg.AssetKey(["landing", spec.name])
+
+
+def ingest_job_name(spec: SourceSpec) -> str:
+    return f"{spec.name}_ingest"
+
+
+def build_inbox_asset(spec: SourceSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        inbox_key(spec),
+        group_name="landing",
+        description=f"Verified {provider_of(spec)} webhook deliveries, kept byte for byte by the receiver.",
+        kinds={"webhook"},
+        owners=list(spec.owners),
     )
 
 
-INGEST_JOB_NAME = "payment_events_ingest"
+@contextmanager
+def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> Iterator[Reader]:
+    day = dt.date.fromisoformat(context.partition_key)
+    with context.resources.inbox.open() as store:
+        events = store.iter_for_dates(provider_of(spec), [day], batch_size=INBOX_BATCH_EVENTS)
+        yield WebhookEventsReader(spec, events, context.partition_key)
 
-payment_events_ingest = dg.define_asset_job(
-    INGEST_JOB_NAME,
-    selection=dg.AssetSelection.assets(BRONZE_KEY, QUARANTINE_KEY),
-    description="Rebuild the bronze payment_events partition of an event date from the webhook inbox.",
-)
 
-defs = dg.Definitions(assets=[webhook_inbox, bronze_payment_events], jobs=[payment_events_ingest])
+def build_ingest_job(spec: SourceSpec) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        ingest_job_name(spec),
+        selection=dg.AssetSelection.assets(bronze_key(spec.name), quarantine_key(spec.name)),
+        description=f"Rebuild the bronze {spec.name} partition of an event date from the webhook inbox.",
+    )
+
+
+ingest_jobs = [build_ingest_job(spec) for spec in webhook_sources()]
+
+
+bronze = {
+    spec.name: build_bronze_assets(
+        spec, upstream=inbox_key(spec), open_reader=_open_inbox_events, required_resource_keys=frozenset({"inbox"})
+    )
+    for spec in webhook_sources()
+}
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[*(build_inbox_asset(spec) for spec in webhook_sources()), *(a for a, _ in bronze.values())],
+        asset_checks=[gate for _, gate in bronze.values()],
+        jobs=ingest_jobs,
+    )

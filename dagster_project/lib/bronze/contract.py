@@ -1,4 +1,4 @@
-"""Compile a feed declaration into what checks it: header rules, row-level SQL, Arrow and pandera schemas.
+"""Compile a source declaration into what checks it: header rules, row-level SQL, Arrow and pandera schemas.
 
 Row rules run as one vectorised DuckDB query that types every column and lists every rule a row breaks
 (one reason per column at most: a value that is not a number is not also checked against a minimum).
@@ -16,7 +16,7 @@ import pandera.polars as pa_pl
 import polars as pl
 import pyarrow as pa
 
-from dagster_project.lib.sources.registry import Column, FeedSpec, OnSchemaDrift
+from dagster_project.lib.sources.spec import AirbyteStream, Column, OnSchemaDrift, SourceSpec
 
 LINEAGE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("_source", pa.string(), nullable=False),
@@ -31,9 +31,11 @@ LINEAGE_FIELDS: tuple[pa.Field, ...] = (
 LINEAGE_COLUMNS = tuple(f.name for f in LINEAGE_FIELDS)
 PARTITION_COLUMN = "business_date"
 
+# One quarantine schema for every source: the raw record as received (a CSV line, a JSON record, a webhook
+# body), where it came from, and every rule it broke.
 QUARANTINE_SCHEMA = pa.schema(
     [
-        pa.field("business_date", pa.date32(), nullable=False),
+        pa.field(PARTITION_COLUMN, pa.date32(), nullable=False),
         pa.field("_source", pa.string(), nullable=False),
         pa.field("_source_file", pa.string(), nullable=False),
         # Ordinal of the record among the records the parser could read (as in bronze); null for a line
@@ -57,6 +59,7 @@ _ARROW_TYPES = {
     "decimal": lambda c: pa.decimal128(c.precision, c.scale),
     "date": lambda c: pa.date32(),
     "timestamp": lambda c: pa.timestamp("us", tz="UTC"),
+    "boolean": lambda c: pa.bool_(),
 }
 _DUCKDB_TYPES = {
     "string": lambda c: "VARCHAR",
@@ -64,6 +67,7 @@ _DUCKDB_TYPES = {
     "decimal": lambda c: f"DECIMAL({c.precision},{c.scale})",
     "date": lambda c: "DATE",
     "timestamp": lambda c: "TIMESTAMPTZ",
+    "boolean": lambda c: "BOOLEAN",
 }
 # Formats checked before casting: DuckDB's casts accept more than the contract allows
 # (e.g. '2025-1-5' as a date, or '12.345' silently rounded into DECIMAL(12,2)).
@@ -75,6 +79,7 @@ _FORMATS = {
         r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$",
         "not an ISO 8601 timestamp",
     ),
+    "boolean": (r"^(true|false)$", "not a boolean (true or false)"),
 }
 
 
@@ -82,9 +87,32 @@ class ContractError(ValueError):
     """The file as a whole breaks the feed contract (its header); the message names the file and the rule."""
 
 
-def bronze_schema(spec: FeedSpec) -> pa.Schema:
-    data = [pa.field(c.name, _ARROW_TYPES[c.type](c), nullable=c.nullable) for c in spec.columns]
-    return pa.schema([*data, pa.field(PARTITION_COLUMN, pa.date32(), nullable=False), *LINEAGE_FIELDS])
+# Columns an Airbyte destination adds to every record, kept in bronze after the lineage columns.
+AIRBYTE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("_airbyte_raw_id", pa.string(), nullable=False),
+    pa.field("_airbyte_extracted_at", pa.timestamp("us", tz="UTC"), nullable=False),
+)
+
+
+def data_fields(spec: SourceSpec) -> list[pa.Field]:
+    """The declared columns as Arrow fields."""
+    return [pa.field(c.name, _ARROW_TYPES[c.type](c), nullable=c.nullable) for c in spec.columns]
+
+
+def reader_fields(spec: SourceSpec) -> list[pa.Field]:
+    """Fields a reader adds to the declared columns: kept in bronze after the lineage columns."""
+    return list(AIRBYTE_FIELDS) if isinstance(spec.reader, AirbyteStream) else []
+
+
+def bronze_schema(spec: SourceSpec) -> pa.Schema:
+    return pa.schema(
+        [
+            *data_fields(spec),
+            pa.field(PARTITION_COLUMN, pa.date32(), nullable=False),
+            *LINEAGE_FIELDS,
+            *reader_fields(spec),
+        ]
+    )
 
 
 def read_header(path: Path, delimiter: str) -> list[str]:
@@ -93,7 +121,7 @@ def read_header(path: Path, delimiter: str) -> list[str]:
     return [name.strip() for name in row]
 
 
-def resolve_columns(spec: FeedSpec, header: list[str], file_name: str) -> list[str]:
+def resolve_columns(spec: SourceSpec, header: list[str], file_name: str) -> list[str]:
     """The spec columns present in the file; raises ContractError for drift the feed does not allow."""
     expected = list(spec.column_names)
     duplicated = sorted({h for h in header if header.count(h) > 1})
@@ -165,7 +193,7 @@ def _csv_field(name: str) -> str:
     )
 
 
-def select_sql(spec: FeedSpec, present: list[str], source: str, passthrough: Sequence[str] = ()) -> str:
+def select_sql(spec: SourceSpec, present: list[str], source: str, passthrough: Sequence[str] = ()) -> str:
     """SQL over `source`, a relation of VARCHAR columns: typed columns, `_reasons` (NULL when the row is
     good) and `_raw_record` (the record re-rendered as a CSV line, only for rows that break a rule).
     `passthrough` names further columns of `source` returned unchanged after those (e.g. lineage)."""
@@ -194,19 +222,25 @@ _POLARS_TYPES = {
     "decimal": lambda c: pl.Decimal(c.precision, c.scale),
     "date": lambda c: pl.Date,
     "timestamp": lambda c: pl.Datetime("us", "UTC"),
+    "boolean": lambda c: pl.Boolean,
 }
+_POLARS_READER_TYPES = {"_airbyte_raw_id": pl.String, "_airbyte_extracted_at": pl.Datetime("us", "UTC")}
 
 
-def pandera_schema(spec: FeedSpec) -> pa_pl.DataFrameSchema:
+def pandera_schema(spec: SourceSpec) -> pa_pl.DataFrameSchema:
     """The typed contract of a bronze batch: exactly these columns, in order, with these types and nullability.
 
     Value rules (patterns, ranges, allowed values) are not repeated here: the contract SQL has already
     sent every row that breaks one to quarantine, and checking them twice would halve throughput.
     """
+    unique = set(spec.key) if spec.unique_key and len(spec.key) == 1 else set()
     columns: dict[str, pa_pl.Column] = {
-        c.name: pa_pl.Column(_POLARS_TYPES[c.type](c), nullable=c.nullable) for c in spec.columns
+        c.name: pa_pl.Column(_POLARS_TYPES[c.type](c), nullable=c.nullable, unique=c.name in unique)
+        for c in spec.columns
     }
     columns[PARTITION_COLUMN] = pa_pl.Column(pl.Date, nullable=False)
     for f in LINEAGE_FIELDS:
         columns[f.name] = pa_pl.Column(nullable=False)
+    for f in reader_fields(spec):
+        columns[f.name] = pa_pl.Column(_POLARS_READER_TYPES[f.name], nullable=False)
     return pa_pl.DataFrameSchema(columns, strict=True, name=f"bronze.{spec.name}", ordered=True)

@@ -27,16 +27,13 @@ from dbt.adapters.duckdb.utils import SourceConfig
 from deltalake import DeltaTable
 from duckdb import DuckDBPyConnection
 
-from dagster_project.lib.bronze import orders, payment_events
 from dagster_project.lib.bronze.contract import bronze_schema
-from dagster_project.lib.sources.registry import FEEDS
+from dagster_project.lib.sources.registry import SOURCES
 
 
 def bronze_schemas() -> dict[str, pa.Schema]:
-    """The Arrow schema of every bronze table, by table name."""
-    return {payment_events.TABLE: payment_events.BRONZE_SCHEMA, orders.TABLE: orders.BRONZE_SCHEMA} | {
-        name: bronze_schema(spec) for name, spec in FEEDS.items()
-    }
+    """The Arrow schema of every bronze table, by table name, from the source registry."""
+    return {name: bronze_schema(spec) for name, spec in SOURCES.items()}
 
 
 class Plugin(BasePlugin):

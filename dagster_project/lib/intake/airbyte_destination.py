@@ -50,21 +50,6 @@ LINEAGE_FIELDS = (
     pa.field(SOURCE_ROW, pa.int64(), nullable=False),  # 1-based line number in that file
 )
 
-# The shop orders stream as the destination writes it: JSON types only. Dates, timestamps and the
-# decimal amount stay strings here; the bronze contract parses them strictly.
-SHOP_ORDERS_SCHEMA = pa.schema(
-    [
-        pa.field("order_id", pa.int64(), nullable=False),
-        pa.field("customer_id", pa.int64()),
-        pa.field("order_date", pa.string()),
-        pa.field("ordered_at", pa.string()),
-        pa.field("total_amount", pa.string()),
-        pa.field("currency", pa.string()),
-        pa.field("status", pa.string()),
-    ]
-)
-ORDER_STATUSES = ("placed", "paid", "shipped", "cancelled")
-
 _RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
 

@@ -83,26 +83,26 @@ def land_file(
 ) -> LandResult:
     """Move a downloaded file into landing after checking its CRC32; idempotent on content."""
     digest = verify_crc32(parsed, staged)
-    existing = find_by_sha256(landing_root, parsed.feed.name, digest.sha256)
+    existing = find_by_sha256(landing_root, parsed.source.name, digest.sha256)
     if existing is not None:
         status = "already_landed" if existing.file_name == parsed.file_name else "duplicate_content"
         staged.unlink(missing_ok=True)
         return LandResult(existing, status, duplicate_of=existing.file_name)
 
-    target_dir = partition_dir(landing_root, parsed.feed.name, parsed.business_date)
+    target_dir = partition_dir(landing_root, parsed.source.name, parsed.business_date)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / parsed.file_name
     if target.exists() and digest_file(target).sha256 != digest.sha256:
         raise FileExistsError(f"{parsed.file_name}: already landed with different content; landing is immutable")
     manifest = Manifest(
-        feed=parsed.feed.name,
+        feed=parsed.source.name,
         file_name=parsed.file_name,
         business_date=parsed.business_date,
         sequence=parsed.sequence,
         size=digest.size,
         crc32=digest.crc32,
         sha256=digest.sha256,
-        schema_version=parsed.feed.schema_version,
+        schema_version=parsed.source.schema_version,
         source=source,
         source_uri=source_uri,
         received_at=received_at.astimezone(dt.UTC).isoformat(),

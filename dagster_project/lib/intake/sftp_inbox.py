@@ -65,7 +65,7 @@ def take_file(
     received_at = dt.datetime.now(dt.UTC)
     client.download(remote, staged)
     try:
-        resolve_columns(parsed.feed, read_header(staged, parsed.feed.delimiter), file_name)
+        resolve_columns(parsed.source, read_header(staged, parsed.source.files.delimiter), file_name)
         result = land_file(landing_root, parsed, staged, source="sftp", source_uri=source_uri, received_at=received_at)
     except (ChecksumMismatch, ContractError, UnicodeDecodeError) as exc:
         staged.unlink(missing_ok=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from dagster_project.lib.sources.registry import FEEDS, FeedSpec
+from dagster_project.lib.sources.registry import partner_file_sources
+from dagster_project.lib.sources.spec import SourceSpec
 
 # Names an uploader uses while a transfer is still running; such files are never taken.
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".partial", ".upload", ".crdownload")
@@ -18,7 +19,7 @@ class NamingError(ValueError):
 @dataclass(frozen=True)
 class ParsedName:
     file_name: str
-    feed: FeedSpec
+    source: SourceSpec
     business_date: str  # ISO date, the partition key
     sequence: int
     crc32: str  # upper-case hex
@@ -29,18 +30,15 @@ def is_temporary(file_name: str) -> bool:
     return file_name.startswith((".", "~")) or lower.endswith(TEMPORARY_SUFFIXES)
 
 
-def parse_file_name(file_name: str, feeds: dict[str, FeedSpec] | None = None) -> ParsedName:
-    feeds = FEEDS if feeds is None else feeds
-    spec = next((f for f in feeds.values() if file_name.startswith(f.file_prefix)), None)
+def parse_file_name(file_name: str, sources: list[SourceSpec] | None = None) -> ParsedName:
+    sources = partner_file_sources() if sources is None else sources
+    spec = next((s for s in sources if file_name.startswith(s.files.file_prefix)), None)
     if spec is None:
-        known = ", ".join(sorted(f.file_prefix + "*" for f in feeds.values()))
+        known = ", ".join(sorted(s.files.file_prefix + "*" for s in sources))
         raise NamingError(f"{file_name}: unknown feed; expected a name starting with one of {known}")
-    match = spec.file_name_regex.match(file_name)
+    match = spec.files.file_name_regex.match(file_name)
     if match is None:
-        raise NamingError(
-            f"{file_name}: does not follow the naming contract "
-            f"{spec.system}_{spec.entity}_<YYYY-MM-DD>_seq-<5 digits>_crc32-<8 hex>.{spec.extension}"
-        )
+        raise NamingError(f"{file_name}: does not follow the naming contract {spec.files.naming_contract}")
     business_date = match["business_date"]
     try:
         dt.date.fromisoformat(business_date)
@@ -48,7 +46,7 @@ def parse_file_name(file_name: str, feeds: dict[str, FeedSpec] | None = None) ->
         raise NamingError(f"{file_name}: business date {business_date} is not a calendar date") from None
     return ParsedName(
         file_name=file_name,
-        feed=spec,
+        source=spec,
         business_date=business_date,
         sequence=int(match["sequence"]),
         crc32=match["crc32"].upper(),

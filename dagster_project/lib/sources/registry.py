@@ -1,91 +1,28 @@
-"""Feed contracts: each file feed is declared once, and everything else is derived from the declaration.
+"""The source registry: every source of the lakehouse declared once.
 
-A declaration names the columns with their types and rules, the business key, the schema version and what
-to do with unknown or missing columns. From it the platform derives the file-name contract, the DuckDB
-SQL that types every row and lists every rule it breaks, the bronze Arrow schema, and the pandera schema
-that each bronze batch must satisfy. Adding a feed is a new `FeedSpec` in `FEEDS` plus a dbt staging model.
+A declaration names the columns with their types, rules and PII flags, the business key, the schema
+version, the owners, the dbt source that reads it and how it is read (`spec.py`). Dagster assets, checks,
+jobs and sensor routing, the bronze engine's reader, the dbt plugin's schemas, the PII lists and the webhook
+receiver's providers all derive from `SOURCES`. Adding a source is a declaration here, a reader only if
+its input kind is new (`lib/bronze/readers/`), and its dbt staging model (docs/adding-a-source.md).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Literal
-
-ColumnType = Literal["string", "int64", "decimal", "date", "timestamp"]
-
-
-class OnSchemaDrift(StrEnum):
-    FAIL = "fail"  # reject the whole file with a clear error naming the column
-    IGNORE = "ignore"  # unknown: drop the column; missing: load it as null (nullable columns only)
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: ColumnType
-    nullable: bool = True
-    pattern: str | None = None  # RE2 regular expression the whole value must match
-    min_value: float | None = None
-    max_value: float | None = None
-    allowed: tuple[str, ...] | None = None
-    precision: int = 18  # decimals only
-    scale: int = 2  # decimals only
-    pii: bool = False  # raw value never leaves bronze; silver keeps only a keyed token
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class FeedSpec:
-    name: str  # bronze table name
-    system: str  # sender, first part of the file name
-    entity: str  # second part of the file name
-    columns: tuple[Column, ...]
-    key: tuple[str, ...]
-    schema_version: int
-    description: str
-    on_unknown_column: OnSchemaDrift = OnSchemaDrift.FAIL
-    on_missing_column: OnSchemaDrift = OnSchemaDrift.FAIL
-    delimiter: str = ","
-    extension: str = "csv"
-    owners: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
-
-    def column(self, name: str) -> Column:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
-
-    @property
-    def file_prefix(self) -> str:
-        return f"{self.system}_{self.entity}_"
-
-    @property
-    def file_name_regex(self) -> re.Pattern[str]:
-        return re.compile(
-            rf"^{re.escape(self.system)}_{re.escape(self.entity)}_"
-            r"(?P<business_date>\d{4}-\d{2}-\d{2})_seq-(?P<sequence>\d{5})_crc32-(?P<crc32>[0-9A-Fa-f]{8})"
-            rf"\.{re.escape(self.extension)}\Z",
-            re.ASCII,  # `\d` is [0-9] only, and `\Z` (unlike `$`) does not accept a trailing newline
-        )
-
-    def file_name(self, business_date: str, sequence: int, crc32_hex: str) -> str:
-        return (
-            f"{self.system}_{self.entity}_{business_date}_seq-{sequence:05d}_crc32-{crc32_hex.upper()}.{self.extension}"
-        )
-
+from dagster_project.lib.sources.spec import (
+    AirbyteStream,
+    Column,
+    PartnerFiles,
+    SourceSpec,
+    WebhookEvents,
+)
 
 EMAIL_PATTERN = r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$"
 
-CUSTOMERS = FeedSpec(
+CUSTOMERS = SourceSpec(
     name="customers",
-    system="acme",
-    entity="customers",
+    reader=PartnerFiles(system="acme", entity="customers"),
+    dbt_source="acme",
     description="Daily customer export from the CRM partner, one row per customer change.",
     schema_version=1,
     key=("customer_id",),
@@ -103,10 +40,10 @@ CUSTOMERS = FeedSpec(
     ),
 )
 
-PSP_PAYOUTS = FeedSpec(
+PSP_PAYOUTS = SourceSpec(
     name="psp_payouts",
-    system="psp",
-    entity="payouts",
+    reader=PartnerFiles(system="psp", entity="payouts"),
+    dbt_source="psp",
     description="Daily payout (settlement) file from the payment service provider, one row per charge in a payout.",
     schema_version=1,
     key=("payout_id", "charge_id"),
@@ -122,12 +59,122 @@ PSP_PAYOUTS = FeedSpec(
     ),
 )
 
-FEEDS: dict[str, FeedSpec] = {spec.name: spec for spec in (CUSTOMERS, PSP_PAYOUTS)}
+CONSENTS = SourceSpec(
+    name="consents",
+    reader=PartnerFiles(system="acme", entity="consents"),
+    dbt_source="acme",
+    description="Daily marketing-consent export from the CRM partner, one row per consent change.",
+    schema_version=1,
+    key=("customer_id", "channel"),
+    owners=("team:crm-data",),
+    columns=(
+        Column("customer_id", "int64", nullable=False, min_value=1, description="CRM customer id"),
+        Column("channel", "string", nullable=False, allowed=("email", "sms", "phone", "post")),
+        Column("consent_status", "string", nullable=False, allowed=("granted", "withdrawn")),
+        Column("changed_at", "timestamp", nullable=False, description="When the customer changed it, ISO 8601"),
+    ),
+)
+
+ORDERS = SourceSpec(
+    name="orders",
+    reader=AirbyteStream(
+        connection="shop", destination_dir="shop_orders", stream="orders", partition_column="order_date"
+    ),
+    dbt_source="shop",
+    description="Shop orders synced by Airbyte, one row per order (its latest delivered state).",
+    schema_version=1,
+    key=("order_id",),
+    unique_key=True,
+    owners=("team:commerce-data",),
+    columns=(
+        Column("order_id", "int64", nullable=False, min_value=1, description="Shop order id"),
+        Column("customer_id", "int64", min_value=1, description="CRM customer id; null for a guest order"),
+        Column("order_date", "date", nullable=False, description="Business date of the order (shop time zone)"),
+        Column("ordered_at", "timestamp", nullable=False, description="When the order was placed, ISO 8601"),
+        Column("total_amount", "decimal", nullable=False, precision=12, scale=2, min_value=0),
+        Column("currency", "string", nullable=False, pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case"),
+        Column("status", "string", nullable=False, allowed=("placed", "paid", "shipped", "cancelled")),
+    ),
+)
+
+PAYMENT_EVENTS = SourceSpec(
+    name="payment_events",
+    reader=WebhookEvents(provider="stripe", scheme="stripe", payload="stripe"),
+    dbt_source="psp",
+    description="PSP webhook events, one row per event id, partitioned by UTC event date.",
+    schema_version=1,
+    key=("event_id",),
+    unique_key=True,
+    owners=("team:payments-data",),
+    columns=(
+        Column("event_id", "string", nullable=False, description="PSP event id"),
+        Column("event_type", "string", nullable=False, description="e.g. charge.succeeded, payout.paid"),
+        Column("event_created_at", "timestamp", nullable=False, description="When the PSP created the event"),
+        Column("livemode", "boolean"),
+        Column("object_type", "string", nullable=False, description="data.object.object"),
+        Column("charge_id", "string"),
+        Column("payout_id", "string"),
+        Column("amount_minor", "int64", min_value=0, description="data.object.amount, minor units"),
+        Column("amount_refunded_minor", "int64", min_value=0, description="data.object.amount_refunded"),
+        Column("fee_minor", "int64", min_value=0, description="data.object.balance_transaction.fee"),
+        Column("currency", "string", pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case"),
+        Column("status", "string"),
+        Column("is_known_type", "boolean", nullable=False, description="false for types the platform does not know"),
+        Column("body", "string", nullable=False, pii=True, description="The event body exactly as received"),
+    ),
+)
+
+SHOP_EVENTS = SourceSpec(
+    name="shop_events",
+    reader=WebhookEvents(provider="shop", scheme="standard", payload="standard"),
+    dbt_source="shop",
+    description="Shop webhook events (Standard Webhooks), one row per message id, partitioned by UTC event date.",
+    schema_version=1,
+    key=("event_id",),
+    unique_key=True,
+    owners=("team:commerce-data",),
+    columns=(
+        Column("event_id", "string", nullable=False, description="Standard Webhooks message id (webhook-id)"),
+        Column("event_type", "string", nullable=False, description="The body's `type`, e.g. order.shipped"),
+        Column("event_created_at", "timestamp", nullable=False, description="The body's `timestamp`"),
+        Column("subject_id", "string", description="data.id: the object the event is about"),
+        Column("body", "string", nullable=False, pii=True, description="The event body exactly as received"),
+    ),
+)
+
+SOURCES: dict[str, SourceSpec] = {
+    spec.name: spec for spec in (CUSTOMERS, PSP_PAYOUTS, CONSENTS, ORDERS, PAYMENT_EVENTS, SHOP_EVENTS)
+}
 
 
-def feed_for_file(file_name: str) -> FeedSpec | None:
-    """The feed whose naming contract this file name claims (by prefix), if any."""
-    for spec in FEEDS.values():
-        if file_name.startswith(spec.file_prefix):
+def partner_file_sources() -> list[SourceSpec]:
+    return [s for s in SOURCES.values() if isinstance(s.reader, PartnerFiles)]
+
+
+def webhook_sources() -> list[SourceSpec]:
+    return [s for s in SOURCES.values() if isinstance(s.reader, WebhookEvents)]
+
+
+def airbyte_sources() -> list[SourceSpec]:
+    return [s for s in SOURCES.values() if isinstance(s.reader, AirbyteStream)]
+
+
+def source_for_file(file_name: str) -> SourceSpec | None:
+    """The partner file source whose naming contract this file name claims (by prefix), if any."""
+    for spec in partner_file_sources():
+        if file_name.startswith(spec.files.file_prefix):
             return spec
     return None
+
+
+def source_for_provider(provider: str) -> SourceSpec | None:
+    """The webhook source a provider's deliveries belong to, if any."""
+    for spec in webhook_sources():
+        if spec.reader.provider == provider:  # type: ignore[union-attr]
+            return spec
+    return None
+
+
+def pii_columns() -> frozenset[str]:
+    """Every column any source marks as personal data: never shown in samples, logs or metadata."""
+    return frozenset(name for spec in SOURCES.values() for name in spec.pii_columns)

@@ -13,11 +13,17 @@ import dagster as dg
 import pytest
 from deltalake import DeltaTable
 
-from dagster_project.defs.airbyte.assets import BRONZE_KEY, SYNC_KEY, bronze_orders, shop_orders_sync
-from dagster_project.defs.airbyte.checks import bronze_orders_gate
+from dagster_project.defs.airbyte.assets import (
+    BRONZE_KEY,
+    SYNC_KEY,
+    bronze_orders,
+    bronze_orders_gate,
+    shop_orders_sync,
+)
 from dagster_project.defs.airbyte.resources import AirbyteResource
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.bronze.orders import landing_dir
+from dagster_project.lib.bronze.readers.airbyte_records import landing_dir
+from dagster_project.lib.sources.registry import ORDERS
 from dagster_project.samples.orders import land_sample_orders
 from tests.fakes.airbyte_server import FakeAirbyteServer, JobScript
 
@@ -58,7 +64,7 @@ SYNC_2 = 1762308000000  # 2025-11-05T02:00:00Z
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
-    directory = landing_dir(root / "landing")
+    directory = landing_dir(ORDERS, root / "landing")
     resend = _record(3, SYNC_1 + 20)
     _write(
         directory,
@@ -148,8 +154,8 @@ def test_bronze_orders_keeps_latest_delivery_and_quarantines_every_reason(lake: 
     assert [json.loads(r["_raw_record"])["order_id"] for r in _rows(lake, "quarantine", "2025-11-04")] == [6]
 
     meta = _metadata(result, BRONZE_KEY)
-    assert (meta["loaded"], meta["quarantined"], meta["duplicates_dropped"]) == (3, 4, 3)
-    assert meta["received"] == meta["loaded"] + meta["quarantined"] + meta["duplicates_dropped"] == 10
+    assert (meta["loaded"], meta["quarantined"], meta["duplicates"]) == (3, 4, 3)
+    assert meta["received"] == meta["loaded"] + meta["quarantined"] + meta["duplicates"] == 10
     [check] = result.get_asset_check_evaluations()
     assert check.passed, check.description
 
@@ -171,7 +177,7 @@ def test_sample_output_loads_one_row_per_order(tmp_path: Path) -> None:
         result = _bronze_run(lake, instance, day.isoformat())
         meta = _metadata(result, BRONZE_KEY)
         assert meta["loaded"] == landed["orders_by_date"][day.isoformat()]
-        assert meta["duplicates_dropped"] > 0  # the sample re-delivers orders
+        assert meta["duplicates"] > 0  # the sample re-delivers orders
         assert result.get_asset_check_evaluations()[0].passed
     table = DeltaTable(str(lake / "bronze" / "orders")).to_pyarrow_table()
     assert table.num_rows == len(set(table["order_id"].to_pylist())) == landed["orders"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import dagster as dg
 import pytest
 from deltalake import DeltaTable
 
+from dagster_project import settings
 from dagster_project.definitions import defs as load_defs
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib.checksums import crc32_hex
@@ -36,7 +38,9 @@ class Intake:
     def tick(self, resource: SftpResource | None = None) -> list[dg.RunRequest]:
         sensor = self.defs.resolve_sensor_def("sftp_inbox_sensor")
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"sftp": resource or SftpResource()}
+            instance=self.instance,
+            cursor=self.cursor,
+            resources={"sftp": resource or SftpResource.from_settings(settings.sftp())},
         )
         result = sensor(context)
         self.cursor = result.cursor
@@ -128,7 +132,7 @@ def test_file_still_growing_waits_until_its_size_holds(intake: Intake, tmp_path:
 def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
     f = _files(tmp_path)[0]
     data = f.path.read_bytes()
-    again = CUSTOMERS.file_name(f.business_date, 2, crc32_hex(data))
+    again = CUSTOMERS.files.file_name(f.business_date, 2, crc32_hex(data))
     (intake.inbox / f.path.name).write_bytes(data)
     (intake.inbox / again).write_bytes(data)
 
@@ -156,7 +160,7 @@ def test_broken_name_is_quarantined_with_its_reason(intake: Intake, tmp_path: Pa
 
 def test_wrong_crc_is_quarantined_and_nothing_lands(intake: Intake, tmp_path: Path):
     f = _files(tmp_path)[0]
-    wrong = CUSTOMERS.file_name(f.business_date, 1, "DEADBEEF")
+    wrong = CUSTOMERS.files.file_name(f.business_date, 1, "DEADBEEF")
     (intake.inbox / wrong).write_bytes(f.path.read_bytes())
 
     [run] = intake.take_all()
@@ -171,7 +175,7 @@ def test_wrong_crc_is_quarantined_and_nothing_lands(intake: Intake, tmp_path: Pa
 def test_unknown_column_rejects_the_file_naming_the_column(intake: Intake, tmp_path: Path):
     text = "customer_id,email,loyalty_tier\n1,a@example.com,gold\n"
     data = text.encode()
-    name = CUSTOMERS.file_name("2025-11-03", 1, crc32_hex(data))
+    name = CUSTOMERS.files.file_name("2025-11-03", 1, crc32_hex(data))
     (intake.inbox / name).write_bytes(data)
 
     [run] = intake.take_all()
@@ -187,7 +191,7 @@ def test_unknown_host_key_is_refused(intake: Intake, tmp_path: Path):
     with EmbeddedSftpServer(tmp_path / "other" / "root", tmp_path / "other" / "keys") as imposter:
         other.write_text(imposter.known_hosts_path.read_text().replace(str(imposter.port), str(intake.server.port)))
     with pytest.raises(HostKeyRefused, match="not in the pinned known_hosts"):
-        intake.tick(SftpResource(known_hosts_path=str(other)))
+        intake.tick(SftpResource.from_settings(dataclasses.replace(settings.sftp(), known_hosts_path=other)))
 
 
 def test_rematerializing_a_partition_changes_nothing(intake: Intake, tmp_path: Path):

@@ -45,7 +45,10 @@ class Platform:
         context = dg.build_sensor_context(
             instance=self.instance,
             cursor=self.cursors.get(sensor_name),
-            resources={"inbox": InboxResource(), "sftp": SftpResource()},
+            resources={
+                "inbox": InboxResource(url=settings.webhook_inbox_url()),
+                "sftp": SftpResource.from_settings(settings.sftp()),
+            },
         )
         result = sensor(context)
         self.cursors[sensor_name] = result.cursor
@@ -171,7 +174,9 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
 
 def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox_url: str):
     def tick(cursor: str | None) -> dg.SensorResult:
-        context = dg.build_sensor_context(cursor=cursor, resources={"inbox": InboxResource()})
+        context = dg.build_sensor_context(
+            cursor=cursor, resources={"inbox": InboxResource(url=settings.webhook_inbox_url())}
+        )
         return payment_events_sensor(context)
 
     not_yet = tick(None)  # the receiver has not created the inbox yet: skip, keep the cursor
@@ -217,7 +222,7 @@ def test_payout_files_go_through_the_sftp_intake_as_a_declared_feed(platform: Pl
         b"po_X1,ch_X1,10.00,0.39,9.61,EUR,2025-11-05T06:00:00Z\n"
         b"po_X1,ch_X2,10.005,0.39,9.61,usd,2025-11-05T06:00:00Z\n"
     )
-    broken = tmp_path / PSP_PAYOUTS.file_name("2025-11-05", 3, crc32_hex(broken_text))
+    broken = tmp_path / PSP_PAYOUTS.files.file_name("2025-11-05", 3, crc32_hex(broken_text))
     broken.write_bytes(broken_text)
     (platform.sftp_inbox / broken.name).write_bytes(broken_text)
 

@@ -17,10 +17,12 @@ import pytest
 from deltalake import DeltaTable
 
 from dagster_project.lib.bronze.contract import ContractError, bronze_schema
-from dagster_project.lib.bronze.engine import PartitionLoad, load_partition
+from dagster_project.lib.bronze.engine import LoadResult, load_partition
+from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 from dagster_project.lib.intake.landing import LandResult, land_file, landed_files
 from dagster_project.lib.sources.naming import parse_file_name
-from dagster_project.lib.sources.registry import CUSTOMERS, FeedSpec, OnSchemaDrift
+from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.spec import OnSchemaDrift, SourceSpec
 from dagster_project.samples.partner_files import GeneratedFile, write_customer_files
 from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv
 
@@ -37,14 +39,15 @@ class Lake:
     bronze: Path
     quarantine: Path
 
-    def load(self, business_date: str = DAY, *, spec: FeedSpec = CUSTOMERS, **kwargs: Any) -> PartitionLoad:
+    def load(self, business_date: str = DAY, *, spec: SourceSpec = CUSTOMERS, **kwargs: Any) -> LoadResult:
         kwargs.setdefault("run_id", "run-1")
         kwargs.setdefault("ingested_at", INGESTED_AT)
         manifests = kwargs.pop("manifests", None)
+        if manifests is None:
+            manifests = landed_files(self.landing, spec.name, business_date)
         return load_partition(
             spec,
-            landed_files(self.landing, spec.name, business_date) if manifests is None else manifests,
-            business_date=business_date,
+            PartnerFilesReader(spec, manifests, business_date),
             bronze_path=self.bronze,
             quarantine_path=self.quarantine,
             **kwargs,
@@ -80,7 +83,7 @@ def _land_generated(lake: Lake, generated: list[GeneratedFile]) -> None:
         land_file(lake.landing, parsed, g.path, source="sftp", source_uri="sftp://x", received_at=RECEIVED_AT)
 
 
-Sample = tuple[Lake, list[GeneratedFile], dict[str, PartitionLoad]]
+Sample = tuple[Lake, list[GeneratedFile], dict[str, LoadResult]]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,8 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
 def test_generated_files_received_equals_loaded_plus_quarantined_and_the_truth(sample: Sample) -> None:
     lake, truth, loads = sample
     for g in truth:
-        [file_load] = loads[g.business_date].files
-        assert file_load.file_name == g.path.name
+        [file_load] = loads[g.business_date].origins
+        assert file_load.origin == g.path.name
         assert (file_load.loaded, file_load.quarantined) == (g.good, g.bad)
         assert file_load.received == g.records
         assert file_load.reasons == Counter(g.reasons)
@@ -267,7 +270,7 @@ def test_two_files_on_the_same_date_both_land_in_the_partition(land: Land, lake:
     first = land(customers_csv([customer(1), customer(2)]), sequence=1)
     second = land(customers_csv([customer(3), customer(4, status="x"), customer(5)]), sequence=2)
     result = lake.load()
-    assert [(f.file_name, f.loaded, f.quarantined) for f in result.files] == [
+    assert [(f.origin, f.loaded, f.quarantined) for f in result.origins] == [
         (first.manifest.file_name, 2, 0),
         (second.manifest.file_name, 2, 1),
     ]
@@ -287,7 +290,7 @@ def test_partition_without_manifests_is_emptied_and_others_are_untouched(land: L
     other_bronze, other_quarantine = lake.bronze_rows("2025-11-06"), lake.quarantine_rows("2025-11-06")
 
     result = lake.load("2025-11-05", manifests=[])
-    assert result.files == []
+    assert result.origins == []
     assert lake.bronze_rows("2025-11-05") == []
     assert lake.quarantine_rows("2025-11-05") == []
     assert lake.bronze_rows("2025-11-06") == other_bronze
@@ -313,8 +316,8 @@ def test_small_batches_give_the_same_result_as_one_big_batch(land: Land, lake: L
 
     small_lake = Lake(lake.landing, tmp_path / "small" / "bronze", tmp_path / "small" / "quarantine")
     small = small_lake.load(batch_rows=7)
-    assert [(f.loaded, f.quarantined, f.reasons) for f in small.files] == [
-        (f.loaded, f.quarantined, f.reasons) for f in big.files
+    assert [(f.loaded, f.quarantined, f.reasons) for f in small.origins] == [
+        (f.loaded, f.quarantined, f.reasons) for f in big.origins
     ]
     assert small_lake.bronze_rows() == big_bronze
     assert small_lake.quarantine_rows() == big_quarantine

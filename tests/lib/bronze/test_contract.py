@@ -20,7 +20,8 @@ from dagster_project.lib.bronze.contract import (
     resolve_columns,
     select_sql,
 )
-from dagster_project.lib.sources.registry import CUSTOMERS, OnSchemaDrift
+from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.spec import OnSchemaDrift
 from tests.lib.customer_files import customer
 
 FILE = "acme_customers_2025-11-05_seq-00001_crc32-1A2B3C4D.csv"

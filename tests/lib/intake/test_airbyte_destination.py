@@ -11,16 +11,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dagster_project.lib.bronze.airbyte_records import (
+from dagster_project.lib.bronze.readers.airbyte_records import edge_schema
+from dagster_project.lib.intake.airbyte_destination import (
     AIRBYTE_COLUMNS,
-    ORDER_STATUSES,
-    SHOP_ORDERS_SCHEMA,
     AirbyteRecordError,
     deduplicate_latest,
     read_airbyte_records,
     read_latest,
 )
+from dagster_project.lib.sources.registry import ORDERS
 from dagster_project.samples.orders import write_sample_orders
+
+EDGE = edge_schema(ORDERS)
 
 
 def _lines(paths: list[Path]) -> list[dict]:
@@ -71,7 +73,7 @@ def test_sample_orders_are_in_airbyte_destination_format(tmp_path: Path) -> None
         assert isinstance(record["_airbyte_extracted_at"], int)
         assert set(record["_airbyte_meta"]) == {"sync_id", "changes"}
         assert 1 <= record["customer_id"] <= 500
-        assert record["status"] in ORDER_STATUSES
+        assert record["status"] in ORDERS.column("status").allowed
         assert record["currency"] in {"EUR", "USD", "GBP"}
         assert Decimal(record["total_amount"]) > 0 and len(record["total_amount"].split(".")[1]) == 2
         assert record["ordered_at"].startswith(record["order_date"])
@@ -87,7 +89,7 @@ def test_sample_orders_are_in_airbyte_destination_format(tmp_path: Path) -> None
 
 def test_read_streams_batches_with_airbyte_and_lineage_columns(tmp_path: Path) -> None:
     paths = write_sample_orders(tmp_path, orders=200, redeliveries=20, days=4, compress=True)
-    batches = list(read_airbyte_records(tmp_path, SHOP_ORDERS_SCHEMA, batch_size=64))
+    batches = list(read_airbyte_records(tmp_path, EDGE, batch_size=64))
 
     assert all(p.name.endswith(".jsonl.gz") for p in paths)
     assert len(batches) > 1 and all(b.num_rows <= 64 for b in batches)
@@ -104,7 +106,7 @@ def test_read_streams_batches_with_airbyte_and_lineage_columns(tmp_path: Path) -
 
 def test_dedup_keeps_the_latest_extraction_per_order(tmp_path: Path) -> None:
     paths = write_sample_orders(tmp_path, orders=400, redeliveries=80, days=6)
-    latest = read_latest(tmp_path, "order_id", SHOP_ORDERS_SCHEMA, batch_size=50)
+    latest = read_latest(tmp_path, "order_id", EDGE, batch_size=50)
 
     expected: dict[int, dict] = {}
     for record in _lines(paths):  # files are in delivery order; later wins on equal extraction time
@@ -166,7 +168,7 @@ def test_iso_timestamps_and_unflattened_records_are_read(tmp_path: Path) -> None
     nested["_airbyte_meta"] = json.dumps({"sync_id": 9, "changes": [change]})
     _write(tmp_path / "orders" / "a.jsonl", [_record(1, "2025-11-05T09:00:00Z"), nested])
 
-    rows = pa.Table.from_batches(read_airbyte_records(tmp_path, SHOP_ORDERS_SCHEMA)).to_pylist()
+    rows = pa.Table.from_batches(read_airbyte_records(tmp_path, EDGE)).to_pylist()
     assert rows[0]["_airbyte_extracted_at"] == datetime(2025, 11, 5, 9, tzinfo=UTC)
     assert rows[1]["_airbyte_extracted_at"] == datetime(2025, 11, 5, 9, 0, 1, 500000, tzinfo=UTC)
     assert rows[1]["order_id"] == 2 and rows[1]["status"] == "placed"
@@ -196,8 +198,10 @@ def test_bad_records_are_named_by_file_and_line(tmp_path: Path, line: str, reaso
     path = tmp_path / "orders" / "b.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_record(7, 1)) + "\n\n" + line + "\n")
+    key = EDGE.get_field_index("order_id")
+    strict = EDGE.set(key, EDGE.field(key).with_nullable(False))  # a stream schema that requires the key
     with pytest.raises(AirbyteRecordError) as raised:
-        list(read_airbyte_records(tmp_path, SHOP_ORDERS_SCHEMA))
+        list(read_airbyte_records(tmp_path, strict))
     assert (raised.value.file, raised.value.line) == ("orders/b.jsonl", 3)
     assert reason in str(raised.value)
     assert str(raised.value).startswith("orders/b.jsonl:3: ")
@@ -205,11 +209,11 @@ def test_bad_records_are_named_by_file_and_line(tmp_path: Path, line: str, reaso
 
 def test_unknown_columns_can_be_ignored(tmp_path: Path) -> None:
     _write(tmp_path / "o" / "a.jsonl", [_record(1, 1, coupon="X")])
-    [batch] = read_airbyte_records(tmp_path, SHOP_ORDERS_SCHEMA, on_unknown_column="ignore")
+    [batch] = read_airbyte_records(tmp_path, EDGE, on_unknown_column="ignore")
     assert "coupon" not in batch.schema.names
 
 
 def test_empty_directory_reads_as_an_empty_table(tmp_path: Path) -> None:
-    assert list(read_airbyte_records(tmp_path, SHOP_ORDERS_SCHEMA)) == []
-    empty = read_latest(tmp_path, "order_id", SHOP_ORDERS_SCHEMA)
+    assert list(read_airbyte_records(tmp_path, EDGE)) == []
+    empty = read_latest(tmp_path, "order_id", EDGE)
     assert empty.num_rows == 0 and "order_id" in empty.schema.names

@@ -35,7 +35,7 @@ def _all_files(root: Path) -> list[str]:
 
 def test_landed_file_keeps_the_bytes_under_its_partition(land: Land, landing_root: Path) -> None:
     result = land(CONTENT, business_date="2025-11-05", sequence=3)
-    name = CUSTOMERS.file_name("2025-11-05", 3, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 3, crc32_hex(CONTENT))
     target = landing_root / "customers" / "business_date=2025-11-05" / name
     assert result.status == "landed"
     assert result.duplicate_of is None
@@ -52,7 +52,7 @@ def test_landed_file_is_read_only(land: Land) -> None:
 
 
 def test_staged_file_is_moved_not_copied(tmp_path: Path, landing_root: Path) -> None:
-    name = CUSTOMERS.file_name("2025-11-05", 1, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 1, crc32_hex(CONTENT))
     staged = tmp_path / name
     staged.write_bytes(CONTENT)
     land_file(landing_root, parse_file_name(name), staged, source="sftp", source_uri="u", received_at=RECEIVED_AT)
@@ -61,7 +61,7 @@ def test_staged_file_is_moved_not_copied(tmp_path: Path, landing_root: Path) -> 
 
 def test_manifest_describes_the_landed_file(land: Land, landing_root: Path) -> None:
     result = land(CONTENT, business_date="2025-11-05", sequence=3)
-    name = CUSTOMERS.file_name("2025-11-05", 3, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 3, crc32_hex(CONTENT))
     target_dir = partition_dir(landing_root, "customers", "2025-11-05")
     on_disk = json.loads((target_dir / f"{name}{MANIFEST_SUFFIX}").read_text())
     assert on_disk == {
@@ -82,7 +82,7 @@ def test_manifest_describes_the_landed_file(land: Land, landing_root: Path) -> N
 
 
 def test_received_at_with_an_offset_is_stored_in_utc(tmp_path: Path, landing_root: Path) -> None:
-    name = CUSTOMERS.file_name("2025-11-05", 1, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 1, crc32_hex(CONTENT))
     staged = tmp_path / name
     staged.write_bytes(CONTENT)
     received = dt.datetime(2025, 11, 5, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -102,7 +102,7 @@ def test_crc_mismatch_raises_naming_the_file_and_lands_nothing(tmp_path: Path, l
 
 
 def test_truncated_transfer_is_a_crc_mismatch(tmp_path: Path, landing_root: Path) -> None:
-    name = CUSTOMERS.file_name("2025-11-05", 1, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 1, crc32_hex(CONTENT))
     staged = tmp_path / name
     staged.write_bytes(CONTENT[:-10])
     with pytest.raises(ChecksumMismatch, match=name):
@@ -132,7 +132,7 @@ def test_same_content_under_another_name_is_not_landed_twice(land: Land, landing
 
 def test_duplicate_staged_copy_is_removed(tmp_path: Path, land: Land, landing_root: Path) -> None:
     land(CONTENT, sequence=1)
-    name = CUSTOMERS.file_name("2025-11-05", 2, crc32_hex(CONTENT))
+    name = CUSTOMERS.files.file_name("2025-11-05", 2, crc32_hex(CONTENT))
     staged = tmp_path / name
     staged.write_bytes(CONTENT)
     result = land_file(

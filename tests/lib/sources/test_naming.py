@@ -8,6 +8,7 @@ import pytest
 
 from dagster_project.lib.sources.naming import NamingError, ParsedName, is_temporary, parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.spec import PartnerFiles
 
 VALID = "acme_customers_2025-11-05_seq-00023_crc32-1A2B3C4D.csv"
 CONTRACT = "acme_customers_<YYYY-MM-DD>_seq-<5 digits>_crc32-<8 hex>.csv"
@@ -15,7 +16,7 @@ CONTRACT = "acme_customers_<YYYY-MM-DD>_seq-<5 digits>_crc32-<8 hex>.csv"
 
 def test_valid_name_is_parsed_into_its_parts() -> None:
     assert parse_file_name(VALID) == ParsedName(
-        file_name=VALID, feed=CUSTOMERS, business_date="2025-11-05", sequence=23, crc32="1A2B3C4D"
+        file_name=VALID, source=CUSTOMERS, business_date="2025-11-05", sequence=23, crc32="1A2B3C4D"
     )
 
 
@@ -34,7 +35,7 @@ def test_unknown_prefix_is_refused_with_the_known_prefixes() -> None:
     name = "acme_orders_2025-11-05_seq-00001_crc32-1A2B3C4D.csv"
     with pytest.raises(NamingError) as err:
         parse_file_name(name)
-    known = "acme_customers_*, psp_payouts_*"
+    known = "acme_consents_*, acme_customers_*, psp_payouts_*"
     assert str(err.value) == f"{name}: unknown feed; expected a name starting with one of {known}"
 
 
@@ -99,12 +100,12 @@ def test_sequence_in_non_ascii_digits_is_refused() -> None:
         parse_file_name(name)
 
 
-def test_feeds_can_be_passed_explicitly() -> None:
-    other = dataclasses.replace(CUSTOMERS, name="orders", system="shop", entity="orders")
-    parsed = parse_file_name("shop_orders_2025-11-05_seq-00002_crc32-0000FFFF.csv", {"orders": other})
-    assert (parsed.feed, parsed.sequence, parsed.crc32) == (other, 2, "0000FFFF")
+def test_sources_can_be_passed_explicitly() -> None:
+    other = dataclasses.replace(CUSTOMERS, name="orders", reader=PartnerFiles(system="shop", entity="orders"))
+    parsed = parse_file_name("shop_orders_2025-11-05_seq-00002_crc32-0000FFFF.csv", [other])
+    assert (parsed.source, parsed.sequence, parsed.crc32) == (other, 2, "0000FFFF")
     with pytest.raises(NamingError, match="expected a name starting with one of shop_orders_"):
-        parse_file_name(VALID, {"orders": other})
+        parse_file_name(VALID, [other])
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,55 @@
-"""Feed declarations and the file-name contract derived from them."""
+"""The source registry, and the file-name contract derived from partner file declarations."""
 
 from __future__ import annotations
 
 import pytest
 
-from dagster_project.lib.sources.registry import CUSTOMERS, FEEDS, PSP_PAYOUTS, FeedSpec, OnSchemaDrift, feed_for_file
+from dagster_project.lib.sources.registry import (
+    CUSTOMERS,
+    ORDERS,
+    PAYMENT_EVENTS,
+    SHOP_EVENTS,
+    SOURCES,
+    pii_columns,
+    source_for_file,
+    source_for_provider,
+)
+from dagster_project.lib.sources.spec import OnSchemaDrift, PartnerFiles, SourceSpec
 
 
-def test_feeds_are_registered_under_their_table_names() -> None:
-    assert FEEDS == {"customers": CUSTOMERS, "psp_payouts": PSP_PAYOUTS}
+def test_sources_are_registered_under_their_table_names() -> None:
+    assert list(SOURCES) == ["customers", "psp_payouts", "consents", "orders", "payment_events", "shop_events"]
+    assert all(name == spec.name for name, spec in SOURCES.items())
+
+
+def test_every_key_column_is_declared_and_required() -> None:
+    for spec in SOURCES.values():
+        for key in spec.key:
+            assert not spec.column(key).nullable, f"{spec.name}.{key}"
+
+
+def test_each_webhook_provider_belongs_to_one_source() -> None:
+    assert source_for_provider("stripe") is PAYMENT_EVENTS
+    assert source_for_provider("shop") is SHOP_EVENTS
+    assert source_for_provider("standard") is None
+
+
+def test_lineage_source_names_the_intake() -> None:
+    assert (CUSTOMERS.lineage_source, ORDERS.lineage_source, PAYMENT_EVENTS.lineage_source) == (
+        "sftp",
+        "airbyte:shop/orders",
+        "webhook:stripe",
+    )
+
+
+def test_pii_columns_come_from_every_declaration() -> None:
+    assert {"email", "first_name", "last_name", "body"} <= pii_columns()
+    assert "customer_id" not in pii_columns()
+
+
+def test_only_partner_file_sources_have_a_file_naming_contract() -> None:
+    with pytest.raises(TypeError, match="orders is read from airbyte_records"):
+        ORDERS.files
 
 
 def test_customers_declares_its_columns_in_file_order() -> None:
@@ -52,16 +93,16 @@ def test_column_lookup_of_an_unknown_name_raises_key_error() -> None:
 
 
 def test_file_prefix_is_system_and_entity() -> None:
-    assert CUSTOMERS.file_prefix == "acme_customers_"
+    assert CUSTOMERS.files.file_prefix == "acme_customers_"
 
 
 def test_file_name_pads_the_sequence_and_upper_cases_the_crc() -> None:
-    name = CUSTOMERS.file_name("2025-11-05", 23, "1a2b3c4d")
+    name = CUSTOMERS.files.file_name("2025-11-05", 23, "1a2b3c4d")
     assert name == "acme_customers_2025-11-05_seq-00023_crc32-1A2B3C4D.csv"
 
 
 def test_generated_file_name_matches_the_regex_with_its_parts() -> None:
-    match = CUSTOMERS.file_name_regex.match(CUSTOMERS.file_name("2025-11-05", 7, "00ABCDEF"))
+    match = CUSTOMERS.files.file_name_regex.match(CUSTOMERS.files.file_name("2025-11-05", 7, "00ABCDEF"))
     assert match is not None
     assert match.groupdict() == {"business_date": "2025-11-05", "sequence": "00007", "crc32": "00ABCDEF"}
 
@@ -83,34 +124,33 @@ def test_generated_file_name_matches_the_regex_with_its_parts() -> None:
     ],
 )
 def test_file_name_regex_refuses_names_outside_the_contract(name: str) -> None:
-    assert CUSTOMERS.file_name_regex.match(name) is None
+    assert CUSTOMERS.files.file_name_regex.match(name) is None
 
 
 def test_file_name_follows_the_declared_system_entity_and_extension() -> None:
-    spec = FeedSpec(
+    spec = SourceSpec(
         name="payouts",
-        system="psp",
-        entity="payouts",
+        reader=PartnerFiles(system="psp", entity="payouts", extension="tsv"),
+        dbt_source="psp",
         columns=CUSTOMERS.columns,
         key=("customer_id",),
         schema_version=1,
         description="test feed",
-        extension="tsv",
-    )
+    ).files
     assert spec.file_name("2025-11-05", 1, "ABCDEF01") == "psp_payouts_2025-11-05_seq-00001_crc32-ABCDEF01.tsv"
     assert spec.file_name_regex.match("psp_payouts_2025-11-05_seq-00001_crc32-ABCDEF01.tsv") is not None
     assert spec.file_name_regex.match("psp_payouts_2025-11-05_seq-00001_crc32-ABCDEF01.csv") is None
 
 
-def test_feed_for_file_finds_the_feed_by_prefix() -> None:
-    assert feed_for_file("acme_customers_2025-11-05_seq-00001_crc32-1A2B3C4D.csv") is CUSTOMERS
+def test_source_for_file_finds_the_feed_by_prefix() -> None:
+    assert source_for_file("acme_customers_2025-11-05_seq-00001_crc32-1A2B3C4D.csv") is CUSTOMERS
     # the prefix is enough: the full contract is checked by naming.parse_file_name
-    assert feed_for_file("acme_customers_garbage.csv") is CUSTOMERS
+    assert source_for_file("acme_customers_garbage.csv") is CUSTOMERS
 
 
 @pytest.mark.parametrize(
     "name",
     ["acme_orders_2025-11-05_seq-00001_crc32-1A2B3C4D.csv", "xacme_customers_2025-11-05.csv", "acme_customers", ""],
 )
-def test_feed_for_file_returns_none_for_other_names(name: str) -> None:
-    assert feed_for_file(name) is None
+def test_source_for_file_returns_none_for_other_names(name: str) -> None:
+    assert source_for_file(name) is None

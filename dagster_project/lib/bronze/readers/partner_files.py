@@ -1,0 +1,124 @@
+"""Reader for partner files: the delimited text files landed for a business date, streamed through DuckDB.
+
+DuckDB parses each file in batches and the source's contract SQL (`contract.select_sql`) types every column
+and lists every rule a record breaks, in one vectorised query. Lines the parser cannot split into the
+header's columns come out of DuckDB's rejects table with their line number and text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from dagster_project.lib.bronze.contract import read_header, resolve_columns, select_sql
+from dagster_project.lib.bronze.engine import RAW_RECORD, REASONS, SOURCE_LINE, OriginLoad, constant
+from dagster_project.lib.intake.landing import Manifest
+from dagster_project.lib.sources.spec import SourceSpec
+
+_FILE_CONSTANTS = {
+    "_source_file": pa.dictionary(pa.int32(), pa.string()),
+    "_checksum_sha256": pa.dictionary(pa.int32(), pa.string()),
+    "_received_at": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _csv_source(delimiter: str, header: list[str], index: int) -> str:
+    # Every column is read as text, named from the header, with no dialect sniffing: nothing is lost to
+    # type guessing, and one broken line (say an unterminated quote) cannot make the reader give up on
+    # the file. Lines the parser cannot split into the header's columns go to a rejects table with
+    # their line number and text instead of failing the file.
+    columns = ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in header)
+    return (
+        f"read_csv(?, header=true, auto_detect=false, columns={{{columns}}}, delim={_literal(delimiter)}, "
+        f"quote='\"', escape='\"', strict_mode=true, ignore_errors=true, store_rejects=true, "
+        f"rejects_table='rejects_{index}', rejects_scan='rejects_scan_{index}')"
+    )
+
+
+class PartnerFilesReader:
+    """The landed files of one partition (their manifests), in the order given."""
+
+    def __init__(self, spec: SourceSpec, manifests: list[Manifest], business_date: str):
+        for manifest in manifests:
+            if manifest.business_date != business_date:
+                raise ValueError(f"{manifest.file_name}: belongs to {manifest.business_date}, not {business_date}")
+        self.spec, self.manifests = spec, manifests
+        self.business_date = dt.date.fromisoformat(business_date)
+        self.origins: list[OriginLoad] = []
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "files": [
+                {"file": o.origin, "received": o.received, "loaded": o.loaded, "quarantined": o.quarantined}
+                for o in self.origins
+            ],
+            "checksums_sha256": [o.sha256 for o in self.origins],
+        }
+
+    def read(self, batch_rows: int) -> Iterator[tuple[OriginLoad, pa.RecordBatch]]:
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")  # timestamps without an offset are read as UTC
+            for index, manifest in enumerate(self.manifests):
+                origin = OriginLoad(manifest.file_name, sha256=manifest.sha256)
+                self.origins.append(origin)
+                yield from self._read_file(con, index, manifest, origin, batch_rows)
+        finally:
+            con.close()
+
+    def _read_file(
+        self, con: duckdb.DuckDBPyConnection, index: int, manifest: Manifest, origin: OriginLoad, batch_rows: int
+    ) -> Iterator[tuple[OriginLoad, pa.RecordBatch]]:
+        path = Path(manifest.landed_path)
+        delimiter = self.spec.files.delimiter
+        header = read_header(path, delimiter)
+        present = resolve_columns(self.spec, header, manifest.file_name)
+        query = select_sql(self.spec, present, source=_csv_source(delimiter, header, index))
+        values = {
+            "_source_file": manifest.file_name,
+            "_checksum_sha256": manifest.sha256,
+            "_received_at": dt.datetime.fromisoformat(manifest.received_at),
+        }
+
+        def with_lineage(batch: pa.RecordBatch, rows: pa.Array | None, lines: pa.Array | None) -> pa.RecordBatch:
+            n = batch.num_rows
+            extra = {name: constant(values[name], type_, n) for name, type_ in _FILE_CONSTANTS.items()}
+            extra["_source_row"] = rows if rows is not None else pa.nulls(n, pa.int64())
+            if lines is not None:
+                extra[SOURCE_LINE] = lines
+            arrays = [*batch.columns, *extra.values()]
+            return pa.RecordBatch.from_arrays(arrays, names=[*batch.schema.names, *extra])
+
+        row = 0
+        for batch in con.sql(query, params=[str(path)]).to_arrow_reader(batch_rows):
+            rows = pa.array(np.arange(row + 1, row + batch.num_rows + 1, dtype=np.int64))
+            row += batch.num_rows
+            yield origin, with_lineage(batch, rows, None)
+        unparsed = _rejected_lines(con, index)
+        if unparsed is not None:
+            yield origin, with_lineage(unparsed, None, unparsed.column("line"))
+
+
+def _rejected_lines(con: duckdb.DuckDBPyConnection, index: int) -> pa.RecordBatch | None:
+    """Lines the CSV parser could not read, one row per line with every parser error."""
+    table = con.sql(
+        f"""
+        SELECT line::BIGINT AS line,
+               any_value(trim(csv_line, chr(13) || chr(10))) AS {RAW_RECORD},
+               list(DISTINCT reason ORDER BY reason) AS {REASONS}
+        FROM (SELECT *, 'malformed CSV line: ' || lower(error_type) AS reason FROM rejects_{index})
+        GROUP BY line
+        ORDER BY line
+        """
+    ).to_arrow_table()
+    return table.combine_chunks().to_batches()[0] if table.num_rows else None
