@@ -74,23 +74,35 @@ def webhooks_section(events: int) -> None:
 
 def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
     """Run the bronze hop of the payment events over the load test's inbox; every event id it wrote."""
+    import json
     import shutil
 
     from deltalake import DeltaTable
 
-    from dagster_project.lib.bronze.payment_events import rebuild_partition
+    from dagster_project.lib.bronze.engine import load_partition
+    from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
     from dagster_project.lib.intake.inbox import Inbox
+    from dagster_project.lib.sources.registry import PAYMENT_EVENTS
 
     shutil.rmtree(lake, ignore_errors=True)
     with Inbox(inbox_url) as inbox:
         for day in inbox.event_dates("stripe"):
-            rebuild_partition(
-                inbox, day.isoformat(), bronze_path=lake / "bronze", quarantine_path=lake / "quarantine", run_id="bench"
+            reader = WebhookEventsReader(PAYMENT_EVENTS, inbox.iter_for_dates("stripe", [day]), day.isoformat())
+            load_partition(
+                PAYMENT_EVENTS, reader, bronze_path=lake / "bronze", quarantine_path=lake / "quarantine", run_id="bench"
             )
     ids: list[str] = []
-    for table in ("bronze", "quarantine"):
-        if (lake / table).exists():
-            ids += DeltaTable(str(lake / table)).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    if (lake / "bronze").exists():
+        ids += DeltaTable(str(lake / "bronze")).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    if (lake / "quarantine").exists():
+        # the quarantine keeps the raw body; the event id is its `id`
+        ids += [
+            json.loads(raw)["id"]
+            for raw in DeltaTable(str(lake / "quarantine"))
+            .to_pyarrow_table(columns=["_raw_record"])
+            .column("_raw_record")
+            .to_pylist()
+        ]
     return ids
 
 

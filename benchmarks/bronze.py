@@ -62,6 +62,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
     import shutil
 
     from dagster_project.lib.bronze.engine import load_partition
+    from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
     from dagster_project.lib.checksums import digest_file
     from dagster_project.lib.intake.landing import Manifest
 
@@ -95,8 +96,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         )
         result = load_partition(
             CUSTOMERS,
-            [manifest],
-            business_date="2025-11-05",
+            PartnerFilesReader(CUSTOMERS, [manifest], "2025-11-05"),
             bronze_path=work / "lake" / "bronze",
             quarantine_path=work / "lake" / "quarantine",
             run_id="bench",
