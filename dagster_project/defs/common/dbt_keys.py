@@ -5,11 +5,13 @@ it, so that other domains neither import defs/transform themselves nor spell the
 """
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
 
 
 def gold_model_key(model: str) -> dg.AssetKey:
-    """The asset key the dbt assets give the gold (marts) model `model`, e.g. `gold/customer_segments`."""
-    from dagster_project.defs.transform.assets import dbt_gold  # loaded on use, not at import
+    """The asset key the dbt assets give the gold (marts) model `model`, e.g. `gold/customer_segments`.
 
-    return get_asset_key_for_model([dbt_gold], model)
+    Reads the dbt manifest: call it while the definitions load, not at import.
+    """
+    from dagster_project.defs.transform.assets import model_key  # loaded on use, not at import
+
+    return model_key(model)

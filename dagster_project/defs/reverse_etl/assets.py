@@ -7,6 +7,7 @@ import pyarrow as pa
 from dagster_project import settings
 from dagster_project.defs.common.dbt_keys import gold_model_key
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL
+from dagster_project.defs.common.warehouse import WarehouseResource
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
 SEGMENTS_MODEL = "customer_segments"
@@ -30,8 +31,10 @@ def build_crm_scores_asset() -> dg.AssetsDefinition:
         owners=["team:crm-data"],
         pool=WAREHOUSE_POOL,
     )
-    def crm_customer_scores(context: dg.AssetExecutionContext, crm: ReverseEtlTarget) -> dg.MaterializeResult:
-        rows = read_segments(str(settings.warehouse_path()))
+    def crm_customer_scores(
+        context: dg.AssetExecutionContext, crm: ReverseEtlTarget, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        rows = read_segments(warehouse.path)
         stats = crm.sync(rows, key=KEY)
         context.log.info(
             f"{rows.num_rows} customers: {stats.inserted} inserted, {stats.updated} updated, "

@@ -1,21 +1,32 @@
-"""dbt models as Dagster assets: silver (staging) and gold (marts, snapshots) as two steps.
+"""dbt models as Dagster assets, one step per layer and per way a model is rebuilt.
 
-Two `@dbt_assets` rather than one so that silver and gold are separate steps of a run: a blocking check
-on a silver asset (the quality gate) then stops the gold step in the same run. Both are partitioned by
-business date; a run passes its partition window to dbt as the vars `min_date`/`max_date`, which the
-incremental silver models use to recompute only what bronze changed.
+Incremental models are partitioned by business date: a run passes its partition window to dbt as the vars
+`min_date`/`max_date`, and the model recomputes only what bronze changed in it. Every other model (tables,
+views, snapshots) is rebuilt from all of its inputs on every run, so it has no partitions: the UI then
+says what is true of it (materialized or not), not "n of 699 partitions". This is the split of Dagster's
+own platform (dagster-open-platform, defs/dbt/assets.py).
+
+Silver and gold stay separate steps of a run so that a blocking check on a silver asset (a dbt test or
+the quality gate) stops the gold step in the same run.
+
+Nothing is built at import: the manifest is read and the steps are built on first use
+(`dbt_assets_definitions()`), when the definitions load.
 """
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets, get_asset_key_for_model
 
+from dagster_project import settings
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
+from dagster_project.defs.common.warehouse import WAREHOUSE_RESOURCE_KEY, WarehouseResource
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
 
 BRONZE = "bronze"
@@ -29,6 +40,10 @@ LAYER_OF_FOLDER: Mapping[str, str] = {
     "models/marts": GOLD,
     "snapshots": GOLD,
 }
+LAYERS = (SILVER, GOLD)  # in run order
+
+INCREMENTAL = "config.materialized:incremental"
+DBT_NODE_TYPES = ("model", "snapshot", "seed")
 
 
 def layer_of(dbt_resource_props: Mapping[str, Any]) -> str:
@@ -44,6 +59,42 @@ def layer_of(dbt_resource_props: Mapping[str, Any]) -> str:
 
 def dbt_selection(layer: str) -> str:
     return " ".join(f"path:{folder}" for folder, mapped in LAYER_OF_FOLDER.items() if mapped == layer)
+
+
+def is_incremental(dbt_resource_props: Mapping[str, Any]) -> bool:
+    return dbt_resource_props.get("config", {}).get("materialized") == "incremental"
+
+
+@dataclass(frozen=True)
+class DbtStep:
+    """The models of one layer that are (or are not) incremental, run as one step."""
+
+    layer: str
+    partitioned: bool
+
+    @property
+    def name(self) -> str:
+        return f"dbt_{self.layer}_daily" if self.partitioned else f"dbt_{self.layer}"
+
+    @property
+    def select(self) -> str:
+        if self.partitioned:  # dbt: a comma intersects, a space unites
+            return " ".join(f"{folder},{INCREMENTAL}" for folder in dbt_selection(self.layer).split())
+        return dbt_selection(self.layer)
+
+    @property
+    def exclude(self) -> str | None:
+        return None if self.partitioned else INCREMENTAL
+
+    def holds(self, dbt_resource_props: Mapping[str, Any]) -> bool:
+        return layer_of(dbt_resource_props) == self.layer and is_incremental(dbt_resource_props) == self.partitioned
+
+
+def dbt_steps(manifest: Mapping[str, Any]) -> list[DbtStep]:
+    """The steps that hold at least one model of the manifest, silver before gold."""
+    nodes = [n for n in manifest["nodes"].values() if n["resource_type"] in DBT_NODE_TYPES]
+    candidates = [DbtStep(layer, partitioned) for layer in LAYERS for partitioned in (True, False)]
+    return [step for step in candidates if any(step.holds(node) for node in nodes)]
 
 
 class MedallionDbtTranslator(DagsterDbtTranslator):
@@ -69,47 +120,61 @@ def partition_window_vars(window: dg.TimeWindow) -> dict[str, str]:
     return {"min_date": window.start.date().isoformat(), "max_date": last_day.date().isoformat()}
 
 
-def _dbt_build(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
-    dbt_vars = partition_window_vars(context.partition_time_window)
-    context.log.info(f"dbt build for business dates {dbt_vars['min_date']}..{dbt_vars['max_date']}")
-    yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+def build_dbt_step(project: DbtProject, manifest: Mapping[str, Any], step: DbtStep) -> dg.AssetsDefinition:
+    @dbt_assets(
+        manifest=manifest,
+        project=project,
+        select=step.select,
+        exclude=step.exclude,
+        name=step.name,
+        dagster_dbt_translator=MedallionDbtTranslator(),
+        partitions_def=daily_partitions if step.partitioned else None,
+        backfill_policy=dg.BackfillPolicy.single_run() if step.partitioned else None,
+        pool=WAREHOUSE_POOL,
+    )
+    def _dbt_step(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
+        args = ["build"]
+        if step.partitioned:
+            window = partition_window_vars(context.partition_time_window)
+            context.log.info(f"dbt build for business dates {window['min_date']}..{window['max_date']}")
+            args += ["--vars", json.dumps(window)]
+        yield from dbt.cli(args, context=context).stream()
+
+    return _dbt_step
 
 
-dbt_project = load_dbt_project()
-translator = MedallionDbtTranslator()
+@functools.cache
+def dbt_assets_definitions() -> tuple[dg.AssetsDefinition, ...]:
+    """Every dbt step, built once per process from the parsed manifest."""
+    project = load_dbt_project()
+    manifest = json.loads(project.manifest_path.read_text())
+    return tuple(build_dbt_step(project, manifest, step) for step in dbt_steps(manifest))
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    select=dbt_selection(SILVER),
-    name="dbt_silver",
-    dagster_dbt_translator=translator,
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=WAREHOUSE_POOL,
-)
-def dbt_silver(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
-    """Silver: dbt staging models (deduplicated, pseudonymised) with their tests."""
-    yield from _dbt_build(context, dbt)
+def model_key(model: str) -> dg.AssetKey:
+    """The asset key of the dbt model (or snapshot) `model`, as the translator gives it."""
+    # Any one step will do: the key comes from the whole manifest, whichever step is asked.
+    return get_asset_key_for_model(dbt_assets_definitions()[:1], model)
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    select=dbt_selection(GOLD),
-    name="dbt_gold",
-    dagster_dbt_translator=translator,
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=WAREHOUSE_POOL,
-)
-def dbt_gold(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
-    """Gold: dbt marts and snapshots with their tests."""
-    yield from _dbt_build(context, dbt)
+def assets_for_model(model: str) -> dg.AssetsDefinition:
+    """The dbt step that holds the model (or snapshot) `model`: its key, partitions and checks."""
+    key = model_key(model)
+    return next(step for step in dbt_assets_definitions() if key in step.keys)
 
 
-defs = dg.Definitions(
-    assets=[dbt_silver, dbt_gold],
-    resources={"dbt": MedallionDbtCliResource(project_dir=dbt_project)},
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    warehouse_path = str(settings.warehouse_path())
+    return dg.Definitions(
+        assets=list(dbt_assets_definitions()),
+        resources={
+            "dbt": MedallionDbtCliResource(
+                project_dir=str(settings.dbt_project_dir()),
+                profiles_dir=str(settings.dbt_project_dir()),
+                lake_root=str(settings.lake_root()),
+                warehouse_path=warehouse_path,
+            ),
+            WAREHOUSE_RESOURCE_KEY: WarehouseResource(path=warehouse_path),
+        },
+    )

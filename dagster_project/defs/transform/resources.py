@@ -1,10 +1,17 @@
-"""The dbt project and CLI resource, with the environment dbt needs derived from `settings`."""
+"""The dbt project and the dbt CLI resource.
+
+The lake root and the warehouse path a run uses are resource config, bound when the definitions load and
+shown in the UI. dbt receives them as vars on its command line (`medallion_lake_root`,
+`medallion_warehouse_path`): dagster-dbt 0.29 builds the dbt subprocess environment from this process's
+`os.environ` with no hook to add to it, while both the subprocess and dagster-dbt's in-process profile
+rendering read the command's vars. So nothing here changes `os.environ`. Run by hand, dbt falls back to the
+variables MEDALLION_LAKE_ROOT and MEDALLION_WAREHOUSE_PATH (profiles.yml, the sources files).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +19,38 @@ from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
 
 from dagster_project import settings
 
-
-def dbt_env() -> dict[str, str]:
-    """Values for the variables dbt reads with `env_var()`, resolved by settings (defaults included).
-
-    The PII key is not here: it is a secret, reaches the process environment from the deployment and
-    is read by the dbt plugin from there.
-    """
-    return {
-        "MEDALLION_LAKE_ROOT": str(settings.lake_root()),
-        "MEDALLION_WAREHOUSE_PATH": str(settings.warehouse_path()),
-    }
-
-
-@contextmanager
-def exported(env: Mapping[str, str]) -> Iterator[None]:
-    """Set `env` in `os.environ` for the duration of the block, then restore the previous values.
-
-    dagster-dbt builds the dbt subprocess environment from `os.environ` and also renders the profile
-    in-process, so the variables have to be in this process's environment while a command starts.
-    """
-    previous = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+# Names of the dbt vars carrying the resource config; profiles.yml and the sources files read them.
+LAKE_ROOT_VAR = "medallion_lake_root"
+WAREHOUSE_PATH_VAR = "medallion_warehouse_path"
 
 
 class MedallionDbtCliResource(DbtCliResource):
-    """`DbtCliResource` that starts every dbt command with the lake and warehouse from settings."""
+    """`DbtCliResource` that runs every dbt command against the configured lake and warehouse.
+
+    The PII key is not config: it is a secret, reaches the process environment from the deployment and is
+    read by the dbt plugin from there.
+    """
+
+    lake_root: str
+    warehouse_path: str
+
+    def config_vars(self) -> dict[str, str]:
+        return {LAKE_ROOT_VAR: self.lake_root, WAREHOUSE_PATH_VAR: self.warehouse_path}
 
     def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
-        settings.warehouse_path().parent.mkdir(parents=True, exist_ok=True)
-        with exported(dbt_env()):
-            return super().cli(args, **kwargs)
+        Path(self.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+        return super().cli(with_vars(args, self.config_vars()), **kwargs)
+
+
+def with_vars(args: Sequence[str], extra: Mapping[str, str]) -> list[str]:
+    """`args` with `extra` merged into its `--vars` (added if there is none); the command's own vars win."""
+    args = list(args)
+    if "--vars" not in args:
+        return [*args, "--vars", json.dumps(dict(extra))]
+    at = args.index("--vars") + 1
+    given = json.loads(args[at])  # the callers here pass JSON, which is also valid YAML for dbt
+    args[at] = json.dumps({**extra, **given})
+    return args
 
 
 class DbtManifestMissingError(RuntimeError):
@@ -61,13 +61,13 @@ def load_dbt_project(project_dir: Path | None = None) -> DbtProject:
     """The dbt project with a parsed manifest; fails with the fix spelt out if there is none."""
     project_dir = project_dir or settings.dbt_project_dir()
     project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
-    with exported(dbt_env()):
-        project.prepare_if_dev()  # re-parses under `dagster dev` only
+    # Re-parses under `dagster dev` only. Parsing needs no lake or warehouse: the paths it renders are
+    # rendered again, from the run's vars, when a run starts.
+    project.prepare_if_dev()
     if not project.manifest_path.exists():
         raise DbtManifestMissingError(
             f"dbt manifest not found at {project.manifest_path}. Parse the project first: "
-            f"`uv run dbt parse --project-dir {project_dir} --profiles-dir {project_dir}` "
-            "(with MEDALLION_WAREHOUSE_PATH and MEDALLION_LAKE_ROOT set), or run `make` once, "
-            "which does it before anything else."
+            f"`uv run dbt parse --project-dir {project_dir} --profiles-dir {project_dir}`, "
+            "or run `make` once, which does it before anything else."
         )
     return project

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,37 +9,43 @@ from pathlib import Path
 import pytest
 
 from dagster_project import settings
-from dagster_project.defs.transform.resources import dbt_env
+from dagster_project.defs.transform.resources import MedallionDbtCliResource
 from tests.dbt.support import PII_KEY, customer, write_bronze_partition
 
 
 @pytest.fixture(scope="session")
-def parsed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Parse the dbt project as the Makefile does, so the assets module can load its manifest."""
-    scratch = tmp_path_factory.mktemp("parse")
+def parsed_manifest() -> Path:
+    """Parse the dbt project as the Makefile does (no lake, no warehouse), so the assets can load."""
     project_dir = settings.dbt_project_dir()
-    env = {
-        "MEDALLION_LAKE_ROOT": str(scratch / "lake"),
-        "MEDALLION_WAREHOUSE_PATH": str(scratch / "warehouse.duckdb"),
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
     subprocess.run(
         [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
         + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
         check=True,
         cwd=project_dir,
-        env={**os.environ, **env},
+        env=env,
     )
     return project_dir / "target" / "manifest.json"
 
 
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fixed lake and warehouse paths for the session (wiped per test): dbt's parse depends on them."""
+    return tmp_path_factory.mktemp("transform")
+
+
 @pytest.fixture
-def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Bronze customers for two business dates in a tmp lake; the warehouse is a tmp DuckDB file."""
-    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(tmp_path / "lake"))
-    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(tmp_path / "warehouse" / "warehouse.duckdb"))
+def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Bronze customers for two business dates in an empty lake; the warehouse is a fresh DuckDB file.
+
+    Only the secret is in the environment: the paths reach dbt through the resource's config.
+    """
+    shutil.rmtree(workdir / "lake", ignore_errors=True)
+    shutil.rmtree(workdir / "warehouse", ignore_errors=True)
+    monkeypatch.delenv("MEDALLION_LAKE_ROOT", raising=False)
+    monkeypatch.delenv("MEDALLION_WAREHOUSE_PATH", raising=False)
     monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", PII_KEY)
-    assert dbt_env()["MEDALLION_LAKE_ROOT"] == str(tmp_path / "lake")
-    lake_root = settings.lake_root()
+    lake_root = workdir / "lake"
     write_bronze_partition(
         lake_root,
         "2025-01-01",
@@ -53,3 +60,16 @@ def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         [customer(1, "2025-01-02", "2025-01-02T08:00:00", email="ada@example.com", status="closed", row=1)],
     )
     return lake_root
+
+
+@pytest.fixture
+def warehouse_file(lake: Path, workdir: Path) -> Path:
+    return workdir / "warehouse" / "warehouse.duckdb"
+
+
+@pytest.fixture
+def dbt_resource(lake: Path, warehouse_file: Path) -> MedallionDbtCliResource:
+    project_dir = str(settings.dbt_project_dir())
+    return MedallionDbtCliResource(
+        project_dir=project_dir, profiles_dir=project_dir, lake_root=str(lake), warehouse_path=str(warehouse_file)
+    )

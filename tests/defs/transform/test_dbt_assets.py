@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -11,17 +13,25 @@ import pytest
 
 from dagster_project import settings
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
-from dagster_project.defs.transform.resources import DbtManifestMissingError, load_dbt_project
+from dagster_project.defs.transform.resources import (
+    DbtManifestMissingError,
+    MedallionDbtCliResource,
+    load_dbt_project,
+    with_vars,
+)
 from tests.dbt.support import customer, write_bronze_partition
 
-SILVER_KEYS = {
+INCREMENTAL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),
     dg.AssetKey(["silver", "stg_acme__customers"]),
     dg.AssetKey(["silver", "stg_psp__payment_events"]),
     dg.AssetKey(["silver", "stg_psp__charges"]),
+}
+FULL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_psp__payouts"]),
     dg.AssetKey(["silver", "stg_shop__orders"]),
 }
+SILVER_KEYS = INCREMENTAL_SILVER_KEYS | FULL_SILVER_KEYS
 GOLD_KEYS = {
     dg.AssetKey(["gold", "customers_snapshot"]),
     dg.AssetKey(["gold", "dim_customers"]),
@@ -34,6 +44,13 @@ GOLD_KEYS = {
     dg.AssetKey(["gold", "customer_segments"]),
 }
 BRONZE_CUSTOMERS = dg.AssetKey(["bronze", "customers"])
+CUSTOMERS_SLICE = {  # bronze customers to gold customers: what the runs below build
+    dg.AssetKey(["silver", "stg_acme__customer_versions"]),
+    dg.AssetKey(["silver", "stg_acme__customers"]),
+    dg.AssetKey(["gold", "customers_snapshot"]),
+    dg.AssetKey(["gold", "dim_customers"]),
+    dg.AssetKey(["gold", "fct_customer_daily_metrics"]),
+}
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +58,17 @@ def assets(parsed_manifest: Path) -> ModuleType:
     return importlib.import_module("dagster_project.defs.transform.assets")
 
 
-def test_asset_keys_groups_and_layers(assets: ModuleType) -> None:
-    graph = assets.defs.resolve_asset_graph()
+@pytest.fixture(scope="session")
+def steps(assets: ModuleType) -> dict[str, dg.AssetsDefinition]:
+    return {step.op.name: step for step in assets.dbt_assets_definitions()}
 
-    assert set(assets.dbt_silver.keys) == SILVER_KEYS
-    assert set(assets.dbt_gold.keys) == GOLD_KEYS
+
+def test_asset_keys_groups_and_layers(assets: ModuleType, steps: dict[str, dg.AssetsDefinition]) -> None:
+    graph = assets.defs().resolve_asset_graph()
+
+    assert set(steps) == {"dbt_silver_daily", "dbt_silver", "dbt_gold"}
+    assert set(steps["dbt_silver_daily"].keys) | set(steps["dbt_silver"].keys) == SILVER_KEYS
+    assert set(steps["dbt_gold"].keys) == GOLD_KEYS
     assert graph.materializable_asset_keys == SILVER_KEYS | GOLD_KEYS
     for key in SILVER_KEYS | GOLD_KEYS:
         assert graph.get(key).group_name == key.path[0]
@@ -55,21 +78,36 @@ def test_asset_keys_groups_and_layers(assets: ModuleType) -> None:
     }
 
 
-def test_both_steps_are_partitioned_single_run_and_pooled(assets: ModuleType) -> None:
-    for step in (assets.dbt_silver, assets.dbt_gold):
-        assert step.partitions_def == daily_partitions
-        assert step.backfill_policy == dg.BackfillPolicy.single_run()
-        assert step.op.pool == WAREHOUSE_POOL
+def test_incremental_models_are_partitioned_and_full_tables_are_not(steps: dict[str, dg.AssetsDefinition]) -> None:
+    daily = steps["dbt_silver_daily"]
+    assert set(daily.keys) == INCREMENTAL_SILVER_KEYS
+    assert daily.partitions_def == daily_partitions
+    assert daily.backfill_policy == dg.BackfillPolicy.single_run()
+    for name in ("dbt_silver", "dbt_gold"):
+        assert steps[name].partitions_def is None
+        assert steps[name].backfill_policy is None
+    assert all(step.op.pool == WAREHOUSE_POOL for step in steps.values())
 
 
-def test_dbt_tests_are_blocking_checks_on_their_models(assets: ModuleType) -> None:
-    checks = list(assets.dbt_silver.check_specs) + list(assets.dbt_gold.check_specs)
+def test_the_step_of_a_model_is_found_by_its_name(assets: ModuleType, steps: dict[str, dg.AssetsDefinition]) -> None:
+    assert assets.assets_for_model("stg_acme__customers") is steps["dbt_silver_daily"]
+    assert assets.assets_for_model("stg_shop__orders") is steps["dbt_silver"]
+    assert assets.assets_for_model("customers_snapshot") is steps["dbt_gold"]
+    assert assets.model_key("customer_segments") == dg.AssetKey(["gold", "customer_segments"])
+    # Built once: the definitions and the gates built from them share the same objects.
+    assert assets.dbt_assets_definitions() is assets.dbt_assets_definitions()
+    with pytest.raises(KeyError, match="no_such_model"):
+        assets.assets_for_model("no_such_model")
+
+
+def test_dbt_tests_are_blocking_checks_on_their_models(steps: dict[str, dg.AssetsDefinition]) -> None:
+    checks = [spec for step in steps.values() for spec in step.check_specs]
 
     checked = {spec.asset_key for spec in checks}
     assert checked == SILVER_KEYS | GOLD_KEYS - {dg.AssetKey(["gold", "customers_snapshot"])}
     assert all(spec.blocking for spec in checks)
     assert {
-        spec.name for spec in assets.dbt_silver.check_specs if spec.asset_key.path[-1] == "stg_acme__customers"
+        spec.name for spec in steps["dbt_silver_daily"].check_specs if spec.asset_key.path[-1] == "stg_acme__customers"
     } >= {
         "unique_stg_acme__customers_customer_id",
         "not_null_stg_acme__customers_customer_id",
@@ -79,6 +117,11 @@ def test_dbt_tests_are_blocking_checks_on_their_models(assets: ModuleType) -> No
 def test_layers_follow_the_dbt_folders(assets: ModuleType) -> None:
     assert assets.dbt_selection("silver") == "path:models/staging"
     assert assets.dbt_selection("gold") == "path:models/marts path:snapshots"
+    gold_daily = assets.DbtStep("gold", partitioned=True)
+    assert gold_daily.select == (
+        "path:models/marts,config.materialized:incremental path:snapshots,config.materialized:incremental"
+    )
+    assert assets.DbtStep("gold", partitioned=False).exclude == "config.materialized:incremental"
     with pytest.raises(ValueError, match="outside the layer folders"):
         assets.layer_of({"resource_type": "model", "name": "x", "original_file_path": "models/adhoc/x.sql"})
 
@@ -94,6 +137,15 @@ def test_partition_window_becomes_inclusive_dbt_vars(assets: ModuleType) -> None
     assert assets.partition_window_vars(several) == {"min_date": "2025-02-27", "max_date": "2025-03-01"}
 
 
+def test_resource_config_reaches_dbt_as_vars_next_to_the_window() -> None:
+    config = {"medallion_lake_root": "/lake", "medallion_warehouse_path": "/w.duckdb"}
+
+    assert with_vars(["build"], config) == ["build", "--vars", json.dumps(config)]
+    window = {"min_date": "2025-01-02", "max_date": "2025-01-02"}
+    [*_, merged] = with_vars(["build", "--vars", json.dumps(window)], config)
+    assert json.loads(merged) == {**config, **window}
+
+
 def test_missing_manifest_fails_with_the_fix(tmp_path: Path) -> None:
     shutil.copy(settings.dbt_project_dir() / "dbt_project.yml", tmp_path / "dbt_project.yml")
 
@@ -101,38 +153,62 @@ def test_missing_manifest_fails_with_the_fix(tmp_path: Path) -> None:
         load_dbt_project(tmp_path)
 
 
-def test_definitions_load(assets: ModuleType) -> None:
-    dg.Definitions.validate_loadable(assets.defs)
+def test_definitions_load_with_the_settings_as_resource_config(
+    assets: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(tmp_path / "w.duckdb"))
+
+    defs = assets.defs()
+
+    dg.Definitions.validate_loadable(defs)
+    dbt = defs.resources["dbt"]
+    assert (dbt.lake_root, dbt.warehouse_path) == (str(tmp_path / "lake"), str(tmp_path / "w.duckdb"))
+    assert defs.resources["warehouse"].path == str(tmp_path / "w.duckdb")
 
 
-def test_materialize_one_partition_runs_dbt_build_and_its_checks(assets: ModuleType, lake: Path) -> None:
+def _materialize(
+    steps: dict[str, dg.AssetsDefinition], dbt: MedallionDbtCliResource, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    """One run of the customers slice for business date 2025-01-02, as a bronze backfill triggers it."""
+    job = dg.Definitions(assets=list(steps.values()), resources={"dbt": dbt}).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, partition_key="2025-01-02", asset_selection=list(CUSTOMERS_SLICE), raise_on_error=False
+    )
+
+
+def test_materialize_one_partition_runs_dbt_build_and_its_checks(
+    steps: dict[str, dg.AssetsDefinition], dbt_resource: MedallionDbtCliResource, warehouse_file: Path
+) -> None:
+    environ = dict(os.environ)
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [assets.dbt_silver, assets.dbt_gold],
-            partition_key="2025-01-02",
-            resources={"dbt": assets.defs.resources["dbt"]},
-            instance=instance,
-        )
+        result = _materialize(steps, dbt_resource, instance)
 
         assert result.success
-        materialized = {m.asset_key for m in result.get_asset_materialization_events()}
-        assert materialized == SILVER_KEYS | GOLD_KEYS
+        materialized = {m.asset_key: m.partition for m in result.get_asset_materialization_events()}
+        assert set(materialized) == CUSTOMERS_SLICE
+        # Partition status says what is true: incremental silver records the day, gold the whole table.
+        assert {k for k, partition in materialized.items() if partition == "2025-01-02"} == (
+            CUSTOMERS_SLICE & INCREMENTAL_SILVER_KEYS
+        )
+        assert {k for k, partition in materialized.items() if partition is None} == CUSTOMERS_SLICE & GOLD_KEYS
         evaluations = result.get_asset_check_evaluations()
-        assert {e.asset_key for e in evaluations} >= SILVER_KEYS
-        assert len(evaluations) == len(assets.dbt_silver.check_specs) + len(assets.dbt_gold.check_specs)
+        assert {e.asset_key for e in evaluations} == CUSTOMERS_SLICE - {dg.AssetKey(["gold", "customers_snapshot"])}
         assert all(e.passed for e in evaluations)
-        record = instance.get_latest_materialization_event(dg.AssetKey(["silver", "stg_acme__customers"]))
-        assert record is not None and record.asset_materialization.partition == "2025-01-02"
-
-    # The dbt subprocess used the lake and warehouse settings resolve (the tmp ones).
-    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+    # The dbt subprocess used the lake and warehouse of the resource config; this process's environment
+    # was left alone.
+    assert dict(os.environ) == environ
+    assert "MEDALLION_WAREHOUSE_PATH" not in environ
+    with duckdb.connect(str(warehouse_file), read_only=True) as con:
         silver = dict(con.execute("select customer_id, status from silver.stg_acme__customers").fetchall())
         history = con.execute("select count(*) from gold.dim_customers").fetchone()
     assert silver == {1: "closed", 2: "active"}
     assert history == (2,)
 
 
-def test_a_failing_silver_test_stops_gold_in_the_same_run(assets: ModuleType, lake: Path) -> None:
+def test_a_failing_silver_test_stops_gold_in_the_same_run(
+    steps: dict[str, dg.AssetsDefinition], dbt_resource: MedallionDbtCliResource, lake: Path
+) -> None:
     # Day 2 is re-delivered with a status outside the contract of silver.
     day_2 = [
         customer(1, "2025-01-02", "2025-01-02T08:00:00", email="ada@example.com", status="closed", row=1),
@@ -141,13 +217,7 @@ def test_a_failing_silver_test_stops_gold_in_the_same_run(assets: ModuleType, la
     write_bronze_partition(lake, "2025-01-02", day_2)
 
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [assets.dbt_silver, assets.dbt_gold],
-            partition_key="2025-01-02",
-            resources={"dbt": assets.defs.resources["dbt"]},
-            instance=instance,
-            raise_on_error=False,
-        )
+        result = _materialize(steps, dbt_resource, instance)
 
         assert not result.success
         failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
@@ -159,3 +229,4 @@ def test_a_failing_silver_test_stops_gold_in_the_same_run(assets: ModuleType, la
         }
         materialized = {m.asset_key for m in result.get_asset_materialization_events()}
         assert not materialized & GOLD_KEYS
+        assert "dbt_gold" not in {e.step_key for e in result.get_step_success_events()}
