@@ -38,11 +38,16 @@ from starlette.routing import Route
 from dagster_project import settings
 from dagster_project.lib.intake import signatures
 from dagster_project.lib.intake.inbox import MAX_ID_LENGTH, InboundEvent, Inbox, InboxUnavailable, StoreOutcome
+from dagster_project.lib.sources.registry import webhook_sources
 
 logger = logging.getLogger("medallion.webhooks")
 
-# provider (the URL segment) -> signature scheme
-PROVIDER_SCHEMES: dict[str, signatures.Scheme] = {"stripe": "stripe", "standard": "standard"}
+
+
+def provider_schemes() -> dict[str, signatures.Scheme]:
+    """Provider (the URL segment) -> signature scheme, for every webhook source in the registry: a provider
+    the receiver accepts is always one whose events reach bronze."""
+    return {spec.reader.provider: spec.reader.scheme for spec in webhook_sources()}  # type: ignore[union-attr]
 
 # headers worth keeping next to the body (signature headers included, to re-verify later if needed);
 # everything else (cookies, authorization, forwarding addresses) is dropped
@@ -484,7 +489,8 @@ def create_app_from_settings() -> Starlette:
     inbox_url = settings.webhook_inbox_url()
     secrets: dict[str, list[str]] = {}
     schemes: dict[str, str] = {}
-    for name, scheme in PROVIDER_SCHEMES.items():
+    declared = provider_schemes()
+    for name, scheme in declared.items():
         provider_secrets = settings.webhook_secrets(name)
         if provider_secrets:
             secrets[name] = provider_secrets
@@ -497,7 +503,7 @@ def create_app_from_settings() -> Starlette:
     if not schemes:
         raise RuntimeError(
             "no webhook signing secret is configured: set "
-            + " or ".join(f"MEDALLION_WEBHOOK_SECRETS_{name.upper()}" for name in PROVIDER_SCHEMES)
+            + " or ".join(f"MEDALLION_WEBHOOK_SECRETS_{name.upper()}" for name in declared)
         )
     return create_app(
         inbox_url=inbox_url,

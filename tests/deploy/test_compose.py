@@ -37,7 +37,7 @@ PLATFORM_VARIABLES = {
     "MEDALLION_WEBHOOK_MAX_BODY_BYTES",
     "MEDALLION_WEBHOOK_TOLERANCE_SECONDS",
     "MEDALLION_WEBHOOK_SECRETS_STRIPE",
-    "MEDALLION_WEBHOOK_SECRETS_STANDARD",
+    "MEDALLION_WEBHOOK_SECRETS_SHOP",
     "MEDALLION_REVERSE_ETL_URL",
     "MEDALLION_AIRBYTE_SERVER_URL",
     "MEDALLION_AIRBYTE_CLIENT_ID",
@@ -178,14 +178,14 @@ def test_code_location_gets_every_platform_setting(services: dict[str, dict[str,
         "MEDALLION_WEBHOOK_MAX_BODY_BYTES",
         "MEDALLION_WEBHOOK_TOLERANCE_SECONDS",
         "MEDALLION_WEBHOOK_SECRETS_STRIPE",
-        "MEDALLION_WEBHOOK_SECRETS_STANDARD",
+        "MEDALLION_WEBHOOK_SECRETS_SHOP",
     }
     assert PLATFORM_VARIABLES - runtime_only <= set(environment)
     receiver = services["webhook-receiver"]["environment"]
     assert {
         "MEDALLION_WEBHOOK_INBOX_URL",
         "MEDALLION_WEBHOOK_SECRETS_STRIPE",
-        "MEDALLION_WEBHOOK_SECRETS_STANDARD",
+        "MEDALLION_WEBHOOK_SECRETS_SHOP",
     } <= set(receiver)
     # The receiver gets nothing it does not need: no PII key, no SFTP key, no Dagster credentials.
     assert not {"MEDALLION_PII_HMAC_KEY", "DAGSTER_PG_PASSWORD", "MEDALLION_SFTP_PRIVATE_KEY"} & set(receiver)

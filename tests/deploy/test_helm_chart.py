@@ -461,7 +461,7 @@ def test_webhook_receiver_serves_http_with_health_and_readiness(chart: helm_pyth
     assert set(env_of(container)) == {
         "MEDALLION_WEBHOOK_INBOX_URL",
         "MEDALLION_WEBHOOK_SECRETS_STRIPE",
-        "MEDALLION_WEBHOOK_SECRETS_STANDARD",
+        "MEDALLION_WEBHOOK_SECRETS_SHOP",
     }
     pdb = one(docs, "PodDisruptionBudget", f"{RELEASE}-webhook-receiver")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

@@ -31,7 +31,7 @@ STRIPE_OLD_SECRET = "whsec_stripe_previous_secret"
 STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-receiver-key-32").decode()
 MAX_BODY = 4096
 TOLERANCE = 300
-SCHEMES = {"stripe": "stripe", "standard": "standard"}
+SCHEMES = {"stripe": "stripe", "shop": "standard"}
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def _app(inbox_url: str, **overrides) -> Starlette:
     options = {
         "inbox_url": inbox_url,
-        "secrets": {"stripe": [STRIPE_SECRET, STRIPE_OLD_SECRET], "standard": [STANDARD_SECRET]},
+        "secrets": {"stripe": [STRIPE_SECRET, STRIPE_OLD_SECRET], "shop": [STANDARD_SECRET]},
         "schemes": SCHEMES,
         "max_body_bytes": MAX_BODY,
         "tolerance_seconds": TOLERANCE,
@@ -127,11 +127,11 @@ async def test_signed_stripe_event_is_stored_byte_for_byte(client: httpx.AsyncCl
 async def test_signed_standard_webhook_is_stored_under_its_message_id(client: httpx.AsyncClient, app: Starlette):
     body = b'{"type":"invoice.paid","timestamp":"2025-11-04T23:30:00+00:00","data":{"id":"in_1"}}'
     headers = sign_standard(body, STANDARD_SECRET, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", int(time.time()))
-    response = await client.post("/webhooks/standard", content=body, headers=headers)
+    response = await client.post("/webhooks/shop", content=body, headers=headers)
     assert response.status_code == 200, response.text
     [stored] = app.state.inbox.read_since(0)
     assert (stored.provider, stored.event_id, stored.event_type) == (
-        "standard",
+        "shop",
         "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
         "invoice.paid",
     )
@@ -208,7 +208,7 @@ async def test_standard_old_timestamp_is_401(client: httpx.AsyncClient):
     body = b'{"type":"invoice.paid"}'
     headers = sign_standard(body, STANDARD_SECRET, "msg_1", int(time.time()) - 3600)
     await _assert_refused(
-        await client.post("/webhooks/standard", content=body, headers=headers), 401, "timestamp_out_of_tolerance"
+        await client.post("/webhooks/shop", content=body, headers=headers), 401, "timestamp_out_of_tolerance"
     )
 
 
@@ -217,7 +217,7 @@ async def test_missing_and_malformed_signature_headers_are_401(client: httpx.Asy
     await _assert_refused(await client.post("/webhooks/stripe", content=body), 401, "missing_header")
     response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": "v1=abc"})
     await _assert_refused(response, 401, "malformed_header")
-    response = await client.post("/webhooks/standard", content=body, headers={"webhook-id": "msg_1"})
+    response = await client.post("/webhooks/shop", content=body, headers={"webhook-id": "msg_1"})
     await _assert_refused(response, 401, "missing_header")
 
 
@@ -261,7 +261,7 @@ async def test_standard_body_without_type_is_400(client: httpx.AsyncClient):
     body = b'{"data":{}}'
     headers = sign_standard(body, STANDARD_SECRET, "msg_1", int(time.time()))
     await _assert_refused(
-        await client.post("/webhooks/standard", content=body, headers=headers), 400, "missing_event_type"
+        await client.post("/webhooks/shop", content=body, headers=headers), 400, "missing_event_type"
     )
 
 
@@ -470,25 +470,32 @@ async def test_storage_errors_are_logged_without_values(tmp_path: Path, caplog: 
 # --- configuration ----------------------------------------------------------------------------------------
 
 
+def test_the_receiver_accepts_exactly_the_webhook_sources_of_the_registry():
+    assert provider_schemes() == {"stripe": "stripe", "shop": "standard"}
+
+
 def test_a_provider_without_a_secret_is_refused_at_start_up(tmp_path: Path):
     with pytest.raises(ValueError, match="no signing secret"):
         _app(f"sqlite:///{tmp_path}/i.sqlite", secrets={"stripe": [STRIPE_SECRET]})
     with pytest.raises(ValueError, match="base64"):
-        _app(f"sqlite:///{tmp_path}/i.sqlite", secrets={"stripe": [STRIPE_SECRET], "standard": ["whsec_%%%"]})
+        _app(f"sqlite:///{tmp_path}/i.sqlite", secrets={"stripe": [STRIPE_SECRET], "shop": ["whsec_%%%"]})
     with pytest.raises(ValueError, match="scheme"):
         _app(f"sqlite:///{tmp_path}/i.sqlite", schemes={"stripe": "github"})
 
 
 async def test_app_from_settings_serves_configured_providers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MEDALLION_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MEDALLION_WEBHOOK_SECRETS_STANDARD", STANDARD_SECRET)
     monkeypatch.delenv("MEDALLION_WEBHOOK_INBOX_URL", raising=False)
-    monkeypatch.delenv("MEDALLION_WEBHOOK_SECRETS_STANDARD", raising=False)
+    monkeypatch.delenv("MEDALLION_WEBHOOK_SECRETS_SHOP", raising=False)
     monkeypatch.setenv("MEDALLION_WEBHOOK_SECRETS_STRIPE", f"{STRIPE_SECRET}, {STRIPE_OLD_SECRET}")
     app = create_app_from_settings()
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):  # the embedded SQLite inbox is created at start-up
         async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
             assert (await post_stripe(client, stripe_body(), secret=STRIPE_OLD_SECRET)).status_code == 200
+            assert (await client.post("/webhooks/shop", content=b"{}")).status_code == 404
+            # a provider that is not a declared source is never accepted, secret or not
             assert (await client.post("/webhooks/standard", content=b"{}")).status_code == 404
     assert (tmp_path / "webhooks" / "inbox.sqlite").exists()
 
