@@ -46,7 +46,7 @@ def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> I
         yield WebhookEventsReader(spec, events, context.partition_key)
 
 
-def build_ingest_job(spec: SourceSpec) -> dg.UnresolvedAssetJobDefinition:
+def build_ingest_job(spec: SourceSpec) -> dg.JobDefinition:
     return dg.define_asset_job(
         ingest_job_name(spec),
         selection=dg.AssetSelection.assets(bronze_key(spec.name), quarantine_key(spec.name)),

@@ -6,9 +6,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
+from deltalake import DeltaTable
 
 from dagster_project import settings
+from dagster_project.definitions import defs as load_defs
+from dagster_project.defs.sftp.resources import SftpResource
+from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import create_app
 
@@ -62,3 +67,40 @@ def receiver(inbox_url: str) -> Iterator[str]:
     )
     with serve_in_thread(app, name="webhook-receiver") as base_url:
         yield base_url
+
+
+class Platform:
+    """Drives sensors and runs the way the daemon would, on one ephemeral instance."""
+
+    def __init__(self, lake: Path, sftp_root: Path):
+        self.lake = lake
+        self.sftp_inbox = sftp_root / "inbox"
+        self.defs = load_defs()
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.cursors: dict[str, str | None] = {}
+
+    def tick(self, sensor_name: str) -> list[dg.RunRequest]:
+        sensor = self.defs.resolve_sensor_def(sensor_name)
+        context = dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursors.get(sensor_name),
+            resources={
+                "inbox": InboxResource(url=settings.webhook_inbox_url()),
+                "sftp": SftpResource.from_settings(settings.sftp()),
+            },
+        )
+        result = sensor(context)
+        self.cursors[sensor_name] = result.cursor
+        return list(result.run_requests or [])
+
+    def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def(request.job_name)
+        return job.execute_in_process(
+            instance=self.instance,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags=request.tags,
+        )
+
+    def table(self, *path: str) -> list[dict]:
+        return DeltaTable(str(self.lake.joinpath(*path))).to_pyarrow_table().to_pylist()

@@ -4,67 +4,28 @@ and PSP payout files through the SFTP intake, on a real receiver, SFTP server, D
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 from dagster_dbt import get_asset_key_for_model
-from deltalake import DeltaTable
 
 from dagster_project import settings
-from dagster_project.definitions import defs as load_defs
-from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.defs.webhooks.sensors import payment_events_sensor
+from dagster_project.defs.webhooks.sensors import webhook_events_sensor
 from dagster_project.lib.checksums import crc32_hex
 from dagster_project.lib.intake.inbox import InboundEvent, Inbox, migrate
 from dagster_project.lib.sources.registry import PSP_PAYOUTS
 from dagster_project.samples.payments import PaymentsSample, build_payments_sample, post_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
-from .conftest import STRIPE_SECRET
+from .conftest import STRIPE_SECRET, Platform
 
 DAYS = [dt.date(2025, 11, 3), dt.date(2025, 11, 4), dt.date(2025, 11, 5)]
 SILVER_MODELS = ("stg_psp__payment_events", "stg_psp__charges", "stg_psp__payouts")
 GOLD_MODELS = ("fct_payments", "fct_daily_revenue", "payout_reconciliation")
-
-
-class Platform:
-    """Drives sensors and runs the way the daemon would, on one ephemeral instance."""
-
-    def __init__(self, lake: Path, sftp_root: Path):
-        self.lake = lake
-        self.sftp_inbox = sftp_root / "inbox"
-        self.defs = load_defs()
-        self.instance = dg.DagsterInstance.ephemeral()
-        self.cursors: dict[str, str | None] = {}
-
-    def tick(self, sensor_name: str) -> list[dg.RunRequest]:
-        sensor = self.defs.resolve_sensor_def(sensor_name)
-        context = dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursors.get(sensor_name),
-            resources={
-                "inbox": InboxResource(url=settings.webhook_inbox_url()),
-                "sftp": SftpResource.from_settings(settings.sftp()),
-            },
-        )
-        result = sensor(context)
-        self.cursors[sensor_name] = result.cursor
-        return list(result.run_requests or [])
-
-    def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-        job = self.defs.resolve_job_def(request.job_name)
-        return job.execute_in_process(
-            instance=self.instance,
-            partition_key=request.partition_key,
-            run_config=request.run_config,
-            tags=request.tags,
-        )
-
-    def table(self, *path: str) -> list[dict]:
-        return DeltaTable(str(self.lake.joinpath(*path))).to_pyarrow_table().to_pylist()
 
 
 @pytest.fixture
@@ -79,7 +40,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
 
 
 def _ingest_webhooks(platform: Platform, sample: PaymentsSample) -> list[dg.ExecuteInProcessResult]:
-    requests = platform.tick("payment_events_sensor")
+    requests = platform.tick("webhook_events_sensor")
     assert [r.partition_key for r in requests] == [d.isoformat() for d in DAYS]
     return [platform.run(r) for r in requests]
 
@@ -115,12 +76,13 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     assert len(bronze) == sum(truth.loaded_by_date.values())
     assert truth.tampered_event_id not in bronze
     assert bronze[truth.unknown_type_event_id]["is_known_type"] is False
-    assert [r["event_id"] for r in platform.table("quarantine", "payment_events")] == truth.quarantined_event_ids
+    quarantined = [json.loads(r["_raw_record"])["id"] for r in platform.table("quarantine", "payment_events")]
+    assert quarantined == truth.quarantined_event_ids
 
     # Replays change nothing: resent deliveries are duplicates, and the sensor has nothing new to load.
-    assert platform.tick("payment_events_sensor") == []
+    assert platform.tick("webhook_events_sensor") == []
     assert post_deliveries(receiver, sample.deliveries) == truth.status_codes
-    assert platform.tick("payment_events_sensor") == []
+    assert platform.tick("webhook_events_sensor") == []
 
     # Payout files through the SFTP intake.
     payout_runs = _take_payout_files(platform, sample)
@@ -177,7 +139,7 @@ def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox
         context = dg.build_sensor_context(
             cursor=cursor, resources={"inbox": InboxResource(url=settings.webhook_inbox_url())}
         )
-        return payment_events_sensor(context)
+        return webhook_events_sensor(context)
 
     not_yet = tick(None)  # the receiver has not created the inbox yet: skip, keep the cursor
     assert not not_yet.run_requests and "inbox unavailable" in not_yet.skip_reason.skip_message
@@ -192,26 +154,27 @@ def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox
     store("evt_1", 0)
     store("evt_2", 1)
     store("evt_3", 0)
-    store("msg_1", 2, provider="standard")  # another provider's events are not payment events
+    store("msg_1", 2, provider="shop")  # the shop's events are another source, with its own job
+    store("x_1", 2, provider="unknown")  # a provider that is no source (stored by hand): reported, not requested
     first = tick(None)
-    assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
-        ("2025-11-03", "payment_events:2025-11-03:3"),
-        ("2025-11-04", "payment_events:2025-11-04:2"),
+    assert [(r.job_name, r.partition_key, r.run_key) for r in first.run_requests] == [
+        ("payment_events_ingest", "2025-11-03", "payment_events:2025-11-03:3"),
+        ("payment_events_ingest", "2025-11-04", "payment_events:2025-11-04:2"),
+        ("shop_events_ingest", "2025-11-05", "shop_events:2025-11-05:4"),
     ]
-    assert all(r.job_name == "payment_events_ingest" for r in first.run_requests)
-    assert first.cursor == "3"
+    assert first.cursor == "5"
 
     assert tick(first.cursor).run_requests == []
     store("evt_4", 1)
     later = tick(first.cursor)
-    assert [(r.partition_key, r.run_key) for r in later.run_requests] == [("2025-11-04", "payment_events:2025-11-04:5")]
+    assert [(r.partition_key, r.run_key) for r in later.run_requests] == [("2025-11-04", "payment_events:2025-11-04:6")]
 
     with Inbox(inbox_url) as inbox:  # created before the first partition: skipped, and the sensor moves on
         inbox.store(
             InboundEvent("stripe", "evt_old", "charge.succeeded", dt.datetime(2024, 6, 1, tzinfo=dt.UTC), b"{}")
         )
     old = tick(later.cursor)
-    assert old.run_requests == [] and old.cursor == "6"
+    assert old.run_requests == [] and old.cursor == "7"
 
 
 @pytest.mark.sftp

@@ -1,0 +1,77 @@
+"""The shop's Standard Webhooks events end to end: signed POSTs over HTTP -> receiver -> inbox -> sensor -> bronze
+-> dbt silver, on a real receiver, Dagster instance and dbt. A provider the receiver acknowledges is ingested."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from dagster_project import settings
+from dagster_project.lib.intake.signatures import sign_standard
+from dagster_project.services.loopback import serve_in_thread
+from dagster_project.services.webhook_receiver import create_app
+
+from .conftest import Platform
+
+SHOP_SECRET = "whsec_c2hvcC1ldmVudHMtdGVzdC1zZWNyZXQtMzItYnl0ZXMh"
+DAY = dt.date(2025, 11, 5)
+
+
+@pytest.fixture
+def shop_receiver(inbox_url: str) -> Iterator[str]:
+    app = create_app(
+        inbox_url=inbox_url,
+        secrets={"shop": [SHOP_SECRET]},
+        schemes={"shop": "standard"},
+        max_body_bytes=64 * 1024,
+        tolerance_seconds=300,
+        auto_migrate=True,
+    )
+    with serve_in_thread(app, name="webhook-receiver") as base_url:
+        yield base_url
+
+
+def _post(base_url: str, message_id: str, payload: dict) -> int:
+    body = json.dumps(payload).encode()
+    headers = {"content-type": "application/json", **sign_standard(body, SHOP_SECRET, message_id, int(time.time()))}
+    return httpx.post(f"{base_url}/webhooks/shop", content=body, headers=headers, timeout=10).status_code
+
+
+@pytest.mark.slow
+def test_signed_shop_events_reach_bronze_and_silver(
+    parsed_manifest: Path, inbox_url: str, platform_env: Path, shop_receiver: str
+) -> None:
+    at = f"{DAY.isoformat()}T10:00:00+00:00"
+    events = {
+        "msg_1": {"type": "order.shipped", "timestamp": at, "data": {"id": "ord_1"}},
+        "msg_2": {"type": "order.delivered", "timestamp": at, "data": {"id": "ord_1"}},
+        "msg_bad": {"type": "order.shipped", "timestamp": at, "data": ["ord_2"]},
+    }
+    assert [_post(shop_receiver, m, p) for m, p in events.items()] == [200, 200, 200]
+    assert _post(shop_receiver, "msg_1", events["msg_1"]) == 200  # a redelivery is acknowledged, stored once
+
+    platform = Platform(platform_env / "lake", platform_env / "sftp")
+    [request] = platform.tick("webhook_events_sensor")
+    assert (request.job_name, request.partition_key) == ("shop_events_ingest", DAY.isoformat())
+    run = platform.run(request)
+    assert run.success
+    metadata = run.asset_materializations_for_node("bronze_shop_events")[0].metadata
+    assert (metadata["received"].value, metadata["loaded"].value, metadata["quarantined"].value) == (3, 2, 1)
+    assert [(c.check_name, c.passed) for c in run.get_asset_check_evaluations()] == [("gx_bronze_gate", True)]
+    [rejected] = platform.table("quarantine", "shop_events")
+    assert (rejected["_reasons"], rejected["_source"]) == (["data: required object missing"], "webhook:shop")
+
+    silver = dg.AssetKey(["silver", "stg_shop__events"])
+    job = platform.defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=platform.instance, asset_selection=[silver]).success
+    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+        rows = con.execute("select event_id, event_type, subject_id from silver.stg_shop__events order by 1").fetchall()
+    assert rows == [("msg_1", "order.shipped", "ord_1"), ("msg_2", "order.delivered", "ord_1")]
