@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandera.polars as pa_pl
-import polars as pl
 import pyarrow as pa
 
 from dagster_project.lib.sources.spec import AirbyteStream, Column, OnSchemaDrift, SourceSpec
+
+if TYPE_CHECKING:
+    import pandera.polars as pa_pl
 
 LINEAGE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("_source", pa.string(), nullable=False),
@@ -216,17 +218,6 @@ FROM checked
 """
 
 
-_POLARS_TYPES = {
-    "string": lambda c: pl.String,
-    "int64": lambda c: pl.Int64,
-    "decimal": lambda c: pl.Decimal(c.precision, c.scale),
-    "date": lambda c: pl.Date,
-    "timestamp": lambda c: pl.Datetime("us", "UTC"),
-    "boolean": lambda c: pl.Boolean,
-}
-_POLARS_READER_TYPES = {"_airbyte_raw_id": pl.String, "_airbyte_extracted_at": pl.Datetime("us", "UTC")}
-
-
 def pandera_schema(spec: SourceSpec) -> pa_pl.DataFrameSchema:
     """The typed contract of a bronze batch: exactly these columns, in order, with these types and nullability.
 
@@ -234,13 +225,26 @@ def pandera_schema(spec: SourceSpec) -> pa_pl.DataFrameSchema:
     sent every row that breaks one to quarantine, and checking them twice would halve throughput.
     """
     unique = set(spec.key) if spec.unique_key and len(spec.key) == 1 else set()
+    # Imported where a batch is checked: pandera and polars are heavy, and the code location loads without them.
+    import pandera.polars as pa_pl
+    import polars as pl
+
+    polars_types = {
+        "string": lambda c: pl.String,
+        "int64": lambda c: pl.Int64,
+        "decimal": lambda c: pl.Decimal(c.precision, c.scale),
+        "date": lambda c: pl.Date,
+        "timestamp": lambda c: pl.Datetime("us", "UTC"),
+        "boolean": lambda c: pl.Boolean,
+    }
+    reader_types = {"_airbyte_raw_id": pl.String, "_airbyte_extracted_at": pl.Datetime("us", "UTC")}
     columns: dict[str, pa_pl.Column] = {
-        c.name: pa_pl.Column(_POLARS_TYPES[c.type](c), nullable=c.nullable, unique=c.name in unique)
+        c.name: pa_pl.Column(polars_types[c.type](c), nullable=c.nullable, unique=c.name in unique)
         for c in spec.columns
     }
     columns[PARTITION_COLUMN] = pa_pl.Column(pl.Date, nullable=False)
     for f in LINEAGE_FIELDS:
         columns[f.name] = pa_pl.Column(nullable=False)
     for f in reader_fields(spec):
-        columns[f.name] = pa_pl.Column(_POLARS_READER_TYPES[f.name], nullable=False)
+        columns[f.name] = pa_pl.Column(reader_types[f.name], nullable=False)
     return pa_pl.DataFrameSchema(columns, strict=True, name=f"bronze.{spec.name}", ordered=True)
