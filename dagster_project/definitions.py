@@ -7,12 +7,24 @@ import dagster as dg
 
 # Silver, gold and reverse ETL follow their upstreams unattended, for any partition (not only the latest, so a
 # backfilled bronze day flows on too), and never while an upstream blocking check has failed.
+# An unpartitioned asset (a full-table model) sees every partition of a daily upstream: for it, a dep counts
+# as present once any day of it exists (days without deliveries stay missing forever), and a failed gate on
+# any day holds it back. For a daily asset both read exactly as `~any_deps_missing()` and
+# `all_deps_blocking_checks_passed()` do, on its own day.
 FOLLOW_UPSTREAM = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing()
+    & dg.AutomationCondition.all_deps_match(
+        ~dg.AutomationCondition.missing() | dg.AutomationCondition.will_be_requested()
+    ).with_label("no dep missing")
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
     & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    & ~dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.any_checks_match(
+            dg.AutomationCondition.check_failed() & ~dg.AutomationCondition.will_be_requested(),
+            blocking_only=True,
+        )
+    ).with_label("any dep blocking check failed")
 ).with_label("follow upstream past passing gates")
 
 

@@ -1,0 +1,80 @@
+"""The automation policy on both kinds of dbt steps: daily (incremental) and unpartitioned (full tables).
+
+Stand-in assets with the shapes of the real graph (daily bronze with a blocking gate, daily and
+unpartitioned silver, unpartitioned gold) keep this fast; the real graph is exercised in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.definitions import FOLLOW_UPSTREAM
+from dagster_project.defs.common.partitions import daily_partitions
+
+GATE_PASSES = {"value": True}
+
+
+@dg.asset(key=["bronze", "feed"], partitions_def=daily_partitions)
+def bronze() -> None: ...
+
+
+@dg.asset_check(asset=bronze, blocking=True, partitions_def=daily_partitions)
+def gate() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=GATE_PASSES["value"])
+
+
+@dg.asset(key=["silver", "daily"], deps=[bronze], partitions_def=daily_partitions, automation_condition=FOLLOW_UPSTREAM)
+def silver_daily() -> None: ...
+
+
+@dg.asset(key=["silver", "table"], deps=[bronze], automation_condition=FOLLOW_UPSTREAM)
+def silver_table() -> None: ...
+
+
+@dg.asset(key=["gold", "table"], deps=[silver_daily, silver_table], automation_condition=FOLLOW_UPSTREAM)
+def gold() -> None: ...
+
+
+DEFS = dg.Definitions(assets=[bronze, silver_daily, silver_table, gold], asset_checks=[gate])
+DOWNSTREAM = [silver_daily.key, silver_table.key, gold.key]
+
+
+def test_daily_and_unpartitioned_steps_follow_upstream_only_past_passing_gates() -> None:
+    job = DEFS.resolve_implicit_global_asset_job_def()
+
+    def run(keys: list[dg.AssetKey], day: str | None = None) -> None:
+        job.execute_in_process(instance=instance, partition_key=day, asset_selection=keys, raise_on_error=False)
+
+    def requested() -> dict[str, list[str | None]]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        return {
+            key.to_user_string(): sorted(result.get_requested_partitions(key), key=str)
+            for key in DOWNSTREAM
+            if result.get_num_requested(key)
+        }
+
+    with dg.instance_for_test() as instance:
+        cursor = None
+        assert requested() == {}  # nothing upstream yet
+
+        # Bronze has one day out of hundreds: the unpartitioned table does not wait for the other days.
+        GATE_PASSES["value"] = True
+        run([bronze.key], "2025-01-02")
+        assert requested() == {"silver/daily": ["2025-01-02"], "silver/table": [None]}
+        run([silver_daily.key, silver_table.key], "2025-01-02")
+        assert requested() == {"gold/table": [None]}
+        run([gold.key])
+        assert requested() == {}
+
+        # A failed gate on any day holds back the daily step for that day and the unpartitioned ones.
+        GATE_PASSES["value"] = False
+        run([bronze.key], "2025-01-03")
+        assert requested() == {}
+
+        # Rebuilt and passing, the day flows on to every kind of step (gold in the same run as silver now
+        # that it has been built before: a failure of silver in that run still stops it).
+        GATE_PASSES["value"] = True
+        run([bronze.key], "2025-01-03")
+        assert requested() == {"silver/daily": ["2025-01-03"], "silver/table": [None], "gold/table": [None]}
