@@ -146,7 +146,7 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
         gate = next(e for e in broken.get_asset_check_evaluations() if e.check_name == "gx_bronze_gate")
         assert not gate.passed
         assert "expect_table_row_count_to_equal: observed" in gate.description
-        assert "dbt_silver" not in {e.step_key for e in broken.get_step_success_events()}
+        assert "dbt_silver_daily" not in {e.step_key for e in broken.get_step_success_events()}
         assert {k: v for k, v in _state().items() if k not in ("bronze", "quarantine")} == refined_before
 
         # Automation holds silver back while the gate is failed...

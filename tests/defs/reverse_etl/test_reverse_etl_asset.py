@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from dagster_project import settings
+from dagster_project.defs.common.warehouse import WarehouseResource
 from dagster_project.defs.reverse_etl.assets import CRM_SCORES_KEY, build_crm_scores_asset
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
@@ -67,7 +68,8 @@ def target(request: pytest.FixtureRequest) -> tuple[ReverseEtlTarget, sa.Engine,
 
 
 def _run(crm: ReverseEtlTarget) -> dict:
-    result = dg.materialize([build_crm_scores_asset()], resources={"crm": crm})
+    warehouse = WarehouseResource(path=str(settings.warehouse_path()))
+    result = dg.materialize([build_crm_scores_asset()], resources={"crm": crm, "warehouse": warehouse})
     assert result.success
     [event] = result.get_asset_materialization_events()
     assert event.asset_key == CRM_SCORES_KEY

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from dagster_dbt import get_asset_key_for_model
 
 from dagster_project import settings
 from dagster_project.defs.webhooks.resources import InboxResource
@@ -89,10 +88,9 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     assert len(payout_runs) == len(sample.payout_files) and all(r.success for r in payout_runs)
 
     # dbt silver and gold for the payments models, with their dbt tests and the gold GX gate.
-    from dagster_project.defs.transform.assets import dbt_gold, dbt_silver
+    from dagster_project.defs.transform.assets import model_key
 
-    keys = [get_asset_key_for_model([dbt_silver], m) for m in SILVER_MODELS]
-    keys += [get_asset_key_for_model([dbt_gold], m) for m in GOLD_MODELS]
+    keys = [model_key(m) for m in (*SILVER_MODELS, *GOLD_MODELS)]
     job = platform.defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=platform.instance, asset_selection=keys, partition_key=DAYS[-1].isoformat()
