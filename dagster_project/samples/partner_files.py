@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.registry import CONSENTS, CUSTOMERS
 from dagster_project.lib.sources.spec import SourceSpec
 
 FIRST_NAMES = [
@@ -159,4 +159,42 @@ def write_customer_files(
         path.write_bytes(data)
         good = len(rows) - len(DEFECTS[day_index % 3 :][:4])
         files.append(GeneratedFile(path, day.isoformat(), good=good, bad=bad, reasons=reasons))
+    return files
+
+
+def write_consent_files(
+    out_dir: Path, days: list[dt.date], *, customers: int = 500, changes_per_day: int = 40, seed: int = 7
+) -> list[GeneratedFile]:
+    """One consent export per day (the `consents` feed): customers granting or withdrawing a channel, plus one
+    record per file that breaks the contract (an unknown channel)."""
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[GeneratedFile] = []
+    header = list(CONSENTS.column_names)
+    channels = CONSENTS.column("channel").allowed or ()
+    for day_index, day in enumerate(days):
+        base = dt.datetime.combine(day, dt.time(5, 0), tzinfo=dt.UTC)
+        rows = [
+            {
+                "customer_id": str(rng.randint(1, customers)),
+                "channel": rng.choice(channels),
+                "consent_status": rng.choice(("granted", "granted", "withdrawn")),
+                "changed_at": (base + dt.timedelta(seconds=i * 11)).isoformat().replace("+00:00", "Z"),
+            }
+            for i in range(changes_per_day)
+        ]
+        rows[-1]["channel"] = "fax"
+        lines = [_csv_line(header)] + [_csv_line([r[c] for c in header]) for r in rows]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        path = out_dir / CONSENTS.files.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
+        path.write_bytes(data)
+        files.append(
+            GeneratedFile(
+                path,
+                day.isoformat(),
+                good=len(rows) - 1,
+                bad=1,
+                reasons=["channel: not one of email, sms, phone, post"],
+            )
+        )
     return files

@@ -133,3 +133,29 @@ def test_truth_holds_for_other_seeds(tmp_path: Path, seed: int) -> None:
     for generated in _generate(tmp_path, seed=seed):
         good, bad, _ = _independent_count(generated.path)
         assert (generated.good, generated.bad) == (good, bad)
+
+
+def test_consent_files_load_as_their_truth_through_the_bronze_engine(tmp_path: Path) -> None:
+    """A feed added by declaration only: its files go through the same engine as every other feed."""
+    from deltalake import DeltaTable
+
+    from dagster_project.lib.bronze.engine import load_partition
+    from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
+    from dagster_project.lib.intake.landing import land_file, landed_files
+    from dagster_project.lib.sources.registry import CONSENTS
+    from dagster_project.samples.partner_files import write_consent_files
+
+    [generated] = write_consent_files(tmp_path / "out", DAYS[:1], changes_per_day=25)
+    landing = tmp_path / "landing"
+    parsed = parse_file_name(generated.path.name)
+    land_file(
+        landing, parsed, generated.path, source="sftp", source_uri="sftp://x", received_at=dt.datetime.now(dt.UTC)
+    )
+    manifests = landed_files(landing, "consents", generated.business_date)
+    reader = PartnerFilesReader(CONSENTS, manifests, generated.business_date)
+
+    load = load_partition(CONSENTS, reader, bronze_path=tmp_path / "b", quarantine_path=tmp_path / "q", run_id="r")
+
+    assert (load.received, load.loaded, load.quarantined) == (generated.records, generated.good, generated.bad)
+    assert list(load.reasons) == generated.reasons
+    assert DeltaTable(str(tmp_path / "b")).to_pyarrow_table().num_rows == generated.good
