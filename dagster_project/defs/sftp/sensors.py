@@ -3,12 +3,11 @@ import time
 
 import dagster as dg
 
-from dagster_project import settings
 from dagster_project.defs.sftp.assets import intake_job_name, intake_jobs, landing_key
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib.intake.sftp_inbox import plan_inbox, quarantine_remote
 from dagster_project.lib.sources.naming import parse_file_name
-from dagster_project.lib.sources.registry import feed_for_file
+from dagster_project.lib.sources.registry import source_for_file
 
 
 @dg.sensor(
@@ -27,12 +26,12 @@ def sftp_inbox_sensor(context: dg.SensorEvaluationContext, sftp: SftpResource) -
             client.list_dir(layout.inbox),
             previous,
             now=time.time(),
-            stable_seconds=settings.sftp_stable_seconds(),
+            stable_seconds=sftp.stable_seconds,
         )
         for name, reason in plan.broken.items():
             quarantine_remote(client, layout, name, reason)
             context.log.warning(f"quarantined {name}: {reason}")
-            spec = feed_for_file(name)
+            spec = source_for_file(name)
             if spec is not None:
                 observations.append(
                     dg.AssetObservation(asset_key=landing_key(spec), metadata={"rejected_file": name, "reason": reason})
@@ -44,10 +43,10 @@ def sftp_inbox_sensor(context: dg.SensorEvaluationContext, sftp: SftpResource) -
             dg.RunRequest(
                 # A re-upload (new size or mtime) gets a new run; landing then recognises content it already has.
                 run_key=f"{f.name}:{f.size}:{f.mtime}",
-                job_name=intake_job_name(parsed.feed),
+                job_name=intake_job_name(parsed.source),
                 partition_key=parsed.business_date,
-                run_config={"ops": {f"landing__{parsed.feed.name}": {"config": {"files": [f.name]}}}},
-                tags={"medallion/file": f.name, "medallion/feed": parsed.feed.name},
+                run_config={"ops": {f"landing__{parsed.source.name}": {"config": {"files": [f.name]}}}},
+                tags={"medallion/file": f.name, "medallion/feed": parsed.source.name},
             )
         )
     return dg.SensorResult(
@@ -56,3 +55,8 @@ def sftp_inbox_sensor(context: dg.SensorEvaluationContext, sftp: SftpResource) -
         asset_events=observations,
         skip_reason=None if run_requests else f"{len(plan.waiting)} file(s) waiting to be complete",
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[sftp_inbox_sensor])

@@ -70,3 +70,8 @@ def webhook_events_sensor(context: dg.SensorEvaluationContext, inbox: InboxResou
         cursor=str(cursor),
         skip_reason=None if run_requests else "no new webhook events in the inbox",
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[webhook_events_sensor])
