@@ -4,6 +4,7 @@ import dagster as dg
 
 from dagster_project.definitions import FOLLOW_UPSTREAM
 from dagster_project.definitions import defs as load_defs
+from dagster_project.lib.sources.registry import SOURCES
 
 EXPECTED_ASSETS = {
     "landing/customers": "landing",
@@ -34,6 +35,15 @@ EXPECTED_ASSETS = {
     "gold/orders_without_successful_charge": "gold",
     "gold/customer_segments": "gold",
     "reverse_etl/crm_customer_scores": "reverse_etl",
+    # added by declaration only (lib/sources/registry.py) plus their dbt staging models
+    "landing/consents": "landing",
+    "bronze/consents": "bronze",
+    "quarantine/consents": "bronze",
+    "silver/stg_acme__consents": "silver",
+    "landing/shop_events": "landing",
+    "bronze/shop_events": "bronze",
+    "quarantine/shop_events": "bronze",
+    "silver/stg_shop__events": "silver",
 }
 
 EXPECTED_GATES = {
@@ -45,6 +55,8 @@ EXPECTED_GATES = {
     ("gold/payout_reconciliation", "gx_gold_gate"),
     ("bronze/orders", "gx_bronze_gate"),
     ("gold/customer_segments", "gx_gold_gate"),
+    ("bronze/consents", "gx_bronze_gate"),
+    ("bronze/shop_events", "gx_bronze_gate"),
 }
 
 
@@ -80,5 +92,23 @@ def test_silver_and_gold_follow_upstream_only_past_passing_gates():
 
 def test_sensors_and_jobs():
     defs = _defs()
-    assert {s.name for s in defs.sensors or []} >= {"sftp_inbox_sensor", "payment_events_sensor"}
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"customers_intake", "psp_payouts_intake"}
+    assert {s.name for s in defs.sensors or []} == {
+        "sftp_inbox_sensor",
+        "webhook_events_sensor",
+        "shop_orders_landed_sensor",
+    }
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "customers_intake",
+        "psp_payouts_intake",
+        "consents_intake",
+        "payment_events_ingest",
+        "shop_events_ingest",
+    }
+
+
+def test_every_registered_source_has_bronze_quarantine_and_a_blocking_gate():
+    graph = _defs().resolve_asset_graph()
+    for name in SOURCES:
+        bronze, quarantine = dg.AssetKey(["bronze", name]), dg.AssetKey(["quarantine", name])
+        assert graph.has(bronze) and graph.has(quarantine), name
+        assert graph.get_check_spec(dg.AssetCheckKey(bronze, "gx_bronze_gate")).blocking, name
