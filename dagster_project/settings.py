@@ -2,15 +2,23 @@
 
 Every function here reads `os.environ` when called, never at import time, so tests can set variables
 with `monkeypatch.setenv` without reloading modules. `.env.example` lists every variable.
-Secrets are not read here: they reach Dagster through `dg.EnvVar`, dbt through `env_var()` and the
-webhook receiver through `webhook_secrets()` at request-handling set-up.
+Dagster's resources are built from these values when the definitions load, so the UI shows what a run
+uses. Secrets are not read for Dagster here: they reach it through `dg.EnvVar`, dbt through `env_var()`
+and the webhook receiver through `webhook_secrets()` and `webhook_inbox_url()` at its set-up. A database
+URL may carry a password, so a configured one is bound to resources by reference (`is_configured`).
+Nothing changes `os.environ`: a process that needs other values starts a child with `child_environment()`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# Variables whose value may hold a password (a PostgreSQL URL): bound to resources as `dg.EnvVar`.
+WEBHOOK_INBOX_URL = "MEDALLION_WEBHOOK_INBOX_URL"
+REVERSE_ETL_URL = "MEDALLION_REVERSE_ETL_URL"
 
 
 def _env(name: str, default: str) -> str:
@@ -55,6 +63,7 @@ class SftpSettings:
     inbox_dir: str
     archive_dir: str
     quarantine_dir: str
+    stable_seconds: float
 
 
 def sftp_keys_dir() -> Path:
@@ -78,6 +87,7 @@ def sftp() -> SftpSettings:
         inbox_dir=_env("MEDALLION_SFTP_INBOX", "inbox"),
         archive_dir=_env("MEDALLION_SFTP_ARCHIVE", "archive"),
         quarantine_dir=_env("MEDALLION_SFTP_QUARANTINE", "quarantine"),
+        stable_seconds=sftp_stable_seconds(),
     )
 
 
@@ -91,8 +101,19 @@ def is_configured(variable: str) -> bool:
     return bool(os.environ.get(variable, "").strip())
 
 
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process: this process's, with `extra` on top (this one is unchanged)."""
+    return {**os.environ, **extra}
+
+
+def webhook_inbox_default_url() -> str:
+    """The embedded inbox (SQLite under the data folder) used when MEDALLION_WEBHOOK_INBOX_URL is unset."""
+    return f"sqlite:///{data_dir() / 'webhooks' / 'inbox.sqlite'}"
+
+
 def webhook_inbox_url() -> str:
-    return _env("MEDALLION_WEBHOOK_INBOX_URL", f"sqlite:///{data_dir() / 'webhooks' / 'inbox.sqlite'}")
+    """The inbox URL for the webhook receiver (a service, not Dagster): it may carry a password."""
+    return _env(WEBHOOK_INBOX_URL, webhook_inbox_default_url())
 
 
 def webhook_max_body_bytes() -> int:
@@ -109,8 +130,9 @@ def webhook_secrets(provider: str) -> list[str]:
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
-def reverse_etl_url() -> str:
-    return _env("MEDALLION_REVERSE_ETL_URL", f"sqlite:///{data_dir() / 'crm.sqlite'}")
+def reverse_etl_default_url() -> str:
+    """The embedded CRM table's database (SQLite) used when MEDALLION_REVERSE_ETL_URL is unset."""
+    return f"sqlite:///{data_dir() / 'crm.sqlite'}"
 
 
 def airbyte_server_url() -> str:

@@ -4,7 +4,6 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
-from dagster_project import settings
 from dagster_project.defs.common.dbt_keys import gold_model_key
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL
 from dagster_project.defs.common.warehouse import WarehouseResource
@@ -47,7 +46,7 @@ def build_crm_scores_asset() -> dg.AssetsDefinition:
                 "updated": stats.updated,
                 "deleted": stats.deleted,
                 "unchanged": stats.unchanged,
-                "target_table": crm.table or settings.reverse_etl_table(),
+                "target_table": crm.table,
             }
         )
 
@@ -66,5 +65,4 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[build_crm_scores_asset()],
         jobs=[crm_scores_job],
-        resources={"crm": ReverseEtlTarget()},
     )

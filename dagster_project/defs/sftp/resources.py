@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
@@ -13,41 +13,56 @@ from dagster_project.lib.intake.sftp_inbox import RemoteLayout
 
 
 class SftpResource(dg.ConfigurableResource):
-    """The partner's SFTP server. Unset fields come from the MEDALLION_SFTP_* settings; key auth only,
-    and the server's host key must be in the pinned known_hosts file."""
+    """The partner's SFTP server: key auth only, and its host key must be in the pinned known_hosts file."""
 
-    host: str | None = None
-    port: int | None = None
-    username: str | None = None
-    private_key_path: str | None = None
-    known_hosts_path: str | None = None
+    host: str
+    port: int
+    username: str
+    private_key_path: str = Field(description="Client private key file (the key itself is never config).")
+    known_hosts_path: str = Field(description="Pinned known_hosts file; unknown host keys are refused.")
+    inbox_dir: str = "inbox"
+    archive_dir: str = "archive"
+    quarantine_dir: str = "quarantine"
+    stable_seconds: float = Field(
+        default=0.0, description="How long a file's size and mtime must hold still before it is taken."
+    )
     retries: int = 3
     backoff_seconds: float = 0.5
 
-    def resolved(self) -> settings.SftpSettings:
-        overrides = {
-            "host": self.host,
-            "port": self.port,
-            "username": self.username,
-            "private_key_path": Path(self.private_key_path) if self.private_key_path else None,
-            "known_hosts_path": Path(self.known_hosts_path) if self.known_hosts_path else None,
-        }
-        return dataclasses.replace(settings.sftp(), **{k: v for k, v in overrides.items() if v is not None})
+    @classmethod
+    def from_settings(cls, s: settings.SftpSettings) -> SftpResource:
+        return cls(
+            host=s.host,
+            port=s.port,
+            username=s.username,
+            private_key_path=str(s.private_key_path),
+            known_hosts_path=str(s.known_hosts_path),
+            inbox_dir=s.inbox_dir,
+            archive_dir=s.archive_dir,
+            quarantine_dir=s.quarantine_dir,
+            stable_seconds=s.stable_seconds,
+        )
 
     def layout(self) -> RemoteLayout:
-        s = self.resolved()
-        return RemoteLayout(inbox=s.inbox_dir, archive=s.archive_dir, quarantine=s.quarantine_dir)
+        return RemoteLayout(inbox=self.inbox_dir, archive=self.archive_dir, quarantine=self.quarantine_dir)
 
     def uri(self, path: str) -> str:
-        s = self.resolved()
-        return f"sftp://{s.username}@{s.host}:{s.port}/{path}"
+        return f"sftp://{self.username}@{self.host}:{self.port}/{path}"
 
     @contextmanager
     def client(self) -> Iterator[SftpClient]:
-        with SftpClient.from_settings(
-            self.resolved(), retries=self.retries, backoff_seconds=self.backoff_seconds
+        with SftpClient(
+            self.host,
+            self.port,
+            self.username,
+            Path(self.private_key_path),
+            Path(self.known_hosts_path),
+            retries=self.retries,
+            backoff_seconds=self.backoff_seconds,
         ) as client:
             yield client
 
 
-defs = dg.Definitions(resources={"sftp": SftpResource()})
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(resources={"sftp": SftpResource.from_settings(settings.sftp())})

@@ -4,24 +4,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+from pydantic import Field
 
 from dagster_project import settings
+from dagster_project.defs.common.resources import by_reference_if_configured
 from dagster_project.lib.intake.inbox import Inbox
 
 
 class InboxResource(dg.ConfigurableResource):
-    """The webhook inbox the receiver commits verified deliveries to. `url` overrides
-    MEDALLION_WEBHOOK_INBOX_URL (SQLite by default, PostgreSQL in production); it is only read here."""
+    """The webhook inbox the receiver commits verified deliveries to (SQLite embedded, PostgreSQL in production)."""
 
-    url: str | None = None
-
-    def resolved_url(self) -> str:
-        return self.url or settings.webhook_inbox_url()
+    url: str = Field(
+        description="SQLAlchemy URL of the inbox. One with a password is given as dg.EnvVar "
+        "(MEDALLION_WEBHOOK_INBOX_URL), so it is never shown."
+    )
 
     @contextmanager
     def open(self) -> Iterator[Inbox]:
-        with Inbox(self.resolved_url()) as inbox:
+        with Inbox(self.url) as inbox:
             yield inbox
 
 
-defs = dg.Definitions(resources={"inbox": InboxResource()})
+@dg.definitions
+def defs() -> dg.Definitions:
+    url = by_reference_if_configured(settings.WEBHOOK_INBOX_URL, settings.webhook_inbox_default_url())
+    return dg.Definitions(resources={"inbox": InboxResource(url=url)})
