@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     import json
 
     from dagster_project.defs.sftp.resources import SftpResource
-    from dagster_project.demo import demo_days, ensure_local_secrets, upload, write_sample_files
+    from dagster_project.demo import demo_days, psp_signing_secret, upload, write_sample_files
     from dagster_project.samples.payments import build_payments_sample, post_deliveries
 
     if args.days < 3:
@@ -40,8 +39,8 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
         print(f"{f.path}  ({f.good} good, {f.bad} breaking the contract)")
     for path in bad:
         print(f"{path}  (the inbox must refuse it)")
-    ensure_local_secrets()  # the same signing secret as the receiver of `medallion dev`
-    payments = build_payments_sample(out / "payments", days[-3:], secret=settings.webhook_secrets("stripe")[0])
+    # The same signing secret as the receiver of `medallion dev`.
+    payments = build_payments_sample(out / "payments", days[-3:], secret=psp_signing_secret())
     for f in payments.payout_files:
         print(f"{f.path}  (PSP payouts)")
     deliveries = out / "payments" / "webhook_deliveries.jsonl"
@@ -53,7 +52,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
             fh.write("\n")
     print(f"{deliveries}  ({len(payments.deliveries)} signed webhook deliveries, resends and one tampered included)")
     if args.upload:
-        sftp = SftpResource()
+        sftp = SftpResource.from_settings(settings.sftp())
         files = [f.path for f in good] + bad + [f.path for f in payments.payout_files]
         with sftp.client() as client:
             upload(client, files, sftp.layout().inbox)
@@ -97,27 +96,31 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     """The Dagster UI with the daemon (sensors, automation), beside the embedded SFTP server and the
-    webhook receiver."""
-    from dagster_project.demo import ensure_local_secrets, prepare_instance_home
+    webhook receiver.
+
+    The children get the embedded platform's environment (DAGSTER_HOME, local secrets, the port the SFTP
+    server bound) through `env=`; this process's own environment is left as it is.
+    """
+    from dagster_project.demo import embedded_environment
     from dagster_project.services.sftp_server import EmbeddedSftpServer
 
-    prepare_instance_home()
-    ensure_local_secrets()
     s = settings.sftp()
     server = EmbeddedSftpServer(
         root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=s.port, username=s.username
     ).start()
     print(f"embedded SFTP server on {server.host}:{server.port} (inbox: {settings.sftp_root() / s.inbox_dir})")
+    env = settings.child_environment({**embedded_environment(), "MEDALLION_SFTP_PORT": str(server.port)})
     bin_dir = Path(sys.executable).parent
     # A parent started in the background may ignore SIGINT/SIGTERM; the children must not inherit that.
     receiver = subprocess.Popen(
         [str(bin_dir / "medallion"), "webhooks", "serve", "--host", args.host, "--port", str(args.webhooks_port)],
         preexec_fn=_default_signals,
+        env=env,
     )
     print(f"webhook receiver on http://{args.host}:{args.webhooks_port}/webhooks/stripe")
     dagster = [str(bin_dir / "dagster"), "dev", "-h", args.host, "-p", str(args.port)]
     dagster += ["-w", str(settings.project_root() / "workspace.yaml")]
-    process = subprocess.Popen(dagster, cwd=settings.project_root(), preexec_fn=_default_signals)
+    process = subprocess.Popen(dagster, cwd=settings.project_root(), preexec_fn=_default_signals, env=env)
 
     def forward(signum: int, _frame: object) -> None:
         process.send_signal(signum)
@@ -189,5 +192,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

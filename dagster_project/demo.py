@@ -4,16 +4,27 @@ It starts the embedded SFTP server, drops several days of partner files (with th
 file with a broken name and one with a wrong checksum) into the inbox, lets the inbox sensor find them,
 runs the intake job per file, then refines silver and gold behind their gates, all against the real
 Dagster instance in $DAGSTER_HOME so that `make dev` shows the history afterwards.
+
+Nothing changes `os.environ`. The demo runs in a child process started with the environment the embedded
+platform needs on top of the configured one (DAGSTER_HOME, and a local secret for each secret left unset),
+so the runs, the webhook receiver and the dbt commands the runs start all see the same values. Inside it,
+the one resource that differs from the configured definitions (the SFTP server on the port it actually
+bound) is passed to the runs explicitly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import pickle
 import secrets
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +45,13 @@ SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])
 
 # The demo prints its own summary; the runs' step-by-step logs stay in the instance (and the UI).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+PSP = "stripe"
+# Secrets the embedded platform makes for itself when the environment does not configure them.
+LOCAL_SECRETS = {
+    "MEDALLION_PII_HMAC_KEY": "pii_hmac_key",
+    f"MEDALLION_WEBHOOK_SECRETS_{PSP.upper()}": f"webhook_secret_{PSP}",
+}
 
 
 @dataclass
@@ -97,35 +115,42 @@ class DemoSummary:
 
 
 def prepare_instance_home() -> Path:
-    """Point DAGSTER_HOME at the embedded instance and give it the platform's dagster.yaml."""
+    """The embedded instance's folder (DAGSTER_HOME of the platform's processes), with the platform's
+    dagster.yaml."""
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         shutil.copy(settings.project_root() / "infra" / "dagster" / "dagster.yaml", config)
-    os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
-def _ensure_local_secret(variable: str, file_name: str) -> None:
-    """Give the embedded platform a secret when none is configured: random, made once, kept under
-    .data/secrets with owner-only permissions (like the embedded SFTP server's keys). Deployments set
-    the variable from a secret store instead."""
-    if settings.is_configured(variable):
-        return
+def _local_secret(file_name: str) -> str:
+    """A secret of the embedded platform: random, made once, kept under .data/secrets with owner-only
+    permissions (like the embedded SFTP server's keys). Deployments set the variable from a secret store."""
     path = settings.data_dir() / "secrets" / file_name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    os.environ[variable] = path.read_text().strip()
+    return path.read_text().strip()
 
 
-def ensure_local_secrets() -> None:
-    """The PII HMAC key and the PSP's webhook signing secret, for the embedded platform."""
-    _ensure_local_secret("MEDALLION_PII_HMAC_KEY", "pii_hmac_key")
-    _ensure_local_secret("MEDALLION_WEBHOOK_SECRETS_STRIPE", "webhook_secret_stripe")
+def local_secrets() -> dict[str, str]:
+    """The PII HMAC key and the PSP's signing secret where the environment sets none, by variable name."""
+    return {name: _local_secret(file) for name, file in LOCAL_SECRETS.items() if not settings.is_configured(name)}
+
+
+def embedded_environment() -> dict[str, str]:
+    """What the embedded platform's processes get on top of this process's environment."""
+    return {"DAGSTER_HOME": str(prepare_instance_home()), **local_secrets()}
+
+
+def psp_signing_secret() -> str:
+    """The secret the PSP signs its webhooks with: the configured one, else the embedded platform's."""
+    configured = settings.webhook_secrets(PSP)
+    return configured[0] if configured else local_secrets()[f"MEDALLION_WEBHOOK_SECRETS_{PSP.upper()}"]
 
 
 @contextmanager
@@ -148,7 +173,7 @@ def write_sample_files(out_dir: Path, days: list[dt.date]) -> tuple[list[Generat
     files = write_customer_files(out_dir, days)
     broken_name = out_dir / f"acme_customers_{days[-1].isoformat()}_final.csv"
     broken_name.write_bytes(files[-1].path.read_bytes())
-    wrong_crc = out_dir / CUSTOMERS.file_name(days[-1].isoformat(), 99, "DEADBEEF")
+    wrong_crc = out_dir / CUSTOMERS.files.file_name(days[-1].isoformat(), 99, "DEADBEEF")
     wrong_crc.write_bytes(files[-1].path.read_bytes())
     return files, [broken_name, wrong_crc]
 
@@ -159,14 +184,34 @@ def upload(client: SftpClient, paths: list[Path], inbox: str) -> None:
 
 
 def run_demo(days: int = 5) -> DemoSummary:
-    from dagster_project.definitions import defs as load_defs
-    from dagster_project.defs.sftp.resources import SftpResource
-    from dagster_project.defs.webhooks.resources import InboxResource
-
+    """Run the demo in a child process started with `embedded_environment()`; returns its summary."""
     if days < 3:
         raise ValueError("the demo needs at least three days of data")
-    prepare_instance_home()
-    ensure_local_secrets()
+    with tempfile.TemporaryDirectory(prefix="medallion-demo-") as tmp:
+        out = Path(tmp) / "summary.pickle"
+        entry = "import sys; from dagster_project.demo import main; main(sys.argv[1:])"
+        done = subprocess.run(
+            [sys.executable, "-c", entry, str(days), str(out)],
+            env=settings.child_environment(embedded_environment()),
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the demo process failed with exit code {done.returncode} (its error is above)")
+        # Written just now by the child, from this same code, into a folder only this process knows.
+        return pickle.loads(out.read_bytes())
+
+
+def main(argv: Sequence[str]) -> None:
+    """Entry point of the demo's child process: `<days> <summary file>`."""
+    days, out = int(argv[0]), Path(argv[1])
+    out.write_bytes(pickle.dumps(run_demo_in_this_process(days)))
+
+
+def run_demo_in_this_process(days: int) -> DemoSummary:
+    """The demo itself; the process must already have the embedded platform's environment (see `run_demo`)."""
+    from dagster_project.definitions import defs as load_defs
+    from dagster_project.defs.sftp.resources import SftpResource
+
     summary = DemoSummary()
     business_days = demo_days(days)
     samples = settings.data_dir() / "samples"
@@ -182,17 +227,15 @@ def run_demo(days: int = 5) -> DemoSummary:
         ) as server,
         webhook_receiver() as receiver_url,
     ):
-        os.environ["MEDALLION_SFTP_PORT"] = str(server.port)  # the resource reads it per call
+        # The configured port may be 0 (any free port): the runs get the one the server bound.
+        sftp = SftpResource.from_settings(dataclasses.replace(sftp_settings, port=server.port))
         # The PSP signs its webhooks and posts them to the receiver (duplicates, a refund before its
         # capture and one tampered event included); its payout files go to the SFTP inbox.
-        payments = build_payments_sample(
-            samples / "payments", business_days[-3:], secret=settings.webhook_secrets("stripe")[0]
-        )
+        payments = build_payments_sample(samples / "payments", business_days[-3:], secret=psp_signing_secret())
         summary.webhook_answers = post_deliveries(receiver_url, payments.deliveries)
         summary.payments = payments.truth
         good, refused = write_sample_files(samples / "customers", business_days)
         summary.expected = good
-        sftp = SftpResource()
         with sftp.client() as client:
             upload(client, [f.path for f in good + payments.payout_files] + refused, sftp.layout().inbox)
         summary.files_uploaded = len(good) + len(payments.payout_files) + len(refused)
@@ -200,13 +243,16 @@ def run_demo(days: int = 5) -> DemoSummary:
         defs = load_defs()
         # Two looks at the inbox: a file is taken once its size and mtime held still between them.
         requests = _sensor_requests(defs, instance, "sftp_inbox_sensor", {"sftp": sftp}, looks=2)
-        requests += _sensor_requests(defs, instance, "payment_events_sensor", {"inbox": InboxResource()}, looks=1)
+        requests += _sensor_requests(
+            defs, instance, "payment_events_sensor", {"inbox": defs.resources["inbox"]}, looks=1
+        )
         for request in requests:
             run = defs.resolve_job_def(request.job_name).execute_in_process(
                 instance=instance,
                 partition_key=request.partition_key,
                 run_config={**(request.run_config or {}), **QUIET},
                 tags=request.tags,
+                resources={"sftp": sftp},
                 raise_on_error=False,
             )
             summary.intake_runs += 1
