@@ -27,7 +27,7 @@ No pool or engine option avoids it on SQLAlchemy 2.0.
    and nullability come out as before; any type that decoding does not know takes GX's own path.
 
 The patch replaces GX internals, so GX stays pinned (pyproject: `great-expectations==1.24.1`); after an
-upgrade run tests/lib/test_gx_runner.py and update `TESTED_GX_VERSION` only if it passes.
+upgrade run tests/lib/quality/test_gx_runner.py and update `TESTED_GX_VERSION` only if it passes.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def ensure_patched() -> None:
         if gx.__version__ != TESTED_GX_VERSION:
             raise RuntimeError(
                 f"gx_duckdb patches GX internals tested on great-expectations {TESTED_GX_VERSION}, "
-                f"found {gx.__version__}; re-run tests/lib/test_gx_runner.py before raising the pin"
+                f"found {gx.__version__}; re-run tests/lib/quality/test_gx_runner.py before raising the pin"
             )
         modules = [importlib.import_module(name) for name in _REGEX_MODULES]
         original_regex = modules[0].get_dialect_regex_expression

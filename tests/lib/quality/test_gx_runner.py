@@ -257,7 +257,7 @@ def test_declaring_and_loading_gates_imports_no_great_expectations():
     # The code location imports these modules; GX, DuckDB and deltalake must wait until a gate runs.
     code = (
         "import sys\n"
-        "from dagster_project.lib.quality import dbt_rules, gates, gx_runner, payment_gates, rules\n"
+        "from dagster_project.lib.quality import dbt_rules, gates, gx_runner, rules\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'great_expectations', 'duckdb', 'deltalake'})\n"
         "print(','.join(heavy))\n"
     )
