@@ -159,9 +159,11 @@ def _typed_expr(c: Column) -> str:
     return f"TRY_CAST({raw} AS {_DUCKDB_TYPES[c.type](c)})"
 
 
-def _reason_expr(c: Column) -> str:
-    """A CASE that yields the first rule this column breaks, or NULL."""
-    raw, typed, name = _quote(c.name), _typed_expr(c), c.name
+def _rules(c: Column, typed: str) -> list[tuple[str, str]]:
+    """Every rule of column `c` as (SQL condition that holds when a row breaks it, reason), in order.
+
+    `typed` is the SQL of the column's typed value."""
+    raw, name = _quote(c.name), c.name
     whens: list[tuple[str, str]] = []
     if not c.nullable:
         whens.append((f"{raw} IS NULL", "required value missing"))
@@ -182,7 +184,12 @@ def _reason_expr(c: Column) -> str:
         whens.append((f"{typed} < {c.min_value}", f"below the minimum {c.min_value:g}"))
     if c.max_value is not None:
         whens.append((f"{typed} > {c.max_value}", f"above the maximum {c.max_value:g}"))
-    cases = " ".join(f"WHEN {cond} THEN {_literal(f'{name}: {msg}')}" for cond, msg in whens)
+    return [(condition, f"{name}: {message}") for condition, message in whens]
+
+
+def _reason_expr(rules: list[tuple[str, str]]) -> str:
+    """A CASE that yields the first rule this column breaks, or NULL."""
+    cases = " ".join(f"WHEN {condition} THEN {_literal(reason)}" for condition, reason in rules)
     return f"CASE {cases} END" if cases else "NULL"
 
 
@@ -201,19 +208,27 @@ def select_sql(spec: SourceSpec, present: list[str], source: str, passthrough: S
     `passthrough` names further columns of `source` returned unchanged after those (e.g. lineage)."""
     missing = [c.name for c in spec.columns if c.name not in present]
     nulls = "".join(f", NULL::VARCHAR AS {_quote(m)}" for m in missing)
-    typed = ",\n  ".join(f"{_typed_expr(c)} AS {_quote(c.name)}" for c in spec.columns)
-    reasons = ", ".join(_reason_expr(c) for c in spec.columns)
+    # Each column is cast once, and its typed value serves both the rules and the output.
+    typed = {
+        c.name: _quote(f"__typed_{i}") if c.type != "string" else _quote(c.name) for i, c in enumerate(spec.columns)
+    }
+    casts = "".join(f", {_typed_expr(c)} AS {typed[c.name]}" for c in spec.columns if c.type != "string")
+    rules = {c.name: _rules(c, typed[c.name]) for c in spec.columns}
+    # Nearly every row is good: one boolean over every rule decides, and only the rows that break one pay
+    # for the list of reasons and the re-rendered record (CASE evaluates a branch only for its own rows).
+    broken = " OR ".join(f"({condition})" for c in spec.columns for condition, _ in rules[c.name]) or "false"
+    reasons = ", ".join(_reason_expr(rules[c.name]) for c in spec.columns)
     record = " || ',' || ".join(_csv_field(c) for c in present) or "''"
+    output = ",\n  ".join(f"{typed[c.name]} AS {_quote(c.name)}" for c in spec.columns)
     extra = "".join(f",\n  {_quote(name)}" for name in passthrough)
     return f"""
 WITH src AS (SELECT *{nulls} FROM {source}),
-checked AS (
-  SELECT *, list_filter([{reasons}], lambda r: r IS NOT NULL) AS _all_reasons FROM src
-)
+typed AS (SELECT *{casts} FROM src),
+checked AS (SELECT *, coalesce({broken}, false) AS __broken FROM typed)
 SELECT
-  {typed},
-  CASE WHEN len(_all_reasons) > 0 THEN _all_reasons END AS _reasons,
-  CASE WHEN len(_all_reasons) > 0 THEN {record} END AS _raw_record{extra}
+  {output},
+  CASE WHEN __broken THEN list_filter([{reasons}], lambda r: r IS NOT NULL) END AS _reasons,
+  CASE WHEN __broken THEN {record} END AS _raw_record{extra}
 FROM checked
 """
 
