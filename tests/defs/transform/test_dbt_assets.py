@@ -28,8 +28,10 @@ INCREMENTAL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_psp__charges"]),
 }
 FULL_SILVER_KEYS = {
+    dg.AssetKey(["silver", "stg_acme__consents"]),
     dg.AssetKey(["silver", "stg_psp__payouts"]),
     dg.AssetKey(["silver", "stg_shop__orders"]),
+    dg.AssetKey(["silver", "stg_shop__events"]),
 }
 SILVER_KEYS = INCREMENTAL_SILVER_KEYS | FULL_SILVER_KEYS
 GOLD_KEYS = {
