@@ -244,7 +244,7 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
         # Two looks at the inbox: a file is taken once its size and mtime held still between them.
         requests = _sensor_requests(defs, instance, "sftp_inbox_sensor", {"sftp": sftp}, looks=2)
         requests += _sensor_requests(
-            defs, instance, "payment_events_sensor", {"inbox": defs.resources["inbox"]}, looks=1
+            defs, instance, "webhook_events_sensor", {"inbox": defs.resources["inbox"]}, looks=1
         )
         for request in requests:
             run = defs.resolve_job_def(request.job_name).execute_in_process(
