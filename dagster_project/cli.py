@@ -26,8 +26,11 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     import json
 
     from dagster_project.defs.sftp.resources import SftpResource
-    from dagster_project.demo import demo_days, psp_signing_secret, upload, write_sample_files
-    from dagster_project.samples.payments import build_payments_sample, post_deliveries
+    from dagster_project.demo import PSP, SHOP, demo_days, signing_secret, upload, write_sample_files
+    from dagster_project.samples.payments import WEBHOOK_PATH as PSP_WEBHOOK_PATH
+    from dagster_project.samples.payments import Delivery, build_payments_sample, post_deliveries
+    from dagster_project.samples.shop_events import WEBHOOK_PATH as SHOP_WEBHOOK_PATH
+    from dagster_project.samples.shop_events import build_shop_deliveries
 
     if args.days < 3:
         raise SystemExit("medallion sample-data: --days must be at least 3 (the payments sample spans three days)")
@@ -40,17 +43,23 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     for path in bad:
         print(f"{path}  (the inbox must refuse it)")
     # The same signing secret as the receiver of `medallion dev`.
-    payments = build_payments_sample(out / "payments", days[-3:], secret=psp_signing_secret())
+    payments = build_payments_sample(out / "payments", days[-3:], secret=signing_secret(PSP))
     for f in payments.payout_files:
         print(f"{f.path}  (PSP payouts)")
-    deliveries = out / "payments" / "webhook_deliveries.jsonl"
-    with deliveries.open("w") as fh:
-        for d in payments.deliveries:
-            fh.write(
-                json.dumps({"event_id": d.event_id, "kind": d.kind, "headers": d.headers, "body": d.body.decode()})
-            )
-            fh.write("\n")
-    print(f"{deliveries}  ({len(payments.deliveries)} signed webhook deliveries, resends and one tampered included)")
+    shop = build_shop_deliveries(days[-3:], secret=signing_secret(SHOP))
+
+    def save(deliveries: list[Delivery], path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as fh:
+            for d in deliveries:
+                record = {"event_id": d.event_id, "kind": d.kind, "headers": d.headers, "body": d.body.decode()}
+                fh.write(json.dumps(record) + "\n")
+        return path
+
+    saved = save(payments.deliveries, out / "payments" / "webhook_deliveries.jsonl")
+    print(f"{saved}  ({len(payments.deliveries)} signed PSP webhook deliveries, resends and one tampered included)")
+    saved = save(shop, out / "shop" / "webhook_deliveries.jsonl")
+    print(f"{saved}  ({len(shop)} signed shop webhook deliveries (Standard Webhooks), redeliveries included)")
     if args.upload:
         sftp = SftpResource.from_settings(settings.sftp())
         files = [f.path for f in good] + bad + [f.path for f in payments.payout_files]
@@ -58,11 +67,12 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
             upload(client, files, sftp.layout().inbox)
         print(f"uploaded {len(files)} files to {sftp.uri(sftp.layout().inbox)}")
     if args.post:
-        answers = post_deliveries(args.post, payments.deliveries)
-        print(
-            f"posted {len(payments.deliveries)} deliveries to {args.post}: "
-            + ", ".join(f"{n} x HTTP {code}" for code, n in answers.items())
-        )
+        for deliveries, path in ((payments.deliveries, PSP_WEBHOOK_PATH), (shop, SHOP_WEBHOOK_PATH)):
+            answers = post_deliveries(args.post, deliveries, path=path)
+            print(
+                f"posted {len(deliveries)} deliveries to {args.post.rstrip('/')}{path}: "
+                + ", ".join(f"{n} x HTTP {code}" for code, n in answers.items())
+            )
     return 0
 
 

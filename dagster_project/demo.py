@@ -14,6 +14,7 @@ bound) is passed to the runs explicitly.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import os
@@ -37,8 +38,10 @@ from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.lib.sources.registry import CUSTOMERS
 from dagster_project.samples.orders import land_sample_orders
-from dagster_project.samples.partner_files import GeneratedFile, write_customer_files
+from dagster_project.samples.partner_files import GeneratedFile, write_consent_files, write_customer_files
 from dagster_project.samples.payments import PaymentsTruth, build_payments_sample, post_deliveries
+from dagster_project.samples.shop_events import WEBHOOK_PATH as SHOP_WEBHOOK_PATH
+from dagster_project.samples.shop_events import build_shop_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])
@@ -47,10 +50,12 @@ SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 PSP = "stripe"
+SHOP = "shop"  # Standard Webhooks: a secret is `whsec_` + base64 of the key
 # Secrets the embedded platform makes for itself when the environment does not configure them.
 LOCAL_SECRETS = {
     "MEDALLION_PII_HMAC_KEY": "pii_hmac_key",
     f"MEDALLION_WEBHOOK_SECRETS_{PSP.upper()}": f"webhook_secret_{PSP}",
+    f"MEDALLION_WEBHOOK_SECRETS_{SHOP.upper()}": f"webhook_secret_{SHOP}",
 }
 
 
@@ -66,6 +71,7 @@ class DemoSummary:
     gates: list[tuple[str, str, bool]] = field(default_factory=list)  # (asset, check, passed)
     failed_runs: list[str] = field(default_factory=list)
     webhook_answers: dict[int, int] = field(default_factory=dict)
+    shop_webhook_answers: dict[int, int] = field(default_factory=dict)
     payments: PaymentsTruth | None = None
     reconciliation: list[tuple] = field(default_factory=list)  # (payout_id, status, expected, paid, currency)
     crm_sync: dict[str, int] = field(default_factory=dict)
@@ -75,7 +81,9 @@ class DemoSummary:
         lines = ["", "Medallion demo summary", "=" * 22]
         lines.append(f"files uploaded to the SFTP inbox: {self.files_uploaded}; intake runs: {self.intake_runs}")
         answers = ", ".join(f"{count} x HTTP {code}" for code, count in self.webhook_answers.items())
-        lines.append(f"signed webhooks posted to the receiver: {answers}")
+        lines.append(f"signed PSP webhooks posted to the receiver: {answers}")
+        answers = ", ".join(f"{count} x HTTP {code}" for code, count in self.shop_webhook_answers.items())
+        lines.append(f"signed shop webhooks (Standard Webhooks) posted to the receiver: {answers}")
         for name in self.remote_quarantine:
             lines.append(f"  rejected at the inbox: {name}")
         lines.append("bronze (Delta):")
@@ -133,12 +141,15 @@ def _local_secret(file_name: str) -> str:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
+            if file_name.endswith(SHOP):
+                fh.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+            else:
+                fh.write(secrets.token_hex(32))
     return path.read_text().strip()
 
 
 def local_secrets() -> dict[str, str]:
-    """The PII HMAC key and the PSP's signing secret where the environment sets none, by variable name."""
+    """The PII HMAC key and the webhook signing secrets where the environment sets none, by variable name."""
     return {name: _local_secret(file) for name, file in LOCAL_SECRETS.items() if not settings.is_configured(name)}
 
 
@@ -147,10 +158,10 @@ def embedded_environment() -> dict[str, str]:
     return {"DAGSTER_HOME": str(prepare_instance_home()), **local_secrets()}
 
 
-def psp_signing_secret() -> str:
-    """The secret the PSP signs its webhooks with: the configured one, else the embedded platform's."""
-    configured = settings.webhook_secrets(PSP)
-    return configured[0] if configured else local_secrets()[f"MEDALLION_WEBHOOK_SECRETS_{PSP.upper()}"]
+def signing_secret(provider: str) -> str:
+    """The secret a webhook provider signs with: the configured one, else the embedded platform's."""
+    configured = settings.webhook_secrets(provider)
+    return configured[0] if configured else local_secrets()[f"MEDALLION_WEBHOOK_SECRETS_{provider.upper()}"]
 
 
 @contextmanager
@@ -169,13 +180,14 @@ def demo_days(count: int, today: dt.date | None = None) -> list[dt.date]:
 
 
 def write_sample_files(out_dir: Path, days: list[dt.date]) -> tuple[list[GeneratedFile], list[Path]]:
-    """The good partner files and two that the inbox must refuse (a broken name, a wrong CRC32)."""
+    """The good partner files (customers and consents) and two that the inbox must refuse (a broken name, a
+    wrong CRC32)."""
     files = write_customer_files(out_dir, days)
     broken_name = out_dir / f"acme_customers_{days[-1].isoformat()}_final.csv"
     broken_name.write_bytes(files[-1].path.read_bytes())
     wrong_crc = out_dir / CUSTOMERS.files.file_name(days[-1].isoformat(), 99, "DEADBEEF")
     wrong_crc.write_bytes(files[-1].path.read_bytes())
-    return files, [broken_name, wrong_crc]
+    return files + write_consent_files(out_dir, days), [broken_name, wrong_crc]
 
 
 def upload(client: SftpClient, paths: list[Path], inbox: str) -> None:
@@ -231,9 +243,12 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
         sftp = SftpResource.from_settings(dataclasses.replace(sftp_settings, port=server.port))
         # The PSP signs its webhooks and posts them to the receiver (duplicates, a refund before its
         # capture and one tampered event included); its payout files go to the SFTP inbox.
-        payments = build_payments_sample(samples / "payments", business_days[-3:], secret=psp_signing_secret())
+        payments = build_payments_sample(samples / "payments", business_days[-3:], secret=signing_secret(PSP))
         summary.webhook_answers = post_deliveries(receiver_url, payments.deliveries)
         summary.payments = payments.truth
+        # The shop notifies order events over Standard Webhooks (one redelivery a day included).
+        shop = build_shop_deliveries(business_days[-3:], secret=signing_secret(SHOP))
+        summary.shop_webhook_answers = post_deliveries(receiver_url, shop, path=SHOP_WEBHOOK_PATH)
         good, refused = write_sample_files(samples / "customers", business_days)
         summary.expected = good
         with sftp.client() as client:

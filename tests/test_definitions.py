@@ -1,5 +1,10 @@
 """Loading the code location, and a snapshot of what it defines, so a rename shows up in review."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 
 from dagster_project.definitions import FOLLOW_UPSTREAM
@@ -112,3 +117,17 @@ def test_every_registered_source_has_bronze_quarantine_and_a_blocking_gate():
         bronze, quarantine = dg.AssetKey(["bronze", name]), dg.AssetKey(["quarantine", name])
         assert graph.has(bronze) and graph.has(quarantine), name
         assert graph.get_check_spec(dg.AssetCheckKey(bronze, "gx_bronze_gate")).blocking, name
+
+
+def test_the_code_location_loads_without_the_heavy_libraries():
+    """Every run pod and the code server load the definitions: what only a run needs is imported by the run."""
+    heavy = ["great_expectations", "pandera", "polars", "sqlalchemy", "paramiko", "airbyte_api", "deltalake", "duckdb"]
+    code = (
+        "import sys\n"
+        "import dagster_project.definitions as d\n"
+        "d.defs().resolve_asset_graph()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

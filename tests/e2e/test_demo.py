@@ -10,6 +10,7 @@ from deltalake import DeltaTable
 from dagster_project import settings
 from dagster_project.definitions import defs as load_defs
 from dagster_project.demo import DemoSummary, run_demo
+from dagster_project.lib.sources.registry import SOURCES
 
 pytestmark = [pytest.mark.slow, pytest.mark.sftp]
 
@@ -69,13 +70,22 @@ def _state() -> dict[str, list]:
     }
 
 
+def _expected(demo: DemoSummary, source: str) -> list:
+    prefix = SOURCES[source].files.file_prefix
+    return [f for f in demo.expected if f.path.name.startswith(prefix)]
+
+
 def test_demo_lands_every_row_once_and_refines_it(demo: DemoSummary, monkeypatch: pytest.MonkeyPatch):
     assert demo.failed_runs == []
-    truth_good = sum(f.good for f in demo.expected)
-    truth_bad = sum(f.bad for f in demo.expected)
-    assert demo.bronze_rows["customers"] == truth_good
-    assert demo.quarantined_rows["customers"] == truth_bad
-    assert sum(demo.quarantine_reasons.values()) >= truth_bad
+    for source in ("customers", "consents"):
+        expected = _expected(demo, source)
+        assert len(expected) == 3, source
+        assert demo.bronze_rows[source] == sum(f.good for f in expected), source
+        assert demo.quarantined_rows[source] == sum(f.bad for f in expected), source
+    assert sum(demo.quarantine_reasons.values()) >= sum(f.bad for f in demo.expected)
+    # The shop's Standard Webhooks events: every delivery acknowledged, each message once in bronze.
+    assert demo.shop_webhook_answers == {200: 3 * 13}
+    assert demo.bronze_rows["shop_events"] == 3 * 12
     # The two files the inbox must refuse never reached landing.
     assert len(demo.remote_quarantine) == 2
     # Every gate of every layer passed; the one failed check is the wrong-CRC file's intake check.
@@ -101,7 +111,7 @@ def test_demo_lands_every_row_once_and_refines_it(demo: DemoSummary, monkeypatch
 def test_backfilling_a_partition_twice_changes_nothing(demo: DemoSummary):
     defs = load_defs()
     before = _state()
-    day = demo.expected[1].business_date
+    day = _expected(demo, "customers")[1].business_date
     with dg.DagsterInstance.get() as instance:
         job = defs.resolve_implicit_global_asset_job_def()
         # A backfill rebuilds bronze from landing, then everything downstream of it.
@@ -125,12 +135,12 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
     graph = defs.resolve_asset_graph()
     bronze_key = dg.AssetKey(["bronze", "customers"])
     silver_key = dg.AssetKey(["silver", "stg_acme__customer_versions"])  # bronze's direct child
-    day = demo.expected[-1].business_date
+    day = _expected(demo, "customers")[-1].business_date
     refined_before = {k: v for k, v in _state().items() if k not in ("bronze", "quarantine")}
 
-    import dagster_project.defs.sftp.assets as intake_assets
+    import dagster_project.defs.common.bronze as bronze_engine  # the one bronze engine every source runs
 
-    real_load = intake_assets.load_partition
+    real_load = bronze_engine.load_partition
 
     def losing_a_row(*args, **kwargs):
         # A writer bug: the partition is committed one row short of what the contract let through.
@@ -142,7 +152,7 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
     downstream = dg.AssetSelection.assets(bronze_key).required_multi_asset_neighbors().downstream().resolve(graph)
     with dg.DagsterInstance.get() as instance:
         baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        monkeypatch.setattr(intake_assets, "load_partition", losing_a_row)
+        monkeypatch.setattr(bronze_engine, "load_partition", losing_a_row)
         broken = job.execute_in_process(
             instance=instance, partition_key=day, asset_selection=list(downstream), raise_on_error=False
         )
@@ -157,7 +167,7 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
         assert day not in held.get_requested_partitions(silver_key)
 
         # ...and lets it go once the partition is rebuilt correctly and the gate passes.
-        monkeypatch.setattr(intake_assets, "load_partition", real_load)
+        monkeypatch.setattr(bronze_engine, "load_partition", real_load)
         bronze_only = dg.AssetSelection.assets(bronze_key, dg.AssetKey(["quarantine", "customers"])).resolve(graph)
         healed = job.execute_in_process(instance=instance, partition_key=day, asset_selection=list(bronze_only))
         assert all(e.passed for e in healed.get_asset_check_evaluations())

@@ -1,6 +1,7 @@
 """Shop orders through Airbyte: the connection sync, then bronze orders (+ quarantine) from what it landed."""
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -8,12 +9,11 @@ from dagster_project import settings
 from dagster_project.defs.airbyte.resources import AirbyteResource
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.bronze.engine import Reader
-from dagster_project.lib.bronze.readers.airbyte_records import AirbyteRecordsReader, business_dates_in, landing_dir
-from dagster_project.lib.clients.airbyte import AirbyteSyncError
-from dagster_project.lib.intake.airbyte_destination import record_files
 from dagster_project.lib.sources.registry import ORDERS
 from dagster_project.lib.sources.spec import SourceSpec
+
+if TYPE_CHECKING:
+    from dagster_project.lib.bronze.engine import Reader
 
 SYNC_KEY = dg.AssetKey(["airbyte", "shop_orders_sync"])
 BRONZE_KEY = bronze_key(ORDERS.name)
@@ -31,6 +31,11 @@ OWNERS = list(ORDERS.owners)
 def shop_orders_sync(
     context: dg.AssetExecutionContext, airbyte: AirbyteResource, lake: LakeResource
 ) -> dg.MaterializeResult:
+    # Imported where a sync runs: the Airbyte SDK and DuckDB are not needed to load the code location.
+    from dagster_project.lib.bronze.readers.airbyte_records import business_dates_in, landing_dir
+    from dagster_project.lib.clients.airbyte import AirbyteSyncError
+    from dagster_project.lib.intake.airbyte_destination import record_files
+
     directory = landing_dir(ORDERS, lake.landing_root())
     before = set(record_files(directory)) if directory.exists() else set()
     try:
@@ -62,7 +67,9 @@ def shop_orders_sync(
     )
 
 
-def _open_landed_records(context: dg.AssetExecutionContext, spec: SourceSpec) -> AbstractContextManager[Reader]:
+def _open_landed_records(context: dg.AssetExecutionContext, spec: SourceSpec) -> "AbstractContextManager[Reader]":
+    from dagster_project.lib.bronze.readers.airbyte_records import AirbyteRecordsReader
+
     return nullcontext(AirbyteRecordsReader(spec, context.resources.lake.landing_root(), context.partition_key))
 
 

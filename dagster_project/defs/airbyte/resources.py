@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from pydantic import Field
 
 from dagster_project import settings
-from dagster_project.lib.clients.airbyte import AirbyteClient, SyncResult
+
+if TYPE_CHECKING:  # the Airbyte SDK loads where a sync runs, not with the code location
+    from dagster_project.lib.clients.airbyte import AirbyteClient, SyncResult
 
 
 class AirbyteResource(dg.ConfigurableResource):
@@ -22,6 +26,8 @@ class AirbyteResource(dg.ConfigurableResource):
     request_timeout: float = Field(default=30.0, description="Timeout of one API request, in seconds.")
 
     def client(self) -> AirbyteClient:
+        from dagster_project.lib.clients.airbyte import AirbyteClient
+
         if not self.server_url:
             raise ValueError(
                 "No Airbyte server is configured: set MEDALLION_AIRBYTE_SERVER_URL "

@@ -4,19 +4,20 @@ the reader that opens what landed for the date (`lib/bronze/readers/`)."""
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from dagster_project.defs.common.gates import gate_check_result, latest_partition_metadata
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.bronze.contract import PARTITION_COLUMN
-from dagster_project.lib.bronze.engine import LoadResult, Reader, load_partition
 from dagster_project.lib.sources.spec import SourceSpec
 
+if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
+    from dagster_project.lib.bronze.engine import LoadResult, Reader
+
 # Opens the reader of one partition with the run's resources (an inbox connection, the lake's landing zone).
-OpenReader = Callable[[dg.AssetExecutionContext, SourceSpec], AbstractContextManager[Reader]]
+OpenReader = Callable[[dg.AssetExecutionContext, SourceSpec], "AbstractContextManager[Reader]"]
 
 
 def bronze_key(table: str) -> dg.AssetKey:
@@ -32,7 +33,7 @@ def _metadata_value(value: Any) -> Any:
 
 
 def _results(
-    context: dg.AssetExecutionContext, spec: SourceSpec, load: LoadResult, lake: LakeResource
+    context: dg.AssetExecutionContext, spec: SourceSpec, load: "LoadResult", lake: LakeResource
 ) -> Iterator[dg.MaterializeResult]:
     """The bronze and quarantine materializations of one partition load
     (received = loaded + quarantined + duplicates dropped)."""
@@ -101,9 +102,11 @@ def build_bronze_assets(
         required_resource_keys={"lake", *required_resource_keys},
     )
     def _bronze(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+        from dagster_project.lib.bronze import engine
+
         lake: LakeResource = context.resources.lake
         with open_reader(context, spec) as reader:
-            load = load_partition(
+            load = engine.load_partition(
                 spec,
                 reader,
                 bronze_path=lake.bronze_path(spec.name),
@@ -129,6 +132,7 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
     )
     def _gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
         # Imported here, where a gate runs: Great Expectations is heavy and the code location loads without it.
+        from dagster_project.lib.bronze.contract import PARTITION_COLUMN
         from dagster_project.lib.quality import gates
         from dagster_project.lib.quality.gx_runner import validate_delta
 

@@ -1,21 +1,26 @@
 """Reverse ETL: gold customer segments pushed into the CRM's operational table."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import duckdb
-import pyarrow as pa
 
 from dagster_project.defs.common.dbt_keys import gold_model_key
 from dagster_project.defs.common.partitions import WAREHOUSE_POOL
 from dagster_project.defs.common.warehouse import WarehouseResource
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 SEGMENTS_MODEL = "customer_segments"
 KEY = "customer_id"
 CRM_SCORES_KEY = dg.AssetKey(["reverse_etl", "crm_customer_scores"])
 
 
-def read_segments(warehouse: str) -> pa.Table:
+def read_segments(warehouse: str) -> "pa.Table":
     """The gold segments table, read-only, in key order."""
+    import duckdb
+
     with duckdb.connect(warehouse, read_only=True) as con:
         return con.sql(f"select * from gold.{SEGMENTS_MODEL} order by {KEY}").to_arrow_table()
 

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
 from pydantic import Field
 
 from dagster_project import settings
 from dagster_project.defs.common.resources import by_reference_if_configured
-from dagster_project.lib.clients.reverse_etl import SyncStats, sync_rows
+
+if TYPE_CHECKING:  # SQLAlchemy loads where a sync runs, not with the code location
+    import pyarrow as pa
+
+    from dagster_project.lib.clients.reverse_etl import SyncStats
 
 
 class ReverseEtlTarget(dg.ConfigurableResource):
@@ -24,6 +27,8 @@ class ReverseEtlTarget(dg.ConfigurableResource):
 
     def sync(self, rows: Iterable[Mapping[str, Any]] | pa.Table, key: str) -> SyncStats:
         """Make the table hold exactly `rows`, keyed by `key`: upsert changed rows, delete vanished keys."""
+        from dagster_project.lib.clients.reverse_etl import sync_rows
+
         return sync_rows(self.url, self.table, rows, key, batch_size=self.batch_size)
 
 

@@ -1,6 +1,7 @@
 """Partner file feeds: SFTP inbox -> landing -> bronze Delta (+ quarantine), one set of assets per feed."""
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -8,13 +9,14 @@ from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, 
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.sftp.resources import SftpResource
-from dagster_project.lib.bronze.engine import Reader
-from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 from dagster_project.lib.intake.landing import landed_files
 from dagster_project.lib.intake.sftp_inbox import IntakeOutcome, take_file
 from dagster_project.lib.sources.naming import NamingError, parse_file_name
 from dagster_project.lib.sources.registry import partner_file_sources
 from dagster_project.lib.sources.spec import SourceSpec
+
+if TYPE_CHECKING:
+    from dagster_project.lib.bronze.engine import Reader
 
 
 def landing_key(spec: SourceSpec) -> dg.AssetKey:
@@ -94,7 +96,9 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
     return _landing
 
 
-def _open_landed_files(context: dg.AssetExecutionContext, spec: SourceSpec) -> AbstractContextManager[Reader]:
+def _open_landed_files(context: dg.AssetExecutionContext, spec: SourceSpec) -> "AbstractContextManager[Reader]":
+    from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
+
     landed = landed_files(context.resources.lake.landing_root(), spec.name, context.partition_key)
     return nullcontext(PartnerFilesReader(spec, landed, context.partition_key))
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from dagster_project import settings
-from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.lib.intake.sftp_inbox import RemoteLayout
+
+if TYPE_CHECKING:  # paramiko loads where a connection is opened, not with the code location
+    from dagster_project.lib.clients.sftp import SftpClient
 
 
 class SftpResource(dg.ConfigurableResource):
@@ -51,6 +54,8 @@ class SftpResource(dg.ConfigurableResource):
 
     @contextmanager
     def client(self) -> Iterator[SftpClient]:
+        from dagster_project.lib.clients.sftp import SftpClient
+
         with SftpClient(
             self.host,
             self.port,

@@ -3,14 +3,16 @@
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
-from dagster_project.lib.bronze.engine import Reader
-from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
 from dagster_project.lib.sources.registry import webhook_sources
 from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
+
+if TYPE_CHECKING:
+    from dagster_project.lib.bronze.engine import Reader
 
 INBOX_BATCH_EVENTS = 5000
 
@@ -39,7 +41,9 @@ def build_inbox_asset(spec: SourceSpec) -> dg.AssetSpec:
 
 
 @contextmanager
-def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> Iterator[Reader]:
+def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> "Iterator[Reader]":
+    from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
+
     day = dt.date.fromisoformat(context.partition_key)
     with context.resources.inbox.open() as store:
         events = store.iter_for_dates(provider_of(spec), [day], batch_size=INBOX_BATCH_EVENTS)

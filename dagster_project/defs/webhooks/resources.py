@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from dagster_project import settings
 from dagster_project.defs.common.resources import by_reference_if_configured
-from dagster_project.lib.intake.inbox import Inbox
+
+if TYPE_CHECKING:  # SQLAlchemy loads where the inbox is opened, not with the code location
+    from dagster_project.lib.intake.inbox import Inbox
 
 
 class InboxResource(dg.ConfigurableResource):
@@ -21,6 +24,8 @@ class InboxResource(dg.ConfigurableResource):
 
     @contextmanager
     def open(self) -> Iterator[Inbox]:
+        from dagster_project.lib.intake.inbox import Inbox
+
         with Inbox(self.url) as inbox:
             yield inbox
 

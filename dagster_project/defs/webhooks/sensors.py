@@ -5,7 +5,6 @@ import dagster as dg
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.webhooks.assets import ingest_job_name, ingest_jobs, provider_of
 from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.lib.intake.inbox import InboxUnavailable
 from dagster_project.lib.sources.registry import SOURCES, source_for_provider
 
 PAGE_SIZE = 1000
@@ -20,6 +19,8 @@ MAX_PAGES_PER_TICK = 50  # a backlog is worked through over several ticks instea
     description="Requests one bronze rebuild per webhook source and event date touched by events new in the inbox.",
 )
 def webhook_events_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource) -> dg.SensorResult:
+    from dagster_project.lib.intake.inbox import InboxUnavailable  # SQLAlchemy: loaded when the sensor runs
+
     # The cursor is the last inbox id seen. The inbox makes ids visible in increasing order, so every
     # event committed later has a larger id and is read on a later tick.
     cursor = int(context.cursor or 0)

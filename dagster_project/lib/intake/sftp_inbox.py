@@ -11,11 +11,13 @@ import datetime as dt
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster_project.lib.bronze.contract import ContractError, read_header, resolve_columns
-from dagster_project.lib.clients.sftp import RemoteFile, SftpClient
 from dagster_project.lib.intake.landing import ChecksumMismatch, Manifest, land_file
 from dagster_project.lib.sources.naming import NamingError, is_temporary, parse_file_name
+
+if TYPE_CHECKING:  # paramiko loads with the client, where files are moved
+    from dagster_project.lib.clients.sftp import RemoteFile, SftpClient
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def take_file(
     staging_dir: Path,
     source_uri: str,
 ) -> IntakeOutcome:
+    from dagster_project.lib.bronze.contract import ContractError, read_header, resolve_columns  # loads Arrow
+
     remote = posixpath.join(layout.inbox, file_name)
     if not client.exists(remote):
         return IntakeOutcome(file_name, "missing", reason="no longer in the inbox (taken by an earlier run)")
