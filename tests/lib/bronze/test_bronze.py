@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pandera.errors
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -352,6 +353,42 @@ def test_failure_in_a_later_file_leaves_the_partition_unchanged(land: Land, lake
     assert DeltaTable(lake.quarantine).version() == quarantine_version
     assert lake.bronze_rows() == before_bronze
     assert lake.quarantine_rows() == before_quarantine
+
+
+class _NullingReader:
+    """Hands the engine every record as the partner-file reader does, but from batch `at` on with `email`
+    null and no reason: a reader bug that only the typed contract of the committed batches can catch."""
+
+    def __init__(self, inner: PartnerFilesReader, at: int):
+        self.inner, self.at = inner, at
+        self.business_date, self.origins = inner.business_date, inner.origins
+
+    def read(self, batch_rows: int) -> Iterator[tuple[Any, pa.RecordBatch]]:
+        for index, (origin, batch) in enumerate(self.inner.read(batch_rows)):
+            if index >= self.at:
+                columns = [
+                    pa.nulls(batch.num_rows, pa.string()) if n == "email" else batch.column(n)
+                    for n in batch.schema.names
+                ]
+                batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+            yield origin, batch
+
+    def details(self) -> dict[str, Any]:
+        return self.inner.details()
+
+
+def test_batch_breaking_the_typed_contract_is_not_committed(land: Land, lake: Lake) -> None:
+    land(customers_csv([customer(i) for i in range(1, 30)]), sequence=1)
+    lake.load(run_id="before")
+    bronze_version, before = DeltaTable(lake.bronze).version(), lake.bronze_rows()
+
+    reader = _NullingReader(PartnerFilesReader(CUSTOMERS, landed_files(lake.landing, "customers", DAY), DAY), at=2)
+    with pytest.raises(pandera.errors.SchemaError, match="email"):
+        load_partition(
+            CUSTOMERS, reader, bronze_path=lake.bronze, quarantine_path=lake.quarantine, run_id="after", batch_rows=7
+        )
+    assert DeltaTable(lake.bronze).version() == bronze_version
+    assert lake.bronze_rows() == before
 
 
 def test_manifest_of_another_date_is_refused(land: Land, lake: Lake) -> None:
