@@ -24,14 +24,15 @@ def bronze_section(sizes: list[int]) -> None:
     rows = bronze.run(sizes, WORK)
     print(
         f"{'rows':>11} {'file MB':>8} {'COPY rows/s':>12} {'COPY RSS MB':>11} {'hop rows/s':>11} "
-        f"{'hop RSS MB':>10} {'hop/COPY':>8} {'quarantined':>11}"
+        f"{'hop RSS MB':>10} {'hop/COPY':>8} {'quarantined':>11} {'imports s':>9}"
     )
     for r in rows:
         print(
             f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['copy_rows_per_s']:>12,.0f} {r['copy_peak_rss_mb']:>11.0f} "
             f"{r['hop_rows_per_s']:>11,.0f} {r['hop_peak_rss_mb']:>10.0f} {r['hop_vs_copy']:>8.2f} "
-            f"{r['quarantined']:>11,}"
+            f"{r['quarantined']:>11,} {r['hop_import_s']:>9.1f}"
         )
+    print("imports: what the hop imports on first use (pandera, polars, deltalake), once per process, not in rows/s")
     print("targets: hop >= 0.75x COPY; peak RSS <= 600 MB at 10M and <= 1.2x the 1M figure")
     for r in rows:
         print(f"  {r['rows']:,} rows: throughput {_verdict(r['hop_vs_copy'] >= 0.75)} ({r['hop_vs_copy']:.2f}x)")
