@@ -138,7 +138,7 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
     day = _expected(demo, "customers")[-1].business_date
     refined_before = {k: v for k, v in _state().items() if k not in ("bronze", "quarantine")}
 
-    import dagster_project.defs.common.bronze as bronze_engine  # the one bronze engine every source runs
+    import dagster_project.lib.bronze.engine as bronze_engine  # the one bronze engine every source runs
 
     real_load = bronze_engine.load_partition
 
