@@ -15,7 +15,7 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $(STAMP)
 
 $(DBT_DIR)/target/manifest.json: $(STAMP) $(shell find $(DBT_DIR) -name '*.sql' -o -name '*.yml' | grep -v target/)
