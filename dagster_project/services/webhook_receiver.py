@@ -43,11 +43,11 @@ from dagster_project.lib.sources.registry import webhook_sources
 logger = logging.getLogger("medallion.webhooks")
 
 
-
 def provider_schemes() -> dict[str, signatures.Scheme]:
     """Provider (the URL segment) -> signature scheme, for every webhook source in the registry: a provider
     the receiver accepts is always one whose events reach bronze."""
     return {spec.reader.provider: spec.reader.scheme for spec in webhook_sources()}  # type: ignore[union-attr]
+
 
 # headers worth keeping next to the body (signature headers included, to re-verify later if needed);
 # everything else (cookies, authorization, forwarding addresses) is dropped

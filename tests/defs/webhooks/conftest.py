@@ -18,6 +18,7 @@ from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import create_app
 
 STRIPE_SECRET = "whsec_test_payments_pipeline"
+SHOP_SECRET = "whsec_c2hvcC1ldmVudHMtdGVzdC1zZWNyZXQtMzItYnl0ZXMh"  # Standard Webhooks: whsec_ + base64
 PII_KEY = "test-only-hmac-key-0123456789abcdef"
 
 
@@ -56,11 +57,11 @@ def inbox_url(platform_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def receiver(inbox_url: str) -> Iterator[str]:
-    """The real webhook receiver under uvicorn on a loopback port; yields its base URL."""
+    """The real webhook receiver under uvicorn on a loopback port, for the PSP and the shop; yields its base URL."""
     app = create_app(
         inbox_url=inbox_url,
-        secrets={"stripe": [STRIPE_SECRET]},
-        schemes={"stripe": "stripe"},
+        secrets={"stripe": [STRIPE_SECRET], "shop": [SHOP_SECRET]},
+        schemes={"stripe": "stripe", "shop": "standard"},
         max_body_bytes=64 * 1024,
         tolerance_seconds=300,
         auto_migrate=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,27 +15,10 @@ import pytest
 
 from dagster_project import settings
 from dagster_project.lib.intake.signatures import sign_standard
-from dagster_project.services.loopback import serve_in_thread
-from dagster_project.services.webhook_receiver import create_app
 
-from .conftest import Platform
+from .conftest import SHOP_SECRET, Platform
 
-SHOP_SECRET = "whsec_c2hvcC1ldmVudHMtdGVzdC1zZWNyZXQtMzItYnl0ZXMh"
 DAY = dt.date(2025, 11, 5)
-
-
-@pytest.fixture
-def shop_receiver(inbox_url: str) -> Iterator[str]:
-    app = create_app(
-        inbox_url=inbox_url,
-        secrets={"shop": [SHOP_SECRET]},
-        schemes={"shop": "standard"},
-        max_body_bytes=64 * 1024,
-        tolerance_seconds=300,
-        auto_migrate=True,
-    )
-    with serve_in_thread(app, name="webhook-receiver") as base_url:
-        yield base_url
 
 
 def _post(base_url: str, message_id: str, payload: dict) -> int:
@@ -47,7 +29,7 @@ def _post(base_url: str, message_id: str, payload: dict) -> int:
 
 @pytest.mark.slow
 def test_signed_shop_events_reach_bronze_and_silver(
-    parsed_manifest: Path, inbox_url: str, platform_env: Path, shop_receiver: str
+    parsed_manifest: Path, inbox_url: str, platform_env: Path, receiver: str
 ) -> None:
     at = f"{DAY.isoformat()}T10:00:00+00:00"
     events = {
@@ -55,8 +37,8 @@ def test_signed_shop_events_reach_bronze_and_silver(
         "msg_2": {"type": "order.delivered", "timestamp": at, "data": {"id": "ord_1"}},
         "msg_bad": {"type": "order.shipped", "timestamp": at, "data": ["ord_2"]},
     }
-    assert [_post(shop_receiver, m, p) for m, p in events.items()] == [200, 200, 200]
-    assert _post(shop_receiver, "msg_1", events["msg_1"]) == 200  # a redelivery is acknowledged, stored once
+    assert [_post(receiver, m, p) for m, p in events.items()] == [200, 200, 200]
+    assert _post(receiver, "msg_1", events["msg_1"]) == 200  # a redelivery is acknowledged, stored once
 
     platform = Platform(platform_env / "lake", platform_env / "sftp")
     [request] = platform.tick("webhook_events_sensor")
