@@ -21,6 +21,7 @@ from dagster_project.services.webhook_receiver import (
     JsonLogFormatter,
     create_app,
     create_app_from_settings,
+    provider_schemes,
 )
 
 pytestmark = pytest.mark.anyio
