@@ -113,6 +113,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     """
     from dagster_project.demo import embedded_environment
     from dagster_project.services.sftp_server import EmbeddedSftpServer
+    from dagster_project.services.webhook_receiver import provider_schemes
 
     s = settings.sftp()
     server = EmbeddedSftpServer(
@@ -127,7 +128,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         preexec_fn=_default_signals,
         env=env,
     )
-    print(f"webhook receiver on http://{args.host}:{args.webhooks_port}/webhooks/stripe")
+    providers = ", ".join(provider_schemes())
+    print(f"webhook receiver on http://{args.host}:{args.webhooks_port}/webhooks/<provider> ({providers})")
     dagster = [str(bin_dir / "dagster"), "dev", "-h", args.host, "-p", str(args.port)]
     dagster += ["-w", str(settings.project_root() / "workspace.yaml")]
     process = subprocess.Popen(dagster, cwd=settings.project_root(), preexec_fn=_default_signals, env=env)

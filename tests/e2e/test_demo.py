@@ -108,23 +108,23 @@ def test_demo_lands_every_row_once_and_refines_it(demo: DemoSummary, monkeypatch
             assert not emails & {v for v in row if isinstance(v, str)}, f"{schema}.{table}"
 
 
-def test_backfilling_a_partition_twice_changes_nothing(demo: DemoSummary):
+def test_backfilling_a_partition_the_demo_built_changes_nothing(demo: DemoSummary):
     defs = load_defs()
     before = _state()
     day = _expected(demo, "customers")[1].business_date
     with dg.DagsterInstance.get() as instance:
         job = defs.resolve_implicit_global_asset_job_def()
-        # A backfill rebuilds bronze from landing, then everything downstream of it.
+        # A backfill rebuilds bronze from landing, then everything downstream of it: the second time this
+        # partition is built (the demo built it first), and it must give exactly what the first gave.
         selection = (
             dg.AssetSelection.assets(dg.AssetKey(["bronze", "customers"]), dg.AssetKey(["quarantine", "customers"]))
             .downstream()
             .resolve(defs.resolve_asset_graph())
         )
-        for _ in range(2):
-            result = job.execute_in_process(
-                instance=instance, partition_key=day, asset_selection=list(selection), raise_on_error=False
-            )
-            assert result.success
+        result = job.execute_in_process(
+            instance=instance, partition_key=day, asset_selection=list(selection), raise_on_error=False
+        )
+        assert result.success
     assert _state() == before
 
 
