@@ -261,9 +261,7 @@ async def test_deeply_nested_json_within_the_size_limit_is_400(inbox_url: str):
 async def test_standard_body_without_type_is_400(client: httpx.AsyncClient):
     body = b'{"data":{}}'
     headers = sign_standard(body, STANDARD_SECRET, "msg_1", int(time.time()))
-    await _assert_refused(
-        await client.post("/webhooks/shop", content=body, headers=headers), 400, "missing_event_type"
-    )
+    await _assert_refused(await client.post("/webhooks/shop", content=body, headers=headers), 400, "missing_event_type")
 
 
 async def test_unknown_provider_is_404(client: httpx.AsyncClient):

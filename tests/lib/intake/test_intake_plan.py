@@ -68,7 +68,8 @@ def test_broken_names_are_reported_with_the_rule_and_never_taken() -> None:
     assert plan.waiting == {}
     assert plan.broken == {
         bad_date: f"{bad_date}: business date 2025-02-30 is not a calendar date",
-        unknown: f"{unknown}: unknown feed; expected a name starting with one of acme_consents_*, acme_customers_*, psp_payouts_*",
+        unknown: f"{unknown}: unknown feed; expected a name starting with one of "
+        "acme_consents_*, acme_customers_*, psp_payouts_*",
     }
 
 

@@ -49,7 +49,7 @@ def test_pii_columns_come_from_every_declaration() -> None:
 
 def test_only_partner_file_sources_have_a_file_naming_contract() -> None:
     with pytest.raises(TypeError, match="orders is read from airbyte_records"):
-        ORDERS.files
+        _ = ORDERS.files
 
 
 def test_customers_declares_its_columns_in_file_order() -> None:
