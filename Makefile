@@ -38,8 +38,9 @@ browser:  ## headless Chromium for the UI test (Debian package)
 test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones
 	$(RUN) pytest
 
-test-fast: install  ## the unit tests only
-	$(RUN) pytest tests/lib -m "not postgres and not sftp"
+test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, the demo or the UI (< 1 min)
+	$(RUN) pytest tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
+	  -m "not slow and not postgres and not ui"
 
 bench: install  ## bronze hop vs DuckDB COPY, GX gates vs SQL, webhook load and fault test
 	$(RUN) python -m benchmarks

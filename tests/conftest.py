@@ -1,12 +1,17 @@
-"""Shared fixtures: a real SFTP server on loopback and a client pinned to its host key."""
+"""Shared fixtures: a real SFTP server on loopback and a client pinned to its host key, the parsed dbt project,
+the platform's paths in a temporary folder."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
@@ -54,3 +59,21 @@ def sftp_env(
     monkeypatch.setenv("MEDALLION_SFTP_PRIVATE_KEY", str(sftp_server.client_key_path))
     monkeypatch.setenv("MEDALLION_SFTP_KNOWN_HOSTS", str(sftp_server.known_hosts_path))
     return sftp_server
+
+
+@pytest.fixture(scope="session")
+def parsed_manifest() -> Path:
+    """Parse the dbt project as the Makefile does (no lake, no warehouse), so the dbt assets can load.
+
+    dbt's partial parsing makes this quick when `make` has parsed the same project already.
+    """
+    project_dir = settings.dbt_project_dir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
+    subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
+        + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
+        check=True,
+        cwd=project_dir,
+        env=env,
+    )
+    return project_dir / "target" / "manifest.json"

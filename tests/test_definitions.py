@@ -1,5 +1,6 @@
 """Loading the code location, and a snapshot of what it defines, so a rename shows up in review."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -65,7 +66,9 @@ EXPECTED_GATES = {
 }
 
 
+@functools.cache
 def _defs() -> dg.Definitions:
+    """Loaded and validated once for the module: every test here only reads the definitions."""
     defs = load_defs()
     defs.validate_loadable(defs)
     return defs

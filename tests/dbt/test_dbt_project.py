@@ -19,6 +19,8 @@ import pytest
 from dagster_project.lib.masking import pii_token
 from tests.dbt.support import PII_KEY, Dbt, customer, write_bronze_partition
 
+pytestmark = pytest.mark.slow  # every test runs dbt builds
+
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 
 DAY_1 = "2025-01-01"

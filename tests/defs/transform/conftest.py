@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,21 +8,6 @@ import pytest
 from dagster_project import settings
 from dagster_project.defs.transform.resources import MedallionDbtCliResource
 from tests.dbt.support import PII_KEY, customer, write_bronze_partition
-
-
-@pytest.fixture(scope="session")
-def parsed_manifest() -> Path:
-    """Parse the dbt project as the Makefile does (no lake, no warehouse), so the assets can load."""
-    project_dir = settings.dbt_project_dir()
-    env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
-    subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
-        + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
-        check=True,
-        cwd=project_dir,
-        env=env,
-    )
-    return project_dir / "target" / "manifest.json"
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from dagster_project.defs.transform.resources import (
 )
 from tests.dbt.support import customer, write_bronze_partition
 
+pytestmark = pytest.mark.slow  # every test runs dbt through Dagster
+
 INCREMENTAL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),
     dg.AssetKey(["silver", "stg_acme__customers"]),

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,29 +17,6 @@ from dagster_project.services.webhook_receiver import create_app
 STRIPE_SECRET = "whsec_test_payments_pipeline"
 SHOP_SECRET = "whsec_c2hvcC1ldmVudHMtdGVzdC1zZWNyZXQtMzItYnl0ZXMh"  # Standard Webhooks: whsec_ + base64
 PII_KEY = "test-only-hmac-key-0123456789abcdef"
-
-
-@pytest.fixture(scope="session")
-def parsed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Parse the dbt project as the Makefile does, so the transform assets can load its manifest."""
-    scratch = tmp_path_factory.mktemp("parse")
-    project_dir = settings.dbt_project_dir()
-    env = {"MEDALLION_LAKE_ROOT": str(scratch / "lake"), "MEDALLION_WAREHOUSE_PATH": str(scratch / "warehouse.duckdb")}
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("dbt")),
-            "parse",
-            "--quiet",
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-        ],
-        check=True,
-        cwd=project_dir,
-        env={**os.environ, **env},
-    )
-    return project_dir / "target" / "manifest.json"
 
 
 @pytest.fixture
