@@ -35,11 +35,11 @@ browser:  ## headless Chromium for the UI test (Debian package)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "The UI test needs Chromium: install the 'chromium' package" >&2; exit 1; fi; }
 
-test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones
-	$(RUN) pytest
+test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on two workers
+	$(RUN) pytest -n 2 --dist loadgroup
 
 test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, the demo or the UI (< 1 min)
-	$(RUN) pytest tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
+	$(RUN) pytest -n 2 tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
 	  -m "not slow and not postgres and not ui"
 
 bench: install  ## bronze hop vs DuckDB COPY, GX gates vs SQL, webhook load and fault test

@@ -165,3 +165,9 @@ def reverse_etl_table() -> str:
 
 def reverse_etl_batch_size() -> int:
     return int(_env("MEDALLION_REVERSE_ETL_BATCH_SIZE", "1000"))
+
+
+def running_under_dagster_dev() -> bool:
+    """Whether this process was started by `dagster dev` (which sets DAGSTER_IS_DEV_CLI): the dbt project is
+    then parsed again when the code location loads, so model edits show without a rebuild."""
+    return bool(os.environ.get("DAGSTER_IS_DEV_CLI", "").strip())

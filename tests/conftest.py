@@ -3,6 +3,7 @@ the platform's paths in a temporary folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -61,19 +62,39 @@ def sftp_env(
     return sftp_server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `pytest -n`, the tests that share the PostgreSQL database `test` run on one worker, one at a time."""
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
+def _manifest_is_current(manifest: Path, project_dir: Path) -> bool:
+    if not manifest.exists():
+        return False
+    sources = [p for p in project_dir.rglob("*") if p.suffix in (".sql", ".yml") and "target" not in p.parts]
+    return manifest.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+
+
 @pytest.fixture(scope="session")
 def parsed_manifest() -> Path:
-    """Parse the dbt project as the Makefile does (no lake, no warehouse), so the dbt assets can load.
+    """The dbt project parsed as the Makefile does (no lake, no warehouse), so the dbt assets can load.
 
-    dbt's partial parsing makes this quick when `make` has parsed the same project already.
+    `make` has parsed it already; it is parsed again only when a model or YAML file is newer than the manifest,
+    under a lock, so that test workers never read a manifest another one is writing.
     """
     project_dir = settings.dbt_project_dir()
-    env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
-    subprocess.run(
-        [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
-        + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
-        check=True,
-        cwd=project_dir,
-        env=env,
-    )
-    return project_dir / "target" / "manifest.json"
+    manifest = project_dir / "target" / "manifest.json"
+    manifest.parent.mkdir(exist_ok=True)
+    with (project_dir / "target" / ".parse.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _manifest_is_current(manifest, project_dir):
+            env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
+            subprocess.run(
+                [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
+                + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
+                check=True,
+                cwd=project_dir,
+                env=env,
+            )
+    return manifest

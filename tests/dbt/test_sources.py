@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from dagster_project import settings
+import pytest
+
 from dagster_project.lib.dbt_plugins.bronze import bronze_schemas
 from dagster_project.lib.sources.registry import SOURCES
 
 
-def _dbt_sources() -> dict[str, dict]:
-    manifest = json.loads((settings.dbt_project_dir() / "target" / "manifest.json").read_text())
+@pytest.fixture
+def dbt_sources(parsed_manifest: Path) -> dict[str, dict]:
+    manifest = json.loads(parsed_manifest.read_text())
     return {s["name"]: s for s in manifest["sources"].values()}
 
 
-def test_every_registered_source_is_a_dbt_source_under_its_declared_dbt_source() -> None:
-    dbt_sources = _dbt_sources()
+def test_every_registered_source_is_a_dbt_source_under_its_declared_dbt_source(dbt_sources: dict[str, dict]) -> None:
     assert set(dbt_sources) == set(SOURCES)
     for name, spec in SOURCES.items():
         meta = dbt_sources[name]["config"]["meta"]
@@ -24,7 +26,7 @@ def test_every_registered_source_is_a_dbt_source_under_its_declared_dbt_source()
         assert meta["delta_table_path"].endswith(f"/bronze/{name}")
 
 
-def test_the_bronze_plugin_knows_the_schema_of_every_source_it_reads() -> None:
-    plugin_tables = {s["config"]["meta"].get("bronze_table") for s in _dbt_sources().values()} - {None}
+def test_the_bronze_plugin_knows_the_schema_of_every_source_it_reads(dbt_sources: dict[str, dict]) -> None:
+    plugin_tables = {s["config"]["meta"].get("bronze_table") for s in dbt_sources.values()} - {None}
     assert plugin_tables <= set(bronze_schemas())
     assert set(bronze_schemas()) == set(SOURCES)

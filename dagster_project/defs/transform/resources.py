@@ -11,6 +11,9 @@ variables MEDALLION_LAKE_ROOT and MEDALLION_WAREHOUSE_PATH (profiles.yml, the so
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +66,8 @@ def load_dbt_project(project_dir: Path | None = None) -> DbtProject:
     project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
     # Re-parses under `dagster dev` only. Parsing needs no lake or warehouse: the paths it renders are
     # rendered again, from the run's vars, when a run starts.
-    project.prepare_if_dev()
+    if settings.running_under_dagster_dev():
+        parse_atomically(project)
     if not project.manifest_path.exists():
         raise DbtManifestMissingError(
             f"dbt manifest not found at {project.manifest_path}. Parse the project first: "
@@ -71,3 +75,25 @@ def load_dbt_project(project_dir: Path | None = None) -> DbtProject:
             "or run `make` once, which does it before anything else."
         )
     return project
+
+
+def parse_atomically(project: DbtProject) -> None:
+    """`dbt parse` into a scratch target folder, then swap the manifest in with one rename.
+
+    dagster-dbt's own `prepare_if_dev` parses into the project's `target/` in place, so a code server (or a
+    test) loading the manifest meanwhile could read half of it. The previous parse state is copied in first,
+    so dbt still parses partially.
+    """
+    target = Path(project.project_dir) / project.target_path  # dbt resolves a relative target in the project
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".parse-", dir=target))
+    try:
+        state = target / "partial_parse.msgpack"
+        if state.exists():
+            shutil.copy2(state, scratch / state.name)
+        DbtCliResource(project_dir=project).cli(["parse", "--quiet"], target_path=scratch).wait()
+        for name in ("partial_parse.msgpack", "manifest.json"):  # the manifest last: it is what readers read
+            if (scratch / name).exists():
+                os.replace(scratch / name, target / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -157,6 +157,22 @@ def test_missing_manifest_fails_with_the_fix(tmp_path: Path) -> None:
         load_dbt_project(tmp_path)
 
 
+def test_under_dagster_dev_the_manifest_is_parsed_again_and_swapped_in_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "dbt_project"
+    shutil.copytree(settings.dbt_project_dir(), project, ignore=shutil.ignore_patterns("target", "logs"))
+    (project / "target").mkdir()
+    (project / "target" / "manifest.json").write_text("{}")  # stale: what a reader would see until the swap
+    monkeypatch.setenv("DAGSTER_IS_DEV_CLI", "1")
+
+    loaded = load_dbt_project(project)
+
+    manifest = json.loads(loaded.manifest_path.read_text())
+    assert "model.medallion.stg_acme__customers" in manifest["nodes"]
+    assert not list((project / "target").glob(".parse-*"))  # the scratch parse is gone
+
+
 def test_definitions_load_with_the_settings_as_resource_config(
     assets: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
