@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from dagster_project.definitions import FOLLOW_UPSTREAM
 from dagster_project.definitions import defs as load_defs
@@ -122,6 +123,7 @@ def test_every_registered_source_has_bronze_quarantine_and_a_blocking_gate():
         assert graph.get_check_spec(dg.AssetCheckKey(bronze, "gx_bronze_gate")).blocking, name
 
 
+@pytest.mark.slow  # a fresh interpreter loads the whole code location
 def test_the_code_location_loads_without_the_heavy_libraries():
     """Every run pod and the code server load the definitions: what only a run needs is imported by the run."""
     heavy = ["great_expectations", "pandera", "polars", "sqlalchemy", "paramiko", "airbyte_api", "deltalake", "duckdb"]

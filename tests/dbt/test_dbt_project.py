@@ -19,7 +19,7 @@ import pytest
 from dagster_project.lib.masking import pii_token
 from tests.dbt.support import PII_KEY, Dbt, customer, write_bronze_partition
 
-pytestmark = pytest.mark.slow  # every test runs dbt builds
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 

@@ -12,7 +12,7 @@ from dagster_project.definitions import defs as load_defs
 from dagster_project.demo import DemoSummary, run_demo
 from dagster_project.lib.sources.registry import SOURCES
 
-pytestmark = [pytest.mark.slow, pytest.mark.sftp]
+pytestmark = [pytest.mark.slow, pytest.mark.sftp, pytest.mark.xdist_group("demo")]  # one demo run per session
 
 VOLATILE = {"_ingested_at", "_run_id", "dbt_updated_at", "dbt_valid_from", "dbt_valid_to", "dbt_scd_id"}
 

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from dagster_project import settings
 
-pytestmark = [pytest.mark.ui, pytest.mark.slow]
+pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.xdist_group("ui")]  # one webserver per session
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

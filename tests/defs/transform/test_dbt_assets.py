@@ -21,7 +21,7 @@ from dagster_project.defs.transform.resources import (
 )
 from tests.dbt.support import customer, write_bronze_partition
 
-pytestmark = pytest.mark.slow  # every test runs dbt through Dagster
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt_assets")]  # dbt through Dagster, one parse
 
 INCREMENTAL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),

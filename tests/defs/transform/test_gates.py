@@ -70,6 +70,7 @@ def test_a_gold_gate_fails_bad_segments_naming_the_rule(
     assert (failed["column"], failed["unexpected_count"], failed["sample"]) == ("segment", 1, [{"customer_id": 3}])
 
 
+@pytest.mark.slow  # a fresh interpreter loads the gates
 def test_the_gates_load_without_great_expectations(parsed_manifest: Path) -> None:
     code = (
         "import sys\n"
