@@ -86,7 +86,7 @@ def _customer(rng: random.Random, customer_id: int, when: dt.datetime) -> dict[s
     }
 
 
-def _csv_line(values: list[str]) -> str:
+def csv_line(values: list[str]) -> str:
     out = []
     for v in values:
         if any(ch in v for ch in ',"\r\n'):
@@ -145,7 +145,7 @@ def write_customer_files(
             mutate(victim)
             reasons.append(reason)
         header = list(spec.column_names)
-        lines = [_csv_line(header)] + [_csv_line([r[c] for c in header]) for r in rows]
+        lines = [csv_line(header)] + [csv_line([r[c] for c in header]) for r in rows]
         bad = len(reasons)
         if day_index == 1:
             lines.append("999999,too,many,columns,in,this,line,for,the,feed,contract")
@@ -184,7 +184,7 @@ def write_consent_files(
             for i in range(changes_per_day)
         ]
         rows[-1]["channel"] = "fax"
-        lines = [_csv_line(header)] + [_csv_line([r[c] for c in header]) for r in rows]
+        lines = [csv_line(header)] + [csv_line([r[c] for c in header]) for r in rows]
         data = ("\n".join(lines) + "\n").encode("utf-8")
         path = out_dir / CONSENTS.files.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
         path.write_bytes(data)

@@ -11,7 +11,7 @@ from dagster_project.lib.intake.signatures import sign_standard
 from dagster_project.lib.sources.registry import SHOP_EVENTS
 from dagster_project.samples.payments import Delivery
 
-WEBHOOK_PATH = f"/webhooks/{SHOP_EVENTS.reader.provider}"  # type: ignore[union-attr]
+WEBHOOK_PATH = f"/webhooks/{SHOP_EVENTS.webhook.provider}"
 EVENT_TYPES = ("order.created", "order.shipped", "order.delivered", "return.requested")
 
 

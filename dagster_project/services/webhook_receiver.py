@@ -46,7 +46,7 @@ logger = logging.getLogger("medallion.webhooks")
 def provider_schemes() -> dict[str, signatures.Scheme]:
     """Provider (the URL segment) -> signature scheme, for every webhook source in the registry: a provider
     the receiver accepts is always one whose events reach bronze."""
-    return {spec.reader.provider: spec.reader.scheme for spec in webhook_sources()}  # type: ignore[union-attr]
+    return {spec.webhook.provider: spec.webhook.scheme for spec in webhook_sources()}
 
 
 # headers worth keeping next to the body (signature headers included, to re-verify later if needed);

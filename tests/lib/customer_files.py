@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.samples.partner_files import csv_line
 
 RECEIVED_AT = dt.datetime(2025, 11, 5, 7, 30, tzinfo=dt.UTC)
 
@@ -26,15 +27,6 @@ def customer(customer_id: int = 1, /, **overrides: str | None) -> dict[str, str 
     row = dict(GOOD_CUSTOMER, customer_id=str(customer_id), email=f"ada.lovelace{customer_id}@example.com")
     row.update(overrides)
     return row
-
-
-def csv_line(values: list[str]) -> str:
-    out = []
-    for v in values:
-        if any(ch in v for ch in ',"\r\n'):
-            v = '"' + v.replace('"', '""') + '"'
-        out.append(v)
-    return ",".join(out)
 
 
 def customers_csv(rows: list[dict[str, str | None]], *, header: list[str] | None = None, newline: str = "\n") -> str:

@@ -9,17 +9,12 @@ import dagster as dg
 
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.lib.sources.registry import webhook_sources
-from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
+from dagster_project.lib.sources.spec import SourceSpec
 
 if TYPE_CHECKING:
     from dagster_project.lib.bronze.engine import Reader
 
 INBOX_BATCH_EVENTS = 5000
-
-
-def provider_of(spec: SourceSpec) -> str:
-    assert isinstance(spec.reader, WebhookEvents)
-    return spec.reader.provider
 
 
 def inbox_key(spec: SourceSpec) -> dg.AssetKey:
@@ -34,7 +29,7 @@ def build_inbox_asset(spec: SourceSpec) -> dg.AssetSpec:
     return dg.AssetSpec(
         inbox_key(spec),
         group_name="landing",
-        description=f"Verified {provider_of(spec)} webhook deliveries, kept byte for byte by the receiver.",
+        description=f"Verified {spec.webhook.provider} webhook deliveries, kept byte for byte by the receiver.",
         kinds={"webhook"},
         owners=list(spec.owners),
     )
@@ -46,7 +41,7 @@ def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> "
 
     day = dt.date.fromisoformat(context.partition_key)
     with context.resources.inbox.open() as store:
-        events = store.iter_for_dates(provider_of(spec), [day], batch_size=INBOX_BATCH_EVENTS)
+        events = store.iter_for_dates(spec.webhook.provider, [day], batch_size=INBOX_BATCH_EVENTS)
         yield WebhookEventsReader(spec, events, context.partition_key)
 
 

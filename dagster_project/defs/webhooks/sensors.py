@@ -3,7 +3,7 @@ from collections import defaultdict
 import dagster as dg
 
 from dagster_project.defs.common.partitions import daily_partitions
-from dagster_project.defs.webhooks.assets import ingest_job_name, ingest_jobs, provider_of
+from dagster_project.defs.webhooks.assets import ingest_job_name, ingest_jobs
 from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.lib.sources.registry import SOURCES, source_for_provider
 
@@ -61,7 +61,7 @@ def webhook_events_sensor(context: dg.SensorEvaluationContext, inbox: InboxResou
                 partition_key=day,
                 tags={
                     "medallion/source": source,
-                    "medallion/provider": provider_of(spec),
+                    "medallion/provider": spec.webhook.provider,
                     "medallion/inbox_max_id": str(inbox_id),
                 },
             )

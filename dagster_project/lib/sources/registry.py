@@ -170,7 +170,7 @@ def source_for_file(file_name: str) -> SourceSpec | None:
 def source_for_provider(provider: str) -> SourceSpec | None:
     """The webhook source a provider's deliveries belong to, if any."""
     for spec in webhook_sources():
-        if spec.reader.provider == provider:  # type: ignore[union-attr]
+        if spec.webhook.provider == provider:
             return spec
     return None
 

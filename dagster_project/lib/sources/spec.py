@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 ColumnType = Literal["string", "int64", "decimal", "date", "timestamp", "boolean"]
 SignatureScheme = Literal["stripe", "standard"]
@@ -101,6 +101,7 @@ class WebhookEvents:
 
 
 Reader = PartnerFiles | AirbyteStream | WebhookEvents
+R = TypeVar("R", PartnerFiles, AirbyteStream, WebhookEvents)
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,22 @@ class SourceSpec:
             return f"airbyte:{reader.connection}/{reader.stream}"
         return f"webhook:{reader.provider}"
 
+    def _read_as(self, kind: type[R]) -> R:
+        if not isinstance(self.reader, kind):
+            raise TypeError(f"source {self.name} is read from {self.reader.kind}, not from {kind.kind}")
+        return self.reader
+
     @property
     def files(self) -> PartnerFiles:
         """The file-naming contract of a partner file source."""
-        if not isinstance(self.reader, PartnerFiles):
-            raise TypeError(f"source {self.name} is read from {self.reader.kind}, not from partner files")
-        return self.reader
+        return self._read_as(PartnerFiles)
+
+    @property
+    def webhook(self) -> WebhookEvents:
+        """The provider and payload of a webhook source."""
+        return self._read_as(WebhookEvents)
+
+    @property
+    def airbyte(self) -> AirbyteStream:
+        """The connection and stream of an Airbyte source."""
+        return self._read_as(AirbyteStream)

@@ -80,7 +80,7 @@ class Lake:
         return load_partition(self.spec, reader, bronze_path=self.bronze, quarantine_path=self.quarantine, run_id="r")
 
     def rebuild(self, inbox: Inbox, day: str = DAY, batch_events: int = 5000) -> LoadResult:
-        provider = self.spec.reader.provider  # type: ignore[union-attr]
+        provider = self.spec.webhook.provider
         return self.load(inbox.iter_for_dates(provider, [dt.date.fromisoformat(day)], batch_size=batch_events), day)
 
     def rows(self) -> list[dict]:

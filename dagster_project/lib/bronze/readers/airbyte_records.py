@@ -41,18 +41,12 @@ from dagster_project.lib.intake.airbyte_destination import (
     record_files,
     record_schema,
 )
-from dagster_project.lib.sources.spec import AirbyteStream, SourceSpec
+from dagster_project.lib.sources.spec import SourceSpec
 
 _EPOCH_MS_IN_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_(\d{13})_")
 # JSON carries integers, booleans and strings; dates, timestamps and decimals stay strings until the
 # contract parses them strictly.
 _JSON_TYPES = {"int64": pa.int64(), "boolean": pa.bool_()}
-
-
-def stream(spec: SourceSpec) -> AirbyteStream:
-    if not isinstance(spec.reader, AirbyteStream):
-        raise TypeError(f"source {spec.name} is not read from an Airbyte stream")
-    return spec.reader
 
 
 def edge_schema(spec: SourceSpec) -> pa.Schema:
@@ -63,8 +57,7 @@ def edge_schema(spec: SourceSpec) -> pa.Schema:
 
 def landing_dir(spec: SourceSpec, landing_root: Path) -> Path:
     """Where the destination writes the stream."""
-    reader = stream(spec)
-    return landing_root / reader.destination_dir / reader.stream
+    return landing_root / spec.airbyte.destination_dir / spec.airbyte.stream
 
 
 def _landed_files(directory: Path) -> pa.Table:
@@ -92,7 +85,7 @@ class AirbyteRecordsReader:
         self.spec = spec
         self.business_date = dt.date.fromisoformat(business_date)
         self.directory = landing_dir(spec, landing_root)
-        self.origin = OriginLoad(f"landing:{stream(spec).destination_dir}/{stream(spec).stream}")
+        self.origin = OriginLoad(f"landing:{spec.airbyte.destination_dir}/{spec.airbyte.stream}")
         self.origins = [self.origin]
         self.files_read = 0
 
@@ -171,7 +164,7 @@ class AirbyteRecordsReader:
         contract = select_sql(self.spec, data, source="staged", passthrough=passthrough)
         key = ", ".join(f'"{name}"' for name in self.spec.key)
         key_missing = " OR ".join(f'"{name}" IS NULL' for name in self.spec.key)
-        day = f'"{stream(self.spec).partition_column}"'
+        day = f'"{self.spec.airbyte.partition_column}"'
         extracted_day = f"CAST(timezone('UTC', {EXTRACTED_AT}) AS DATE)"
         con.execute(
             f"""
@@ -203,7 +196,7 @@ def business_dates_in(spec: SourceSpec, paths: list[Path], landing_root: Path) -
     """The business dates the records of these landed files belong to (their valid partition column, else
     the UTC date they were extracted on), sorted: the bronze partitions a delivery touches."""
     directory = landing_dir(spec, landing_root)
-    column = stream(spec).partition_column
+    column = spec.airbyte.partition_column
     dates: set[str] = set()
     wanted = {p.resolve() for p in paths}
     for batch in read_airbyte_records(directory, edge_schema(spec)):

@@ -35,7 +35,7 @@ import pyarrow as pa
 from dagster_project.lib.bronze.contract import data_fields
 from dagster_project.lib.bronze.engine import RAW_RECORD, REASONS, OriginLoad
 from dagster_project.lib.intake.inbox import StoredEvent
-from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
+from dagster_project.lib.sources.spec import SourceSpec
 
 CHARGE_EVENT_TYPES = frozenset(
     {
@@ -214,12 +214,10 @@ class WebhookEventsReader:
     """The inbox events of one partition, given as batches in inbox id order (`Inbox.iter_for_dates`)."""
 
     def __init__(self, spec: SourceSpec, batches: Iterable[Sequence[StoredEvent]], business_date: str):
-        if not isinstance(spec.reader, WebhookEvents):
-            raise TypeError(f"source {spec.name} is not read from webhook events")
         self.spec, self.batches = spec, batches
         self.business_date = dt.date.fromisoformat(business_date)
-        self.parse = PARSERS[spec.reader.payload]
-        self.origin = OriginLoad(f"inbox:{spec.reader.provider}")
+        self.parse = PARSERS[spec.webhook.payload]
+        self.origin = OriginLoad(f"inbox:{spec.webhook.provider}")
         self.origins = [self.origin]
         self.schema = pa.schema(
             [
