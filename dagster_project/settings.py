@@ -19,6 +19,10 @@ from pathlib import Path
 # Variables whose value may hold a password (a PostgreSQL URL): bound to resources as `dg.EnvVar`.
 WEBHOOK_INBOX_URL = "MEDALLION_WEBHOOK_INBOX_URL"
 REVERSE_ETL_URL = "MEDALLION_REVERSE_ETL_URL"
+# Alert channels: a webhook URL may carry a token in its path (Slack's always does), an SMTP password is one.
+ALERT_WEBHOOK_URL = "MEDALLION_ALERT_WEBHOOK_URL"
+ALERT_SLACK_WEBHOOK_URL = "MEDALLION_ALERT_SLACK_WEBHOOK_URL"
+ALERT_SMTP_PASSWORD = "MEDALLION_ALERT_SMTP_PASSWORD"
 
 
 def _env(name: str, default: str) -> str:
@@ -165,6 +169,45 @@ def reverse_etl_table() -> str:
 
 def reverse_etl_batch_size() -> int:
     return int(_env("MEDALLION_REVERSE_ETL_BATCH_SIZE", "1000"))
+
+
+@dataclass(frozen=True)
+class AlertEmailSettings:
+    """Where e-mail alerts go; the SMTP password is not here (bound by reference, ALERT_SMTP_PASSWORD)."""
+
+    host: str
+    port: int
+    username: str
+    starttls: bool
+    sender: str
+    recipients: tuple[str, ...]
+
+
+def alert_email() -> AlertEmailSettings | None:
+    """The e-mail alert channel, or None unless an SMTP host and at least one recipient are set."""
+    host = _env("MEDALLION_ALERT_SMTP_HOST", "")
+    recipients = tuple(r.strip() for r in _env("MEDALLION_ALERT_EMAIL_TO", "").split(",") if r.strip())
+    if not host or not recipients:
+        return None
+    return AlertEmailSettings(
+        host=host,
+        port=int(_env("MEDALLION_ALERT_SMTP_PORT", "587")),
+        username=_env("MEDALLION_ALERT_SMTP_USER", ""),
+        starttls=_env("MEDALLION_ALERT_SMTP_STARTTLS", "true").lower() in ("1", "true", "yes"),
+        sender=_env("MEDALLION_ALERT_EMAIL_FROM", "medallion@localhost"),
+        recipients=recipients,
+    )
+
+
+def alert_channels() -> list[str]:
+    """The alert channels configured (webhook, slack, email); none means the alert sensors stay off."""
+    urls = (("webhook", ALERT_WEBHOOK_URL), ("slack", ALERT_SLACK_WEBHOOK_URL))
+    return [name for name, variable in urls if is_configured(variable)] + (["email"] if alert_email() else [])
+
+
+def dagster_ui_url() -> str:
+    """The Dagster UI's address as people reach it, for links in alerts."""
+    return _env("MEDALLION_DAGSTER_UI_URL", "http://127.0.0.1:3000").rstrip("/")
 
 
 def running_under_dagster_dev() -> bool:
