@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagster_project.lib.lake import Lake
+
 # Variables whose value may hold a password (a PostgreSQL URL): bound to resources as `dg.EnvVar`.
 WEBHOOK_INBOX_URL = "MEDALLION_WEBHOOK_INBOX_URL"
 REVERSE_ETL_URL = "MEDALLION_REVERSE_ETL_URL"
@@ -39,14 +41,55 @@ def data_dir() -> Path:
     return Path(_env("MEDALLION_DATA_DIR", str(project_root() / ".data"))).resolve()
 
 
-def lake_root() -> Path:
-    """Lake root shared by Dagster and dbt (dbt reads it as env_var('MEDALLION_LAKE_ROOT'))."""
-    return Path(_env("MEDALLION_LAKE_ROOT", str(data_dir() / "lake"))).resolve()
+def lake_root() -> str:
+    """The lake's root, shared by Dagster and dbt: a local path or an s3://, gs:// or az:// URI.
+
+    Never passed through `Path`: `Path("s3://b/lake")` is a local folder named `s3:`."""
+    return _env("MEDALLION_LAKE_ROOT", str(data_dir() / "lake"))
 
 
-def warehouse_path() -> Path:
-    """DuckDB warehouse shared by Dagster and dbt (dbt reads env_var('MEDALLION_WAREHOUSE_PATH'))."""
-    return Path(_env("MEDALLION_WAREHOUSE_PATH", str(data_dir() / "warehouse.duckdb"))).resolve()
+# The standard variables of each object store, read for the lake; unset ones are left to the libraries'
+# own defaults (workload identity: IRSA, GKE and Azure workload identity, instance profiles).
+LAKE_STORAGE_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ALLOW_HTTP",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_HMAC_KEY_ID",
+    "GOOGLE_HMAC_SECRET",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+)
+
+
+def lake_storage_options() -> dict[str, str]:
+    """Credentials and endpoint of the lake's object store, from the standard variables that are set.
+
+    A plain-HTTP endpoint is allowed only on loopback (a local MinIO or test server), unless
+    AWS_ALLOW_HTTP says so explicitly."""
+    options = {name: os.environ[name].strip() for name in LAKE_STORAGE_VARIABLES if os.environ.get(name, "").strip()}
+    endpoint = options.get("AWS_ENDPOINT_URL", "")
+    if endpoint.startswith("http://") and "AWS_ALLOW_HTTP" not in options:
+        host = endpoint.removeprefix("http://").split("/", 1)[0].rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost", "[::1]"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if "AWS_ENDPOINT_URL" in options and "AWS_REGION" not in options:
+        options["AWS_REGION"] = "us-east-1"  # S3-compatible stores ignore it, but the clients need one
+    return options
+
+
+def lake() -> Lake:
+    """The lake (root and storage options); `LakeError` when MEDALLION_LAKE_ROOT cannot be used."""
+    return Lake.parse(lake_root(), lake_storage_options())
 
 
 def dbt_project_dir() -> Path:

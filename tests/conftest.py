@@ -62,6 +62,42 @@ def sftp_env(
     return sftp_server
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API on loopback (moto's server), shared by the session; each test gets its own bucket."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_lake(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """MEDALLION_LAKE_ROOT on a new bucket of the loopback S3 server, with the standard AWS variables set
+    (for this process and every child it starts). Returns the lake URI."""
+    import re
+    import uuid
+
+    import boto3
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", f"lake-{uuid.uuid4().hex[:8]}-{request.node.name.lower()}")[:63].rstrip("-")
+    credentials = {"AWS_ACCESS_KEY_ID": "medallion-test", "AWS_SECRET_ACCESS_KEY": "medallion-test-secret"}
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **{k.lower(): v for k, v in credentials.items()}).create_bucket(Bucket=bucket)
+    for name, value in {**credentials, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"s3://{bucket}/lake"
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", uri)
+    return uri
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `pytest -n`, the tests that share the PostgreSQL database `test` run on one worker, one at a time."""
     for item in items:

@@ -8,28 +8,28 @@ import dagster as dg
 from pydantic import Field
 
 from dagster_project import settings
+from dagster_project.lib.lake import Lake
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The lake's folders: landing, bronze, quarantine and run staging under one root."""
+    """The lake (a local path or an s3://, gs://, az:// URI) that holds landing, bronze, quarantine, silver, gold.
 
-    root: str = Field(description="Lake root shared with dbt (MEDALLION_LAKE_ROOT).")
+    Only the root is configuration shown in the UI; the object store's credentials are read from the standard
+    variables (or workload identity) in the process that uses them, never stored in a run's config."""
+
+    root: str = Field(description="Lake root shared with dbt (MEDALLION_LAKE_ROOT): a path or a URI.")
 
     @property
-    def path(self) -> Path:
-        return Path(self.root)
+    def lake(self) -> Lake:
+        return Lake.parse(self.root, settings.lake_storage_options())
 
-    def landing_root(self) -> Path:
-        return self.path / "landing"
-
-    def bronze_path(self, table: str) -> Path:
-        return self.path / "bronze" / table
-
-    def quarantine_path(self, table: str) -> Path:
-        return self.path / "quarantine" / table
+    def table(self, layer: str, name: str) -> str:
+        """URI of a layer's Delta table (`bronze`, `quarantine`, `silver`, `gold`)."""
+        return self.lake.table(layer, name)
 
     def staging_dir(self, run_id: str) -> Path:
-        return self.path / "_staging" / run_id
+        """A local scratch folder of one run (downloads before they land); never inside the lake."""
+        return settings.data_dir() / "staging" / run_id
 
 
 def by_reference_if_configured(variable: str, default: str) -> str:
@@ -45,4 +45,4 @@ def by_reference_if_configured(variable: str, default: str) -> str:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"lake": LakeResource(root=str(settings.lake_root()))})
+    return dg.Definitions(resources={"lake": LakeResource(root=settings.lake_root())})

@@ -1,0 +1,90 @@
+"""The lake root is a URI: local paths and object stores work the same way; anything else is refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import obstore
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from dagster_project import settings
+from dagster_project.lib.lake import Lake, LakeError
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("s3:/bucket/lake", "looks like a URI"),
+        ("s3://", "names no bucket"),
+        ("ftp://host/lake", "not supported"),
+        ("http://minio:9000/lake", "not supported"),
+        ("s3://key:secret@bucket/lake", "never from the URI"),
+        ("s3://bucket/../etc", "plain path segments"),
+        ("   ", "empty"),
+    ],
+)
+def test_a_lake_root_the_platform_cannot_use_is_refused_with_the_reason(value: str, message: str) -> None:
+    with pytest.raises(LakeError, match=message):
+        Lake.parse(value)
+
+
+def test_an_object_store_root_is_never_turned_into_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", "s3://acme-lake/prod/")
+    lake = settings.lake()
+    assert lake.root == "s3://acme-lake/prod" and not lake.is_local
+    assert lake.table("bronze", "customers") == "s3://acme-lake/prod/bronze/customers"
+    assert lake.relative("s3://acme-lake/prod/landing/x.csv") == "landing/x.csv"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_root_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Lake.parse("lake").root == str(tmp_path / "lake")
+    assert Lake.parse(f"file://{tmp_path}/lake").root == str(tmp_path / "lake")
+
+
+def test_credentials_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", "s3://acme-lake/prod")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    lake = settings.lake()
+    assert lake.storage_options["AWS_SECRET_ACCESS_KEY"] == "very-secret-value"
+    assert "very-secret-value" not in repr(lake)
+
+
+def test_plain_http_is_allowed_only_for_a_loopback_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert settings.lake_storage_options()["AWS_ALLOW_HTTP"] == "true"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
+    assert "AWS_ALLOW_HTTP" not in settings.lake_storage_options()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_every_library_reaches_the_same_lake(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Landing objects (obstore, put-if-absent), Delta tables (deltalake) and pruned reads (DuckDB)."""
+    root = str(tmp_path / "lake") if where == "local" else request.getfixturevalue("s3_lake")
+    lake = Lake.parse(root, settings.lake_storage_options() if where == "s3" else {})
+
+    obstore.put(lake.store, "landing/a.csv", b"first", mode="create")
+    with pytest.raises(Exception, match="(?i)exist"):
+        obstore.put(lake.store, "landing/a.csv", b"second", mode="create")
+    assert bytes(obstore.get(lake.store, "landing/a.csv").bytes()) == b"first"
+
+    uri = lake.table("bronze", "t")
+    for day in range(5):
+        date = dt.date(2025, 1, 1) + dt.timedelta(days=day)
+        write_deltalake(uri, pa.table({"business_date": [date] * 10, "v": list(range(10))}),
+                        partition_by=["business_date"], mode="append", storage_options=lake.delta_options())
+    assert DeltaTable(uri, storage_options=lake.delta_options()).version() == 4
+
+    con = duckdb.connect()
+    lake.configure_duckdb(con)
+    plan = con.execute(
+        f"explain analyze select count(*) from {lake.duckdb_scan(uri)} where business_date = date '2025-01-03'"
+    ).fetchall()[0][1]
+    assert "Scanning Files: 1/5" in plan
+    assert con.execute(f"select count(*) from {lake.duckdb_scan(uri)}").fetchone() == (50,)
