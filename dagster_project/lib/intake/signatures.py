@@ -90,10 +90,10 @@ def _parse_stripe_header(value: str) -> tuple[int, list[str]]:
     for item in value.split(","):
         key, sep, val = item.strip().partition("=")
         if not sep:
-            raise SignatureError("malformed_header")
+            continue  # an item that is no `key=value` pair carries nothing; Stripe's libraries skip it too
         if key == "t":
             if timestamp is not None:
-                raise SignatureError("malformed_header")
+                raise SignatureError("malformed_header")  # two signing times: which one was signed is unknowable
             timestamp = _parse_timestamp(val)
         elif key == "v1":
             signatures.append(val.strip())
@@ -135,11 +135,18 @@ def sign_stripe(body: bytes, secret: str, timestamp: int) -> str:
 # --- Standard Webhooks ------------------------------------------------------------------------------------
 
 
+def _b64decode_lenient(encoded: str) -> bytes:
+    """Standard base64, with or without its `=` padding (senders and secret stores drop it)."""
+    encoded = encoded.strip()
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+
+
 def standard_secret_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret (`whsec_<base64>`); ValueError if it is not base64."""
-    encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
+    """The HMAC key of a Standard Webhooks secret (`whsec_<base64>`, padding optional, as the reference
+    libraries accept); ValueError if it is not base64."""
+    encoded = secret.strip().removeprefix(STANDARD_SECRET_PREFIX)
     try:
-        key = base64.b64decode(encoded, validate=True)
+        key = _b64decode_lenient(encoded)
     except (binascii.Error, ValueError):
         raise ValueError("a Standard Webhooks secret must be base64 after the 'whsec_' prefix") from None
     if not key:
@@ -148,20 +155,26 @@ def standard_secret_key(secret: str) -> bytes:
 
 
 def _parse_standard_signatures(value: str) -> list[bytes]:
+    """The `v1` signatures of a `webhook-signature` header (space-delimited `<version>,<base64>` entries).
+
+    An entry that cannot be read is skipped, not fatal: the header may still carry a valid signature beside
+    it (a sender signing with several keys). Only a header with no readable entry at all is malformed.
+    """
     signatures: list[bytes] = []
-    seen_entry = False
+    readable = 0
     for entry in value.split():
         version, sep, encoded = entry.partition(",")
-        if not sep:
-            raise SignatureError("malformed_header")
-        seen_entry = True
+        if not sep or not version or not encoded:
+            continue
         if version != "v1":
-            continue  # e.g. v1a (asymmetric): not a scheme this receiver accepts
+            readable += 1  # e.g. v1a (asymmetric): well formed, but not a scheme this receiver accepts
+            continue
         try:
-            signatures.append(base64.b64decode(encoded, validate=True))
+            signatures.append(_b64decode_lenient(encoded))
         except (binascii.Error, ValueError):
-            raise SignatureError("malformed_header") from None
-    if not seen_entry:
+            continue
+        readable += 1
+    if not readable:
         raise SignatureError("malformed_header")
     return signatures
 

@@ -251,3 +251,41 @@ def test_verify_dispatches_on_scheme():
     assert verify("standard", BODY, standard_headers, [STANDARD_SECRET], tolerance_seconds=TOLERANCE, now=NOW)
     with pytest.raises(ValueError):
         verify("github", BODY, {}, [], tolerance_seconds=TOLERANCE)  # type: ignore[arg-type]
+
+
+# --- lenient where the reference libraries are, strict where the specs are --------------------------------
+
+
+def test_standard_secret_without_base64_padding_is_accepted():
+    # 31 bytes encode to 44 characters with one `=`; secret stores and some senders drop the padding
+    key = b"a-31-byte-standard-webhooks-key"
+    padded = "whsec_" + base64.b64encode(key).decode()
+    unpadded = padded.rstrip("=")
+    assert padded.endswith("=") and unpadded != padded
+    assert standard_secret_key(unpadded) == standard_secret_key(padded) == key
+    _standard(BODY, sign_standard(BODY, padded, "msg_1", NOW), secrets=(unpadded,))
+
+
+@pytest.mark.parametrize("malformed", ["v1", "v1,not*base64!", ",", "v1,", "garbage"])
+def test_standard_one_malformed_entry_does_not_fail_a_header_with_a_valid_one(malformed: str):
+    good = sign_standard(BODY, STANDARD_SECRET, "msg_1", NOW)
+    for value in (f"{malformed} {good['webhook-signature']}", f"{good['webhook-signature']} {malformed}"):
+        verified = _standard(BODY, {**good, "webhook-signature": value})
+        assert verified.message_id == "msg_1"
+
+
+def test_standard_header_with_only_unreadable_entries_is_malformed_and_a_readable_wrong_one_a_mismatch():
+    headers = sign_standard(BODY, STANDARD_SECRET, "msg_1", NOW)
+    with pytest.raises(SignatureError) as excinfo:
+        _standard(BODY, {**headers, "webhook-signature": "v1 v1,*** nonsense"})
+    assert _reason(excinfo) == "malformed_header"
+    wrong = "v1," + base64.b64encode(b"\1" * 32).decode()
+    with pytest.raises(SignatureError) as excinfo:
+        _standard(BODY, {**headers, "webhook-signature": f"v1,*** {wrong}"})
+    assert _reason(excinfo) == "no_matching_signature"
+
+
+def test_stripe_item_that_is_no_pair_does_not_fail_a_header_with_a_valid_signature():
+    header = sign_stripe(BODY, STRIPE_SECRET, NOW)
+    assert _stripe(BODY, f"{header},garbage").timestamp == NOW
+    assert _stripe(BODY, f"junk,{header}").timestamp == NOW
