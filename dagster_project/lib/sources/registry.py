@@ -12,6 +12,8 @@ from __future__ import annotations
 from dagster_project.lib.sources.spec import (
     AirbyteStream,
     Column,
+    DailyDeadline,
+    MaxAge,
     PartnerFiles,
     SourceSpec,
     WebhookEvents,
@@ -27,6 +29,7 @@ CUSTOMERS = SourceSpec(
     schema_version=1,
     key=("customer_id",),
     owners=("team:crm-data",),
+    freshness=DailyDeadline("08:00", days="mon-fri"),  # the CRM exports each business day before 08:00
     columns=(
         Column("customer_id", "int64", nullable=False, min_value=1, description="CRM customer id"),
         Column("email", "string", nullable=False, pattern=EMAIL_PATTERN, pii=True),
@@ -48,6 +51,7 @@ PSP_PAYOUTS = SourceSpec(
     schema_version=1,
     key=("payout_id", "charge_id"),
     owners=("team:payments-data",),
+    freshness=DailyDeadline("10:00", days="mon-fri"),  # payouts settle on banking days
     columns=(
         Column("payout_id", "string", nullable=False, pattern=r"^po_[A-Za-z0-9]+$", description="PSP payout id"),
         Column("charge_id", "string", nullable=False, pattern=r"^ch_[A-Za-z0-9]+$", description="PSP charge id"),
@@ -67,6 +71,7 @@ CONSENTS = SourceSpec(
     schema_version=1,
     key=("customer_id", "channel"),
     owners=("team:crm-data",),
+    freshness=DailyDeadline("08:00", days="mon-fri"),
     columns=(
         Column("customer_id", "int64", nullable=False, min_value=1, description="CRM customer id"),
         Column("channel", "string", nullable=False, allowed=("email", "sms", "phone", "post")),
@@ -86,6 +91,8 @@ ORDERS = SourceSpec(
     key=("order_id",),
     unique_key=True,
     owners=("team:commerce-data",),
+    # Synced hourly; a quiet night may bring no new orders, a day without any means the sync stopped.
+    freshness=MaxAge(hours=24, warn_hours=6),
     columns=(
         Column("order_id", "int64", nullable=False, min_value=1, description="Shop order id"),
         Column("customer_id", "int64", min_value=1, description="CRM customer id; null for a guest order"),
@@ -106,6 +113,8 @@ PAYMENT_EVENTS = SourceSpec(
     key=("event_id",),
     unique_key=True,
     owners=("team:payments-data",),
+    # The PSP sends charges around the clock; a day without a single event means deliveries stopped.
+    freshness=MaxAge(hours=24, warn_hours=12),
     columns=(
         Column("event_id", "string", nullable=False, description="PSP event id"),
         Column("event_type", "string", nullable=False, description="e.g. charge.succeeded, payout.paid"),
@@ -133,6 +142,7 @@ SHOP_EVENTS = SourceSpec(
     key=("event_id",),
     unique_key=True,
     owners=("team:commerce-data",),
+    freshness=MaxAge(hours=24, warn_hours=12),
     columns=(
         Column("event_id", "string", nullable=False, description="Standard Webhooks message id (webhook-id)"),
         Column("event_type", "string", nullable=False, description="The body's `type`, e.g. order.shipped"),

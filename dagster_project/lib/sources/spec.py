@@ -3,7 +3,7 @@
 A `SourceSpec` is the one declaration of a source. Everything else derives from it: the file-name contract
 of partner files, the DuckDB SQL that types every record and lists every rule it breaks, the bronze Arrow
 and pandera schemas, the bronze gate, the dbt plugin's schemas, the PII lists, the Dagster assets, checks,
-jobs and sensor routing, and the webhook receiver's provider routing. `registry.py` holds the declarations.
+jobs, sensor routing and freshness policies, and the webhook receiver's provider routing. `registry.py` holds the declarations.
 """
 
 from __future__ import annotations
@@ -101,6 +101,50 @@ class WebhookEvents:
 
 
 Reader = PartnerFiles | AirbyteStream | WebhookEvents
+
+
+# --- when a source's data is due: checked against what bronze loaded (freshness) ------------------------------
+
+
+@dataclass(frozen=True)
+class DailyDeadline:
+    """A delivery is due by `time` on each of `days`: bronze must have loaded something new in the 24 hours
+    before every deadline (a partner file each business day, say)."""
+
+    time: str  # HH:MM, in `timezone`
+    days: str = "mon-fri"  # the weekdays a deadline falls on, as a cron day-of-week field
+    timezone: str = "UTC"  # IANA name
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.time):
+            raise ValueError(f"DailyDeadline.time {self.time!r}: expected HH:MM, 00:00 to 23:59")
+
+    @property
+    def cron(self) -> str:
+        hour, minute = self.time.split(":")
+        return f"{int(minute)} {int(hour)} * * {self.days}"
+
+    def describe(self) -> str:
+        return f"new data by {self.time} {self.timezone} every {self.days}"
+
+
+@dataclass(frozen=True)
+class MaxAge:
+    """Data arrives continuously (webhooks, scheduled syncs): the newest load is at most `hours` old,
+    with a warning after `warn_hours`."""
+
+    hours: float
+    warn_hours: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.warn_hours is not None and not 0 < self.warn_hours < self.hours:
+            raise ValueError(f"MaxAge: warn_hours ({self.warn_hours}) must be between 0 and hours ({self.hours})")
+
+    def describe(self) -> str:
+        return f"new data at least every {self.hours:g} hours"
+
+
+Freshness = DailyDeadline | MaxAge
 R = TypeVar("R", PartnerFiles, AirbyteStream, WebhookEvents)
 
 
@@ -118,6 +162,8 @@ class SourceSpec:
     unique_key: bool = False
     on_unknown_column: OnSchemaDrift = OnSchemaDrift.FAIL
     on_missing_column: OnSchemaDrift = OnSchemaDrift.FAIL
+    # When new data is due in bronze; None: no expectation (the asset carries no freshness policy).
+    freshness: Freshness | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
