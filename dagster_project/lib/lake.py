@@ -32,6 +32,9 @@ _URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _RELATIVE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))(?!.*//)[^\x00]+$")
 
 DUCKDB_EXTENSIONS = ("httpfs", "aws", "azure", "delta")
+# Layers holding Delta tables; each becomes a DuckDB schema of the same name in `Lake.attach`.
+LAYERS = ("bronze", "quarantine", "silver", "gold")
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class LakeError(ValueError):
@@ -133,6 +136,37 @@ class Lake:
                 con.execute(secret)
             except Exception as exc:
                 raise LakeError(f"DuckDB refused the lake credentials for {self.root}: {type(exc).__name__}") from None
+
+    def tables(self, layer: str) -> list[str]:
+        """Names of the Delta tables directly under `<lake>/<layer>/` (folders holding a `_delta_log`)."""
+        import obstore
+
+        names = []
+        for prefix in obstore.list_with_delimiter(self.store, f"{layer}/")["common_prefixes"]:
+            name = prefix.rstrip("/").rsplit("/", 1)[-1]
+            if _TABLE_NAME.match(name) and obstore.list_with_delimiter(self.store, f"{layer}/{name}/_delta_log/")["objects"]:
+                names.append(name)
+        return sorted(names)
+
+    def attach(self, con: DuckDBPyConnection, *, empty_bronze: Mapping[str, Any] | None = None) -> list[str]:
+        """Views `<layer>.<table>` on `con` over every Delta table of the lake; returns their names.
+
+        A view reads the table's latest version at each query and prunes files by partition and statistics;
+        nothing is copied. `empty_bronze` maps bronze tables that may not exist yet to their Arrow schema:
+        those become empty tables, so a query of a feed that never delivered reads no rows."""
+        self.configure_duckdb(con)
+        attached = []
+        for layer in LAYERS:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+            for table in self.tables(layer):
+                con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS SELECT * FROM {self.duckdb_scan(self.table(layer, table))}")
+                attached.append(f"{layer}.{table}")
+        for table, schema in (empty_bronze or {}).items():
+            if f"bronze.{table}" not in attached and _TABLE_NAME.match(table):
+                con.register("_medallion_empty", schema.empty_table())
+                con.execute(f"CREATE OR REPLACE TABLE bronze.{table} AS SELECT * FROM _medallion_empty")
+                con.unregister("_medallion_empty")
+        return attached
 
     def duckdb_scan(self, uri: str) -> str:
         """SQL reading the Delta table at `uri` (a quoted literal, never a value from a record)."""

@@ -134,14 +134,15 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
         # Imported here, where a gate runs: Great Expectations is heavy and the code location loads without it.
         from dagster_project.lib.bronze.contract import PARTITION_COLUMN
         from dagster_project.lib.quality import gates
-        from dagster_project.lib.quality.gx_runner import validate_delta
+        from dagster_project.lib.quality.gx_runner import validate_lake
 
         partition = context.partition_key
         metadata = latest_partition_metadata(context.instance, bronze_key(spec.name), partition)
         received, quarantined, duplicates = (int(metadata.get(k, 0)) for k in ("received", "quarantined", "duplicates"))
         suite = gates.bronze_gate(spec, received - quarantined - duplicates)
-        result = validate_delta(
-            lake.bronze_path(spec.name),
+        result = validate_lake(
+            lake.lake,
+            f"bronze.{spec.name}",
             suite.name,
             suite.expectations,
             predicate_sql=f"{PARTITION_COLUMN} = ?::DATE",

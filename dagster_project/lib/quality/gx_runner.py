@@ -26,9 +26,9 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality.rules import Rule, full_match
 
 if TYPE_CHECKING:
@@ -159,30 +159,9 @@ def validate_duckdb(
     )
 
 
-def validate_duckdb_file(
-    path: str | Path,
+def validate_lake(
+    lake: Lake,
     relation: str,
-    suite_name: str,
-    expectations: Sequence[Rule | Expectation],
-    *,
-    sample_columns: Sequence[str] | None = None,
-    pii_columns: Iterable[str] | None = None,
-    read_only: bool = True,
-) -> GateResult:
-    """Validate a table or view of a DuckDB database file, such as the warehouse."""
-    import duckdb
-
-    con = duckdb.connect(str(path), read_only=read_only)
-    try:
-        return validate_duckdb(
-            con, relation, suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
-        )
-    finally:
-        con.close()
-
-
-def validate_delta(
-    table_path: str | Path,
     suite_name: str,
     expectations: Sequence[Rule | Expectation],
     *,
@@ -191,24 +170,27 @@ def validate_delta(
     sample_columns: Sequence[str] | None = None,
     pii_columns: Iterable[str] | None = None,
 ) -> GateResult:
-    """Validate a Delta table, or the rows of it that `predicate_sql` selects (e.g. `business_date = ?`).
+    """Validate a table of the lake (`relation` is `<layer>.<table>`, e.g. `silver.stg_acme__customers`), or
+    the rows of it that `predicate_sql` selects (e.g. `business_date = ?`).
 
-    `predicate_sql` is SQL written by the caller with `?` placeholders; values go in `params`. GX sees the
-    selected rows as a view over the table's Arrow dataset: nothing is copied, DuckDB prunes partitions
-    and decodes only the columns a query reads, and GX computes the counts of a passing suite in a single
-    aggregate scan (the column set and types come from the Delta schema, not from the data). Only a
-    failing suite scans again, to fetch its samples.
+    The table is read in place by an in-memory DuckDB (`delta_scan`): nothing is copied, a predicate on the
+    partition column reads only those partitions, only the columns a query needs are decoded, and GX
+    computes the counts of a passing suite in a single aggregate scan. Only a failing suite scans again,
+    to fetch its samples. `predicate_sql` is SQL written by the caller with `?` placeholders; values go in
+    `params`.
     """
     import duckdb
-    from deltalake import DeltaTable
 
+    layer, _, table = relation.partition(".")
     start = time.perf_counter()
     con = duckdb.connect()
     try:
-        con.register("delta_source", DeltaTable(str(table_path)).to_pyarrow_dataset())
+        lake.configure_duckdb(con)
         where = f" WHERE {predicate_sql}" if predicate_sql else ""
         # A view cannot hold prepared parameters; a relation keeps them bound.
-        con.sql(f"SELECT * FROM delta_source{where}", params=list(params or [])).create_view("batch")
+        con.sql(f"SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}", params=list(params or [])).create_view(
+            "batch"
+        )
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )
