@@ -1,4 +1,4 @@
-"""docker-compose.yml holds together without a Docker engine: structure, variables, health, commands."""
+"""docker-compose.yml holds together without a Docker engine: structure, variables, health, commands, the lake."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import importlib.util
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -24,7 +26,6 @@ PLATFORM_IMAGE = "${MEDALLION_IMAGE:-medallion:local}"
 PLATFORM_VARIABLES = {
     "MEDALLION_DATA_DIR",
     "MEDALLION_LAKE_ROOT",
-    "MEDALLION_WAREHOUSE_PATH",
     "DAGSTER_HOME",
     "MEDALLION_SFTP_HOST",
     "MEDALLION_SFTP_PORT",
@@ -43,6 +44,17 @@ PLATFORM_VARIABLES = {
     "MEDALLION_AIRBYTE_CLIENT_ID",
     "MEDALLION_AIRBYTE_CLIENT_SECRET",
     "MEDALLION_AIRBYTE_CONNECTION_ID",
+}
+# The object store's standard variables .env.example documents for a lake outside compose.
+LAKE_VARIABLES = {
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_ALLOW_HTTP",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
 }
 
 
@@ -70,6 +82,33 @@ def env_example(repo_root: Path) -> dict[str, tuple[str, bool]]:
         if match:
             listed[match.group(2)] = (match.group(3), match.group(1) is None)
     return listed
+
+
+@pytest.fixture(scope="module")
+def dotenv(env_example: dict[str, tuple[str, bool]]) -> dict[str, str]:
+    """The .env of `cp .env.example .env`, as the README starts the stack."""
+    return {name: value for name, (value, is_set) in env_example.items() if is_set}
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's interpolation of one value, with `env` as its .env."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        current = env.get(name)
+        missing = current is None or (operator.startswith(":") and current == "")
+        if operator.endswith("-") and missing:
+            return argument
+        if operator.endswith("?") and missing:
+            raise AssertionError(f"compose would stop: {name} is required ({argument})")
+        return current or ""
+
+    return INTERPOLATION.sub(substitute, value).replace("$$", "$")
+
+
+def referenced(value: str) -> set[str]:
+    """The .env variables a compose value is built from."""
+    return {match.group(1) for match in INTERPOLATION.finditer(value)}
 
 
 def is_one_shot(service: dict[str, Any]) -> bool:
@@ -117,7 +156,7 @@ def test_long_running_services_have_healthchecks_that_dependents_wait_for(
             expected = "service_completed_successfully" if is_one_shot(services[target]) else "service_healthy"
             assert condition == {"condition": expected}, f"{name} -> {target}"
     # The start order the platform relies on.
-    assert set(services["user-code"]["depends_on"]) == {"postgres", "sftp", "webhooks-migrate"}
+    assert set(services["user-code"]["depends_on"]) == {"postgres", "sftp", "webhooks-migrate", "minio", "minio-setup"}
     assert set(services["webserver"]["depends_on"]) >= {"user-code"}
     assert set(services["daemon"]["depends_on"]) >= {"user-code"}
     assert set(services["webhook-receiver"]["depends_on"]) >= {"webhooks-migrate", "postgres"}
@@ -137,8 +176,7 @@ def test_data_lives_on_named_volumes_and_bind_mounts_exist(
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
     assert used == declared
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["user-code"]["volumes"]}
-    assert mounts["/data"] == "lake"
+    assert services["minio"]["volumes"] == ["minio-data:/data"]
     assert services["postgres"]["volumes"][0] == "postgres-data:/var/lib/postgresql/data"
 
 
@@ -187,8 +225,124 @@ def test_code_location_gets_every_platform_setting(services: dict[str, dict[str,
         "MEDALLION_WEBHOOK_SECRETS_STRIPE",
         "MEDALLION_WEBHOOK_SECRETS_SHOP",
     } <= set(receiver)
-    # The receiver gets nothing it does not need: no PII key, no SFTP key, no Dagster credentials.
-    assert not {"MEDALLION_PII_HMAC_KEY", "DAGSTER_PG_PASSWORD", "MEDALLION_SFTP_PRIVATE_KEY"} & set(receiver)
+    # The receiver gets nothing it does not need: no PII key, no SFTP key, no Dagster or lake credentials.
+    assert not {
+        "MEDALLION_PII_HMAC_KEY",
+        "DAGSTER_PG_PASSWORD",
+        "MEDALLION_SFTP_PRIVATE_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+    } & set(receiver)
+
+
+# --------------------------------------------------------------------------------------------------
+# the lake: MinIO, its bucket, and who may reach it
+# --------------------------------------------------------------------------------------------------
+
+
+def lake_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if "MEDALLION_LAKE_ROOT" in (s.get("environment") or {})}
+
+
+def started_after(services: dict[str, dict[str, Any]], name: str) -> set[str]:
+    """Every service `name` waits for, directly or through the services it waits for."""
+    seen: set[str] = set()
+    pending = list(services[name].get("depends_on", {}))
+    while pending:
+        target = pending.pop()
+        if target not in seen:
+            seen.add(target)
+            pending.extend(services[target].get("depends_on", {}))
+    return seen
+
+
+def test_minio_is_the_lake_and_its_bucket_exists_before_any_dagster_process_starts(
+    repo_root: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    minio, setup = services["minio"], services["minio-setup"]
+    assert str(minio["image"]).startswith("minio/minio:RELEASE.")
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert not is_one_shot(minio) and is_one_shot(setup)
+    assert str(setup["image"]).startswith("minio/mc:RELEASE.")
+    assert setup["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    # The bucket script is the repository's, bind-mounted where the entrypoint runs it.
+    script = setup["entrypoint"][-1]
+    assert setup["entrypoint"][0] == "/bin/sh"
+    assert Path(host_path(setup, script, repo_root)).is_file(), script
+    assert host_path(setup, script, repo_root) != script
+    for name in ("user-code", "webserver", "daemon"):
+        assert {"minio", "minio-setup"} <= started_after(services, name), name
+    for name, service in lake_services(services).items():
+        assert service["depends_on"]["minio-setup"] == {"condition": "service_completed_successfully"}, name
+        assert service["depends_on"]["minio"] == {"condition": "service_healthy"}, name
+
+
+def test_every_service_that_touches_the_lake_gets_its_uri_and_the_bucket_scoped_key(
+    services: dict[str, dict[str, Any]], dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    # Runs execute in the code server's container (DefaultRunLauncher); the webserver and the daemon
+    # reach the code through gRPC and never open the lake.
+    assert set(lake_services(services)) == {"user-code"}
+    setup = {k: interpolate(str(v), dotenv) for k, v in services["minio-setup"]["environment"].items()}
+    minio_command = services["minio"]["command"]
+    api_port = minio_command[minio_command.index("--address") + 1].lstrip(":")
+    for name, service in lake_services(services).items():
+        raw = service["environment"]
+        environment = {k: interpolate(str(v), dotenv) for k, v in raw.items()}
+        # The platform's own key, the one minio-setup creates, from the same .env entries.
+        setup_raw = services["minio-setup"]["environment"]
+        for platform_variable, setup_variable in (
+            ("AWS_ACCESS_KEY_ID", "MINIO_LAKE_ACCESS_KEY_ID"),
+            ("AWS_SECRET_ACCESS_KEY", "MINIO_LAKE_SECRET_ACCESS_KEY"),
+            ("MEDALLION_LAKE_ROOT", "MINIO_LAKE_BUCKET"),
+        ):
+            assert referenced(raw[platform_variable]) == referenced(setup_raw[setup_variable]) == {setup_variable}
+        assert environment["AWS_ACCESS_KEY_ID"] == setup["MINIO_LAKE_ACCESS_KEY_ID"] != setup["MINIO_ROOT_USER"], name
+        assert environment["AWS_SECRET_ACCESS_KEY"] == setup["MINIO_LAKE_SECRET_ACCESS_KEY"], name
+        # What the platform makes of it: settings.py reads the same variables in the container.
+        for variable in (*settings.LAKE_STORAGE_VARIABLES, "MEDALLION_LAKE_ROOT", "MEDALLION_DATA_DIR"):
+            monkeypatch.delenv(variable, raising=False)
+        for variable, value in environment.items():
+            monkeypatch.setenv(variable, value)
+        lake = settings.lake()
+        assert (lake.family, lake.root) == ("s3", f"s3://{setup['MINIO_LAKE_BUCKET']}/lake"), name
+        options = settings.lake_storage_options()
+        endpoint = urlsplit(options["AWS_ENDPOINT_URL"])
+        assert (endpoint.hostname, str(endpoint.port)) == ("minio", api_port), name
+        assert endpoint.geturl() == setup["MINIO_ENDPOINT"], name
+        # Plain HTTP is allowed explicitly: `minio` is not a loopback name settings.py would trust.
+        assert endpoint.scheme == "http" and options["AWS_ALLOW_HTTP"] == "true", name
+        assert options["AWS_REGION"], name
+
+
+def test_no_other_service_gets_lake_or_minio_credentials(services: dict[str, dict[str, Any]]) -> None:
+    lake = set(lake_services(services))
+    for name, service in services.items():
+        environment = set(service.get("environment") or {})
+        if name not in {"minio", "minio-setup"}:
+            assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & environment, name
+        if name not in lake:
+            assert not {v for v in environment if v.startswith("AWS_")}, name
+        assert "MEDALLION_WAREHOUSE_PATH" not in environment, f"{name}: the shared DuckDB warehouse file is gone"
+
+
+def test_platform_scratch_space_is_writable_on_a_read_only_root(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in platform_services(services).items():
+        data_dir = (service.get("environment") or {}).get("MEDALLION_DATA_DIR")
+        if data_dir is None:
+            continue
+        writable = [*service.get("tmpfs", []), *(v.split(":")[1] for v in service.get("volumes", []))]
+        assert any(PurePosixPath(data_dir).is_relative_to(w) for w in writable), f"{name}: {data_dir} is read-only"
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d}/${EMPTY:-d}/${EMPTY-d}/${UNSET-d}/$${SET}", env) == "x/d//d/${SET}"
+    with pytest.raises(AssertionError, match="UNSET is required"):
+        interpolate("${UNSET:?set UNSET}", env)
+    with pytest.raises(AssertionError, match="EMPTY is required"):
+        interpolate("${EMPTY:?set EMPTY}", env)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +368,8 @@ def test_every_variable_is_listed_in_env_example(compose_text: str, env_example:
 def test_env_example_lists_every_platform_variable_with_placeholders_only(
     env_example: dict[str, tuple[str, bool]],
 ) -> None:
-    assert sorted(PLATFORM_VARIABLES - set(env_example)) == []
+    assert sorted((PLATFORM_VARIABLES | LAKE_VARIABLES) - set(env_example)) == []
+    assert "MEDALLION_WAREHOUSE_PATH" not in env_example, "the shared DuckDB warehouse file is gone"
     for name, (value, _) in env_example.items():
         # A path names a mounted key file, not the secret itself.
         if SECRETISH.search(name) and value and not value.startswith("/"):
