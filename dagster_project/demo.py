@@ -32,7 +32,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-from deltalake import DeltaTable
 
 from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
@@ -67,7 +66,7 @@ class DemoSummary:
     bronze_rows: dict[str, int] = field(default_factory=dict)
     quarantined_rows: dict[str, int] = field(default_factory=dict)
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
-    warehouse_rows: dict[str, int] = field(default_factory=dict)
+    lake_rows: dict[str, int] = field(default_factory=dict)  # silver and gold
     gates: list[tuple[str, str, bool]] = field(default_factory=list)  # (asset, check, passed)
     failed_runs: list[str] = field(default_factory=list)
     webhook_answers: dict[int, int] = field(default_factory=dict)
@@ -93,8 +92,8 @@ class DemoSummary:
             lines.append(f"  quarantine.{table:<24} {rows:>8} rows")
         for reason, count in self.quarantine_reasons.most_common():
             lines.append(f"      {count:>4} x {reason}")
-        lines.append("warehouse (DuckDB):")
-        for table, rows in self.warehouse_rows.items():
+        lines.append("silver and gold (Delta, in the lake):")
+        for table, rows in self.lake_rows.items():
             lines.append(f"  {table:<35} {rows:>8} rows")
         lines.append("payout reconciliation (gold.payout_reconciliation):")
         for payout_id, status, expected, paid, currency in self.reconciliation:
@@ -336,26 +335,23 @@ def _collect_run(run: dg.ExecuteInProcessResult, summary: DemoSummary) -> None:
 
 
 def _collect_tables(summary: DemoSummary) -> None:
-    lake = settings.lake_root()
-    for layer, target in (("bronze", summary.bronze_rows), ("quarantine", summary.quarantined_rows)):
-        for path in sorted((lake / layer).glob("*")):
-            table = DeltaTable(str(path))
-            target[path.name] = table.to_pyarrow_dataset().count_rows()
-            if layer == "quarantine":
-                reasons = table.to_pyarrow_table(columns=["_reasons"]).column("_reasons").to_pylist()
-                summary.quarantine_reasons.update(r for rs in reasons for r in rs)
-    warehouse = settings.warehouse_path()
-    if warehouse.exists():
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            tables = con.execute(
-                "SELECT table_schema, table_name FROM information_schema.tables "
-                "WHERE table_schema IN ('silver', 'gold') ORDER BY table_schema, table_name"
+    """Row counts of every layer and the reconciliation, read from the lake in place."""
+    lake = settings.lake()
+    with duckdb.connect() as con:
+        tables = lake.attach(con)
+        for relation in tables:
+            layer, table = relation.split(".")
+            rows = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+            if layer == "bronze":
+                summary.bronze_rows[table] = rows
+            elif layer == "quarantine":
+                summary.quarantined_rows[table] = rows
+                for (reason,) in con.execute(f"SELECT unnest(_reasons) FROM {relation}").fetchall():
+                    summary.quarantine_reasons[reason] += 1
+            else:
+                summary.lake_rows[relation] = rows
+        if "gold.payout_reconciliation" in tables:
+            summary.reconciliation = con.execute(
+                "SELECT payout_id, status, expected_net_minor, net_paid_minor, currency "
+                "FROM gold.payout_reconciliation ORDER BY payout_id"
             ).fetchall()
-            for schema, name in tables:
-                count = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0]
-                summary.warehouse_rows[f"{schema}.{name}"] = count
-            if ("gold", "payout_reconciliation") in tables:
-                summary.reconciliation = con.execute(
-                    "SELECT payout_id, status, expected_net_minor, net_paid_minor, currency "
-                    "FROM gold.payout_reconciliation ORDER BY payout_id"
-                ).fetchall()

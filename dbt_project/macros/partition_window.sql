@@ -19,3 +19,18 @@
         {{ column }} between date '{{ start.isoformat() }}' and date '{{ end.isoformat() }}'
     {%- endif -%}
 {%- endmacro %}
+
+{#-
+    The same window as a Delta predicate (deltalake's SQL dialect) for replacing a partitioned model's rows,
+    or none when the run has no window (then the whole table is rebuilt).
+-#}
+{% macro partition_window_predicate(column) -%}
+    {%- set min_date = var('min_date', none) -%}
+    {%- set max_date = var('max_date', none) -%}
+    {%- if min_date is none and max_date is none -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set start = modules.datetime.date.fromisoformat(min_date | string) -%}
+    {%- set end = modules.datetime.date.fromisoformat(max_date | string) -%}
+    {{ return(column ~ " >= '" ~ start.isoformat() ~ "' and " ~ column ~ " <= '" ~ end.isoformat() ~ "'") }}
+{%- endmacro %}

@@ -25,14 +25,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty lake and warehouse, wired to dbt through the same variables settings.py reads."""
+    """An empty lake, wired to dbt through the same variables settings.py reads."""
     shutil.rmtree(workdir / "lake", ignore_errors=True)
-    for leftover in workdir.glob("warehouse.duckdb*"):
-        leftover.unlink()
     monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(workdir / "lake"))
-    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(workdir / "warehouse.duckdb"))
     monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", PII_KEY)
-    return settings.lake_root()
+    return Path(settings.lake_root())
 
 
 @pytest.fixture
@@ -64,12 +61,13 @@ def dbt(lake: Path, workdir: Path) -> Dbt:
 
 @pytest.fixture
 def warehouse(lake: Path) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
-    """Open the warehouse read-only (dbt has exited by then, so there is no lock conflict)."""
+    """A DuckDB connection that sees every Delta table of the lake as `<layer>.<table>`, as dbt does."""
     connections: list[duckdb.DuckDBPyConnection] = []
 
     def connect() -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
+        con = duckdb.connect()
         con.execute("set TimeZone = 'UTC'")
+        settings.lake().attach(con)
         connections.append(con)
         return con
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from dagster_project.lib.dbt_plugins.bronze import bronze_schemas
+from dagster_project.lib.dbt_plugins.lake import _bronze_schemas
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import SOURCES
 
 
@@ -20,16 +22,16 @@ def dbt_sources(parsed_manifest: Path) -> dict[str, dict]:
 def test_every_registered_source_is_a_dbt_source_under_its_declared_dbt_source(dbt_sources: dict[str, dict]) -> None:
     assert set(dbt_sources) == set(SOURCES)
     for name, spec in SOURCES.items():
-        meta = dbt_sources[name]["config"]["meta"]
-        assert dbt_sources[name]["source_name"] == spec.dbt_source, name
-        assert meta["dagster"]["asset_key"] == ["bronze", name]
-        assert meta["delta_table_path"].endswith(f"/bronze/{name}")
+        source = dbt_sources[name]
+        assert source["source_name"] == spec.dbt_source, name
+        assert (source["schema"], source["identifier"]) == ("bronze", name)  # the view Lake.attach creates
+        assert source["config"]["meta"]["dagster"]["asset_key"] == ["bronze", name]
 
 
-def test_the_bronze_plugin_knows_the_schema_of_every_source_it_reads(dbt_sources: dict[str, dict]) -> None:
-    read_by_plugin = {name: s["config"]["meta"] for name, s in dbt_sources.items()}
-    read_by_plugin = {name: meta for name, meta in read_by_plugin.items() if meta.get("plugin") == "bronze"}
-    assert read_by_plugin, "no dbt source is read through the bronze plugin"
-    for name, meta in read_by_plugin.items():
-        assert meta["bronze_table"] == name, name  # the schema it falls back to is the table's own
-        assert meta["bronze_table"] in bronze_schemas(), name
+def test_a_source_that_never_delivered_reads_as_an_empty_table_of_its_declared_columns(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    Lake.parse(str(tmp_path / "lake")).attach(con, empty_bronze=_bronze_schemas())
+    for name, spec in SOURCES.items():
+        columns = [c for (c,) in con.execute(f"select column_name from (describe bronze.{name})").fetchall()]
+        assert set(spec.column_names) <= set(columns), name
+        assert con.execute(f"select count(*) from bronze.{name}").fetchone() == (0,)

@@ -6,6 +6,7 @@ from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 # silver and gold; end_offset=1 makes today's date available as soon as a file for it arrives.
 daily_partitions = dg.DailyPartitionsDefinition(start_date=FIRST_BUSINESS_DATE.isoformat(), end_offset=1)
 
-# One DuckDB writer at a time: dbt runs and gates that open the warehouse share this pool (limit 1 in
-# dagster.yaml), so concurrent runs queue instead of failing on the DuckDB file lock.
-WAREHOUSE_POOL = "warehouse"
+# Full rebuilds of unpartitioned dbt models take one slot of this pool (limit 1 in dagster.yaml): two at once
+# would compute the same tables twice and one would lose the commit race. Partitioned steps, gates and readers
+# of the lake take no slot: Delta's optimistic concurrency lets them run side by side.
+LAKE_REBUILD_POOL = "lake_rebuild"

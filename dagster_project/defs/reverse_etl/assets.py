@@ -5,24 +5,27 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from dagster_project.defs.common.dbt_keys import gold_model_key
-from dagster_project.defs.common.partitions import WAREHOUSE_POOL
-from dagster_project.defs.common.warehouse import WarehouseResource
+from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from dagster_project.lib.lake import Lake
 
 SEGMENTS_MODEL = "customer_segments"
 KEY = "customer_id"
 CRM_SCORES_KEY = dg.AssetKey(["reverse_etl", "crm_customer_scores"])
 
 
-def read_segments(warehouse: str) -> "pa.Table":
-    """The gold segments table, read-only, in key order."""
+def read_segments(lake: "Lake") -> "pa.Table":
+    """The gold segments table, read in place from the lake, in key order."""
     import duckdb
 
-    with duckdb.connect(warehouse, read_only=True) as con:
-        return con.sql(f"select * from gold.{SEGMENTS_MODEL} order by {KEY}").to_arrow_table()
+    with duckdb.connect() as con:
+        lake.configure_duckdb(con)
+        scan = lake.duckdb_scan(lake.table("gold", SEGMENTS_MODEL))
+        return con.sql(f"select * from {scan} order by {KEY}").to_arrow_table()
 
 
 def build_crm_scores_asset() -> dg.AssetsDefinition:
@@ -33,12 +36,11 @@ def build_crm_scores_asset() -> dg.AssetsDefinition:
         description="Customer RFM scores and segments upserted into the CRM table (hash-diff, deletes vanished).",
         kinds={"sqlite", "postgres"},
         owners=["team:crm-data"],
-        pool=WAREHOUSE_POOL,
     )
     def crm_customer_scores(
-        context: dg.AssetExecutionContext, crm: ReverseEtlTarget, warehouse: WarehouseResource
+        context: dg.AssetExecutionContext, crm: ReverseEtlTarget, lake: LakeResource
     ) -> dg.MaterializeResult:
-        rows = read_segments(warehouse.path)
+        rows = read_segments(lake.lake)
         stats = crm.sync(rows, key=KEY)
         context.log.info(
             f"{rows.num_rows} customers: {stats.inserted} inserted, {stats.updated} updated, "

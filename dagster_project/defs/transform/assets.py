@@ -1,10 +1,17 @@
 """dbt models as Dagster assets, one step per layer and per way a model is rebuilt.
 
+Every model is a Delta table in the lake (`<lake>/<layer>/<model>`), computed by an in-memory DuckDB that
+reads only the partitions it needs (dbt_project/macros/materializations/lake.sql).
+
 Incremental models are partitioned by business date: a run passes its partition window to dbt as the vars
-`min_date`/`max_date`, and the model recomputes only what bronze changed in it. Every other model (tables,
-views, snapshots) is rebuilt from all of its inputs on every run, so it has no partitions: the UI then
-says what is true of it (materialized or not), not "n of 699 partitions". This is the split of Dagster's
-own platform (dagster-open-platform, defs/dbt/assets.py).
+`min_date`/`max_date`, and the model recomputes only what bronze changed in it. Every other model is
+rebuilt from all of its inputs on every run, so it has no partitions: the UI then says what is true of it
+(materialized or not), not "n of 699 partitions". This is the split of Dagster's own platform
+(dagster-open-platform, defs/dbt/assets.py).
+
+Runs of different partitions run at once. A Delta commit that loses to a concurrent writer of the same
+table fails its model; the step's retry policy then runs dbt again from fresh inputs. Full rebuilds of
+one layer take one `LAKE_REBUILD_POOL` slot at a time: two at once would compute the same tables twice.
 
 Silver and gold stay separate steps of a run so that a blocking check on a silver asset (a dbt test or
 the quality gate) stops the gold step in the same run.
@@ -25,8 +32,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets, get_asset_key_for_model
 
 from dagster_project import settings
-from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
-from dagster_project.defs.common.warehouse import WAREHOUSE_RESOURCE_KEY, WarehouseResource
+from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
 
 BRONZE = "bronze"
@@ -38,12 +44,13 @@ GOLD = "gold"
 LAYER_OF_FOLDER: Mapping[str, str] = {
     "models/staging": SILVER,
     "models/marts": GOLD,
-    "snapshots": GOLD,
 }
 LAYERS = (SILVER, GOLD)  # in run order
 
 INCREMENTAL = "config.materialized:incremental"
 DBT_NODE_TYPES = ("model", "snapshot", "seed")
+# A lost commit race (another run wrote the same Delta table first) fails the step; dbt then runs again.
+CONFLICT_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def layer_of(dbt_resource_props: Mapping[str, Any]) -> str:
@@ -130,7 +137,8 @@ def build_dbt_step(project: DbtProject, manifest: Mapping[str, Any], step: DbtSt
         dagster_dbt_translator=MedallionDbtTranslator(),
         partitions_def=daily_partitions if step.partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if step.partitioned else None,
-        pool=WAREHOUSE_POOL,
+        pool=None if step.partitioned else LAKE_REBUILD_POOL,
+        retry_policy=CONFLICT_RETRY,
     )
     def _dbt_step(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
         args = ["build"]
@@ -165,16 +173,13 @@ def assets_for_model(model: str) -> dg.AssetsDefinition:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    warehouse_path = str(settings.warehouse_path())
     return dg.Definitions(
         assets=list(dbt_assets_definitions()),
         resources={
             "dbt": MedallionDbtCliResource(
                 project_dir=str(settings.dbt_project_dir()),
                 profiles_dir=str(settings.dbt_project_dir()),
-                lake_root=str(settings.lake_root()),
-                warehouse_path=warehouse_path,
+                lake_root=settings.lake_root(),
             ),
-            WAREHOUSE_RESOURCE_KEY: WarehouseResource(path=warehouse_path),
         },
     )

@@ -4,7 +4,7 @@ in the same run and in automation.
 Which models are gated and what each gate checks come from the dbt model YAML (a model's
 `meta: {gx_gate: ...}` and its data tests, read from the parsed manifest by `lib.quality.dbt_rules`): a rule
 is declared once and checked by both dbt and GX. A gate follows the partitioning of the dbt step that builds
-its model; it always validates the whole table, which is what every dbt run leaves behind.
+its model; it validates the model's Delta table in the lake, read in place.
 """
 
 from collections.abc import Mapping
@@ -14,14 +14,13 @@ import dagster as dg
 from dagster_dbt import get_asset_key_for_model
 
 from dagster_project.defs.common.gates import gate_check_result
-from dagster_project.defs.common.partitions import WAREHOUSE_POOL
-from dagster_project.defs.common.warehouse import WarehouseResource
+from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.transform.assets import assets_for_model
 from dagster_project.defs.transform.resources import load_dbt_project
 from dagster_project.lib.quality.dbt_rules import ModelGate, load_manifest, model_gates
 
 
-def build_warehouse_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     """The blocking GX check of one dbt model, on the asset `assets` holds for it, with its partitions."""
     key = get_asset_key_for_model([assets], model_gate.model)
     layer = key.path[0]  # the translator keys models [layer, model]
@@ -32,16 +31,15 @@ def build_warehouse_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> 
         name=f"gx_{layer}_gate",
         blocking=True,
         partitions_def=assets.partitions_def,  # None for a model rebuilt in full: no partitions to check
-        pool=WAREHOUSE_POOL,
         description=f"Great Expectations: the {len(gate.expectations)} data tests of {model_gate.model} "
         "declared in its dbt YAML.",
     )
-    def _gate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    def _gate(lake: LakeResource) -> dg.AssetCheckResult:
         # Imported here: GX and DuckDB load only when a gate runs, not with the code location.
-        from dagster_project.lib.quality.gx_runner import validate_duckdb_file
+        from dagster_project.lib.quality.gx_runner import validate_lake
 
-        result = validate_duckdb_file(
-            warehouse.file,
+        result = validate_lake(
+            lake.lake,
             model_gate.relation,
             gate.name,
             gate.expectations,
@@ -52,11 +50,11 @@ def build_warehouse_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> 
     return _gate
 
 
-def warehouse_gates(manifest: Mapping[str, Any]) -> list[dg.AssetChecksDefinition]:
+def model_gates_checks(manifest: Mapping[str, Any]) -> list[dg.AssetChecksDefinition]:
     """A gate for every dbt model whose YAML declares one."""
-    return [build_warehouse_gate(g, assets_for_model(g.model)) for g in model_gates(manifest)]
+    return [build_model_gate(g, assets_for_model(g.model)) for g in model_gates(manifest)]
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(asset_checks=warehouse_gates(load_manifest(load_dbt_project().manifest_path)))
+    return dg.Definitions(asset_checks=model_gates_checks(load_manifest(load_dbt_project().manifest_path)))

@@ -1,11 +1,10 @@
 """The dbt project and the dbt CLI resource.
 
-The lake root and the warehouse path a run uses are resource config, bound when the definitions load and
-shown in the UI. dbt receives them as vars on its command line (`medallion_lake_root`,
-`medallion_warehouse_path`): dagster-dbt 0.29 builds the dbt subprocess environment from this process's
-`os.environ` with no hook to add to it, while both the subprocess and dagster-dbt's in-process profile
-rendering read the command's vars. So nothing here changes `os.environ`. Run by hand, dbt falls back to the
-variables MEDALLION_LAKE_ROOT and MEDALLION_WAREHOUSE_PATH (profiles.yml, the sources files).
+The lake root a run uses is resource config, bound when the definitions load and shown in the UI. dbt
+receives it as a var on its command line (`medallion_lake_root`): dagster-dbt 0.29 builds the dbt
+subprocess environment from this process's `os.environ` with no hook to add to it, while both the
+subprocess and dagster-dbt's in-process profile rendering read the command's vars. So nothing here changes
+`os.environ`. Run by hand, dbt falls back to the variable MEDALLION_LAKE_ROOT (profiles.yml).
 """
 
 from __future__ import annotations
@@ -22,26 +21,23 @@ from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
 
 from dagster_project import settings
 
-# Names of the dbt vars carrying the resource config; profiles.yml and the sources files read them.
+# Name of the dbt var carrying the resource config; profiles.yml reads it.
 LAKE_ROOT_VAR = "medallion_lake_root"
-WAREHOUSE_PATH_VAR = "medallion_warehouse_path"
 
 
 class MedallionDbtCliResource(DbtCliResource):
-    """`DbtCliResource` that runs every dbt command against the configured lake and warehouse.
+    """`DbtCliResource` that runs every dbt command against the configured lake.
 
-    The PII key is not config: it is a secret, reaches the process environment from the deployment and is
-    read by the dbt plugin from there.
+    The PII key and the object store's credentials are not config: they are secrets, reach the process
+    environment from the deployment and are read by the dbt plugins from there.
     """
 
     lake_root: str
-    warehouse_path: str
 
     def config_vars(self) -> dict[str, str]:
-        return {LAKE_ROOT_VAR: self.lake_root, WAREHOUSE_PATH_VAR: self.warehouse_path}
+        return {LAKE_ROOT_VAR: self.lake_root}
 
     def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
-        Path(self.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
         return super().cli(with_vars(args, self.config_vars()), **kwargs)
 
 

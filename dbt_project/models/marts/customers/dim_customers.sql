@@ -1,15 +1,15 @@
 with
 
-snapshot as (
+history as (
 
-    select * from {{ ref('customers_snapshot') }}
+    select * from {{ ref('customers_history') }}
 
 ),
 
 final as (
 
     select
-        {{ surrogate_key(['customer_id', 'dbt_valid_from']) }} as customer_sk,
+        {{ surrogate_key(['customer_id', 'valid_from']) }} as customer_sk,
         customer_id,
         email_token,
         email_domain,
@@ -17,11 +17,12 @@ final as (
         status,
         signup_date,
         lifetime_value,
-        cast(dbt_valid_from as timestamptz) as valid_from,
-        cast(dbt_valid_to as timestamptz) as valid_to,
-        dbt_valid_to is null as is_current,
+        valid_from,
+        valid_to,
+        valid_to is null as is_current,
+        _source_file,
 
-    from snapshot
+    from history
 
 )
 

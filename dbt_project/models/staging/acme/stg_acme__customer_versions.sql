@@ -8,6 +8,7 @@
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='business_date',
+        partition_by='business_date',
         on_schema_change='fail',
     )
 }}

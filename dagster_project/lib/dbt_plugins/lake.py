@@ -1,0 +1,97 @@
+"""dbt-duckdb plugin: the lake's Delta tables are the warehouse; DuckDB is only the compute of one invocation.
+
+dbt runs on an in-memory DuckDB (profiles.yml `path: ":memory:"`), so there is no database file to share,
+lock or leak raw PII into. When dbt opens it, this plugin
+
+- loads DuckDB's delta, httpfs, aws and azure extensions and the lake's credentials (`Lake.configure_duckdb`),
+- creates a view `<layer>.<table>` over every Delta table of the lake (`delta_scan`, which prunes a scan to
+  the partitions a query filters on, so a daily run reads its days, not all of bronze), and an empty typed
+  table for a bronze table that does not exist yet (a feed with no delivery so far): sources and `ref()`s
+  resolve to the lake and nothing is copied.
+
+The project's `table` and `incremental` materializations (macros/materializations/lake.sql) compute a model
+into a scratch table of the in-memory database and call `store` here, which writes it to the model's Delta
+table `<lake>/<schema>/<name>` in one commit, then points the model's view at it:
+
+- `overwrite`: the whole table (tables, and an incremental model's first build or full refresh);
+- `replace_where`: only the rows matching a predicate (the partition window of a partitioned incremental
+  model): `write_deltalake(mode="overwrite", predicate=...)`, so rows that left bronze leave silver too;
+- `merge`: rows whose unique key is in the new rows are replaced, the others inserted (`DeltaTable.merge`).
+
+A commit that loses to a concurrent writer raises; the Dagster step's retry policy runs the models again
+from fresh inputs (retrying the same rows could commit a result computed before the other writer's).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pyarrow as pa
+from dbt.adapters.duckdb.plugins import BasePlugin
+from dbt.adapters.duckdb.utils import TargetConfig
+from duckdb import DuckDBPyConnection
+
+from dagster_project import settings
+from dagster_project.lib.lake import Lake
+
+BATCH_ROWS = 128 * 1024
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _bronze_schemas() -> dict[str, pa.Schema]:
+    from dagster_project.lib.bronze.contract import bronze_schema
+    from dagster_project.lib.sources.registry import SOURCES
+
+    return {name: bronze_schema(spec) for name, spec in SOURCES.items()}
+
+
+class Plugin(BasePlugin):
+    def initialize(self, plugin_config: dict[str, Any]) -> None:
+        root = str(plugin_config.get("root") or "")
+        self._lake = Lake.parse(root, settings.lake_storage_options())
+        self._conn: DuckDBPyConnection | None = None
+
+    def configure_connection(self, conn: DuckDBPyConnection) -> None:
+        self._lake.attach(conn, empty_bronze=_bronze_schemas())
+        self._conn = conn
+
+    def store(self, target_config: TargetConfig) -> None:
+        from deltalake import DeltaTable, write_deltalake
+
+        assert self._conn is not None, "the lake plugin stores only after dbt opened its connection"
+        options = dict(target_config.config)
+        schema, table = options["schema"], options["identifier"]
+        if not (_IDENTIFIER.match(schema) and _IDENTIFIER.match(table)):
+            raise ValueError(f"lake plugin: {schema}.{table} is not a plain identifier")
+        uri = self._lake.table(schema, table)
+        storage = self._lake.delta_options()
+        mode = options.get("mode", "overwrite")
+        cursor = self._conn.cursor()
+        try:
+            rows = cursor.execute(f"SELECT * FROM {target_config.relation}").fetch_record_batch(BATCH_ROWS)
+            partition_by = [c for c in options.get("partition_by") or []]
+            exists = DeltaTable.is_deltatable(uri, storage_options=storage)
+            if mode == "merge" and exists:
+                keys = list(options["unique_key"])
+                DeltaTable(uri, storage_options=storage).merge(
+                    source=rows,
+                    predicate=" and ".join(f"t.{k} = s.{k}" for k in keys),
+                    source_alias="s",
+                    target_alias="t",
+                ).when_matched_update_all().when_not_matched_insert_all().execute()
+            elif mode == "replace_where" and exists:
+                write_deltalake(uri, rows, mode="overwrite", predicate=options["predicate"], storage_options=storage)
+            else:
+                write_deltalake(
+                    uri,
+                    rows,
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    partition_by=partition_by or None,
+                    storage_options=storage,
+                    description=options.get("description") or None,
+                )
+            cursor.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._lake.duckdb_scan(uri)}")
+        finally:
+            cursor.close()

@@ -1,0 +1,50 @@
+{#-
+    Type-2 history of the customers, computed from every version silver keeps rather than captured by a
+    dbt snapshot: a snapshot's history lives only in its own table, so it cannot be rebuilt, backfilled or
+    erased from bronze, while this is a pure function of bronze like every other model.
+-#}
+with
+
+versions as (
+
+    select * from {{ ref('stg_acme__customer_versions') }}
+
+),
+
+-- One row per customer and change time: the same change delivered on several days counts once, as its
+-- latest delivery.
+changes as (
+
+    select *
+    from versions
+    qualify row_number() over (
+        partition by customer_id, updated_at
+        order by business_date desc, _source_file desc, _source_row desc
+    ) = 1
+
+),
+
+final as (
+
+    select
+        customer_id,
+        email_token,
+        email_domain,
+        first_name_token,
+        last_name_token,
+        country_code,
+        signup_date,
+        lifetime_value,
+        status,
+        updated_at,
+        business_date,
+        _source_file,
+        _source_row,
+        updated_at as valid_from,
+        lead(updated_at) over (partition by customer_id order by updated_at) as valid_to,
+
+    from changes
+
+)
+
+select * from final
