@@ -198,6 +198,7 @@ _OBSTORE_KEYS = {
         "AWS_SESSION_TOKEN": "session_token",
         "AWS_REGION": "region",
         "AWS_ENDPOINT_URL": "endpoint",
+        "AWS_COPY_IF_NOT_EXISTS": "copy_if_not_exists",
     },
     "gs": {"GOOGLE_APPLICATION_CREDENTIALS": "application_credentials", "GOOGLE_SERVICE_ACCOUNT": "service_account"},
     "az": {
@@ -215,6 +216,11 @@ def _obstore_store(root: str, family: str, options: Mapping[str, str]) -> Any:
 
     upper = {k.upper(): v for k, v in options.items()}
     config = {key: upper[name] for name, key in _OBSTORE_KEYS[family].items() if upper.get(name)}
+    if family == "s3":
+        # Landing writes a file put-if-absent as a streamed upload plus a copy that fails when the target
+        # exists; S3 does that copy as a multipart copy completed with If-None-Match (AWS, MinIO, moto).
+        # Cloudflare R2 wants AWS_COPY_IF_NOT_EXISTS=header:cf-copy-destination-if-none-match:*.
+        config.setdefault("copy_if_not_exists", "multipart")
     client = {"allow_http": True} if upper.get("AWS_ALLOW_HTTP", "").lower() == "true" else None
     return from_url(root, config=config, client_options=client)
 
