@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
+from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.lib.sources.registry import webhook_sources
 from dagster_project.lib.sources.spec import SourceSpec
 
@@ -45,6 +46,42 @@ def _open_inbox_events(context: dg.AssetExecutionContext, spec: SourceSpec) -> "
         yield WebhookEventsReader(spec, events, context.partition_key)
 
 
+def build_conflicts_check(spec: SourceSpec) -> dg.AssetChecksDefinition:
+    """Warns on a partition whose events were delivered again under the same id with a different body."""
+
+    @dg.asset_check(
+        asset=bronze_key(spec.name),
+        name="inbox_conflicts",
+        partitions_def=daily_partitions,
+        required_resource_keys={"inbox"},
+        description="Deliveries that reused an event id of this partition with a different body. Bronze keeps "
+        "the first body; the others wait in the inbox's webhook_conflicts table for someone to review.",
+    )
+    def _conflicts(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        day = dt.date.fromisoformat(context.partition_key)
+        with context.resources.inbox.open() as store:
+            conflicts = store.conflicts_for_dates(spec.webhook.provider, [day])
+        event_ids = sorted({c.event_id for c in conflicts})
+        return dg.AssetCheckResult(
+            passed=not conflicts,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=None
+            if not conflicts
+            else f"{len(event_ids)} event id(s) of {spec.webhook.provider} delivered again with a different body",
+            metadata={
+                "conflicts": len(conflicts),
+                "event_ids": dg.MetadataValue.json(event_ids[:100]),
+                "conflict_ids": dg.MetadataValue.json([c.id for c in conflicts][:100]),
+                "where": "webhook_conflicts table of the webhook inbox (stored and received SHA-256, received body)",
+            },
+        )
+
+    return _conflicts
+
+
+conflict_checks = [build_conflicts_check(spec) for spec in webhook_sources()]
+
+
 def build_ingest_job(spec: SourceSpec) -> dg.JobDefinition:
     return dg.define_asset_job(
         ingest_job_name(spec),
@@ -68,6 +105,6 @@ bronze = {
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[*(build_inbox_asset(spec) for spec in webhook_sources()), *(a for a, _ in bronze.values())],
-        asset_checks=[gate for _, gate in bronze.values()],
+        asset_checks=[*(gate for _, gate in bronze.values()), *conflict_checks],
         jobs=ingest_jobs,
     )

@@ -1,22 +1,30 @@
 """Durable webhook inbox: every verified delivery is committed here before the sender gets its 2xx.
 
-Two tables, created by `migrate()`:
+Three tables, created by `migrate()`:
 
 * ``webhook_events``: one row per (provider, event id), holding the body exactly as received, its SHA-256,
-  the headers that matter and when it arrived. ``id`` grows with every stored event and is the cursor the
-  bronze sensor keeps.
+  the headers that matter and when it arrived. ``event_date`` is the bronze partition the event belongs to:
+  the UTC date it was created, or the date it was received when the creation date is before
+  `FIRST_BUSINESS_DATE` or after the day of receipt, so that every stored event has a partition to reach.
 * ``webhook_conflicts``: a delivery that reuses a stored event id with a different body. The stored row is
   never overwritten (the first body wins); the conflicting body is kept here with both hashes.
+* ``webhook_inbox_probe``: one row that readiness rewrites to prove the inbox takes writes.
 
-SQLite is the embedded default and PostgreSQL the production store; the URL decides. Writers are
-serialised (SQLite ``BEGIN IMMEDIATE``; PostgreSQL an ``EXCLUSIVE`` table lock, which still lets readers
-through), so ids become visible in increasing order and a reader that keeps ``id > cursor`` never skips an
-event that was committed late.
+SQLite is the embedded default and PostgreSQL the production store; the URL decides. Writers take no table
+lock: the unique key alone settles duplicates, so several receivers write at once. Ids are then allocated in
+one order and committed in another, so a reader that keeps a cursor (the bronze sensor) follows the commit
+position ``(commit_xid, id)``: on PostgreSQL ``commit_xid`` is the writing transaction's id and rows are read
+only below the oldest transaction still running (``pg_snapshot_xmin``), so nothing can later commit behind
+the cursor; SQLite serialises its writers (``BEGIN IMMEDIATE``), ids commit in order and ``commit_xid`` is 0.
+
+PostgreSQL sessions run with a lock timeout and a statement timeout, SQLite with a busy timeout, so a lock
+held elsewhere turns into a quick `InboxUnavailable` (a 503 the sender retries), never a request that hangs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +35,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+
+from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 
 StoreOutcome = Literal["stored", "duplicate", "conflict"]
 
@@ -51,8 +61,11 @@ webhook_events = sa.Table(
     sa.Column("body_sha256", sa.String(64), nullable=False),
     sa.Column("headers", sa.JSON(), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # the commit position's first half (see the module docstring); 0 on SQLite and for rows written before it
+    sa.Column("commit_xid", sa.BigInteger(), nullable=False, server_default="0"),
     sa.UniqueConstraint("provider", "event_id", name="uq_webhook_events_provider_event_id"),
     sa.Index("ix_webhook_events_provider_event_date", "provider", "event_date"),
+    sa.Index("ix_webhook_events_commit_position", "commit_xid", "id"),
 )
 
 webhook_conflicts = sa.Table(
@@ -66,15 +79,49 @@ webhook_conflicts = sa.Table(
     sa.Column("body", sa.LargeBinary(), nullable=False),
     sa.Column("headers", sa.JSON(), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("commit_xid", sa.BigInteger(), nullable=False, server_default="0"),
     # a resend of the same conflicting body is recorded once
     sa.UniqueConstraint(
         "provider", "event_id", "received_sha256", name="uq_webhook_conflicts_provider_event_id_sha256"
     ),
+    sa.Index("ix_webhook_conflicts_commit_position", "commit_xid", "id"),
 )
+
+webhook_inbox_probe = sa.Table(
+    "webhook_inbox_probe",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Columns added after the first release: `migrate()` adds them to tables created before (name -> DDL type).
+_ADDED_COLUMNS = {
+    "webhook_events": {"commit_xid": "BIGINT NOT NULL DEFAULT 0"},
+    "webhook_conflicts": {"commit_xid": "BIGINT NOT NULL DEFAULT 0"},
+}
 
 
 class InboxUnavailable(Exception):
     """The inbox could not be read or written. The message names the error class only, never values."""
+
+
+class UnstorableEvent(Exception):
+    """The database refuses this event's values (a NUL in a text column, a date it cannot hold): storing it
+    again will fail the same way, so the sender must be told, not asked to retry. Other events of the same
+    batch are unaffected. The message names the error class only, never values."""
+
+
+# Errors raised by one event's values rather than by the inbox: the driver refusing a parameter before
+# sending it (ValueError, UnicodeEncodeError) or the database refusing the data.
+_PER_EVENT_ERRORS = (ValueError, sa.exc.DataError, sa.exc.IntegrityError)
+
+
+def partition_date(created_at: datetime, received_at: datetime, first: date = FIRST_BUSINESS_DATE) -> date:
+    """The bronze partition of an event: the UTC date it was created, unless that date has no partition
+    (before `first`) or is after the day it was received (a wrong clock, a forged date), in which case the
+    date it was received. Both inputs are stored, so the choice is a pure function of the row."""
+    created, received = _utc(created_at).date(), _utc(received_at).date()
+    return created if first <= created <= received else received
 
 
 def sha256_hex(body: bytes) -> str:
@@ -117,6 +164,11 @@ class StoredEvent:
     received_at: datetime
 
     @property
+    def redated(self) -> bool:
+        """Whether the event is filed under the date it was received, its creation date having no partition."""
+        return self.event_created_at.date() != self.event_date
+
+    @property
     def text(self) -> str:
         """The body as text (it was checked to be UTF-8 before it was stored)."""
         return self.body.decode("utf-8")
@@ -131,6 +183,28 @@ class Conflict:
     received_sha256: str
     body: bytes = field(repr=False)
     received_at: datetime
+    event_date: date | None = None  # the bronze partition of the stored event it conflicts with
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A commit position in the inbox: everything up to it has been read (see the module docstring)."""
+
+    commit_xid: int = 0
+    id: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.commit_xid}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str | int | None) -> Position:
+        """From `str(position)`; a bare number is an inbox id from before commit positions (`commit_xid` 0)."""
+        if text is None or text == "":
+            return cls()
+        if isinstance(text, int):
+            return cls(0, text)
+        xid, sep, row_id = text.partition(":")
+        return cls(int(xid), int(row_id)) if sep else cls(0, int(xid))
 
 
 _WRITE_OPTION = "medallion_inbox_write"
@@ -159,21 +233,41 @@ def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
             connection.exec_driver_sql("BEGIN")
 
 
-def create_inbox_engine(url: str, *, busy_timeout_seconds: float = 30.0) -> Engine:
-    """An engine for the inbox URL; connects lazily, so an unreachable database fails per call, not here."""
+def _postgres_options(existing: str | None, lock_timeout_seconds: float, statement_timeout_seconds: float) -> str:
+    """libpq `options` setting the session's timeouts from its first statement; options already in the URL
+    come last, so a URL that sets a timeout itself keeps it."""
+    lock_ms, statement_ms = int(lock_timeout_seconds * 1000), int(statement_timeout_seconds * 1000)
+    ours = f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
+    return f"{ours} {existing}" if existing else ours
+
+
+def create_inbox_engine(
+    url: str, *, lock_timeout_seconds: float = 2.0, statement_timeout_seconds: float = 10.0
+) -> Engine:
+    """An engine for the inbox URL; connects lazily, so an unreachable database fails per call, not here.
+
+    `lock_timeout_seconds` bounds any wait on a lock held elsewhere (SQLite's busy timeout, PostgreSQL's
+    lock_timeout); `statement_timeout_seconds` bounds one PostgreSQL statement.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(
             parsed,
             hide_parameters=True,
-            connect_args={"timeout": busy_timeout_seconds},
+            connect_args={"timeout": lock_timeout_seconds},
         )
-        _configure_sqlite(engine, busy_timeout_seconds)
+        _configure_sqlite(engine, lock_timeout_seconds)
         return engine
     connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        # an unreachable server must turn into a quick 503, not a request stuck in a TCP timeout
-        connect_args["connect_timeout"] = 10
+    if parsed.get_backend_name() == "postgresql":
+        if "connect_timeout" not in parsed.query:
+            # an unreachable server must turn into a quick 503, not a request stuck in a TCP timeout
+            connect_args["connect_timeout"] = 10
+        existing = parsed.query.get("options")
+        connect_args["options"] = _postgres_options(
+            existing if isinstance(existing, str) else None, lock_timeout_seconds, statement_timeout_seconds
+        )
+        parsed = parsed.difference_update_query(["options"])
     return sa.create_engine(
         parsed,
         hide_parameters=True,  # bodies are parameters: keep them out of error messages and logs
@@ -190,12 +284,30 @@ def _safe(error: SQLAlchemyError) -> InboxUnavailable:
     return InboxUnavailable(f"inbox unavailable ({name})")
 
 
+def _unstorable(error: Exception) -> UnstorableEvent:
+    orig = getattr(error, "orig", None)
+    name = type(orig).__name__ if orig is not None else type(error).__name__
+    return UnstorableEvent(f"the inbox cannot store this event ({name})")
+
+
 class Inbox:
     """The webhook inbox behind one database URL."""
 
-    def __init__(self, url: str, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout_seconds: float = 2.0,
+        statement_timeout_seconds: float = 10.0,
+        min_free_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self.url = url
-        self.engine = create_inbox_engine(url, busy_timeout_seconds=busy_timeout_seconds)
+        self.engine = create_inbox_engine(
+            url, lock_timeout_seconds=lock_timeout_seconds, statement_timeout_seconds=statement_timeout_seconds
+        )
+        self.lock_timeout_seconds = lock_timeout_seconds
+        # SQLite only: below this much free space on the inbox's file system readiness fails, before a commit does
+        self.min_free_bytes = min_free_bytes
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
@@ -209,12 +321,29 @@ class Inbox:
     def __exit__(self, *_exc: object) -> None:
         self.dispose()
 
+    @property
+    def _sqlite_path(self) -> Path | None:
+        database = self.engine.url.database
+        return Path(database) if self._is_sqlite and database not in (None, "", ":memory:") else None
+
     def migrate(self) -> None:
-        """Create the tables and indexes if they do not exist (idempotent)."""
-        if self._is_sqlite and self.engine.url.database not in (None, "", ":memory:"):
-            Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        """Create the tables and indexes if they do not exist, and add columns newer than a table (idempotent)."""
+        if self._sqlite_path is not None:
+            self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             metadata.create_all(self._writer)
+            with self._writer.begin() as conn:
+                inspector = sa.inspect(conn)
+                for table_name, columns in _ADDED_COLUMNS.items():
+                    present = {c["name"] for c in inspector.get_columns(table_name)}
+                    for name, ddl in columns.items():
+                        if name not in present:
+                            conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {ddl}")
+                for table in metadata.sorted_tables:
+                    indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+                    for index in table.indexes:
+                        if index.name not in indexes:
+                            index.create(conn)
         except SQLAlchemyError as error:
             raise _safe(error) from None
 
@@ -223,6 +352,46 @@ class Inbox:
         try:
             with self.engine.connect() as conn:
                 conn.execute(sa.select(webhook_events.c.id).limit(1)).all()
+        except SQLAlchemyError as error:
+            raise _safe(error) from None
+
+    def check_writable(self, timeout_seconds: float = 2.0) -> None:
+        """Raise `InboxUnavailable` unless a write to the inbox commits within about `timeout_seconds`.
+
+        The probe takes the lock an event insert needs (SQLite's write lock; PostgreSQL's ROW EXCLUSIVE on the
+        event tables) and commits a row, so a read-only database, a lock held elsewhere or a database that
+        refuses writes all fail it. On SQLite it also fails when the file system has less than
+        `min_free_bytes` left, since SQLite finds a full disk only when a commit needs to grow its files.
+        """
+        millis = max(1, int(timeout_seconds * 1000))
+        now = datetime.now(UTC)
+        try:
+            if self._is_sqlite and self._sqlite_path is not None:
+                stats = os.statvfs(self._sqlite_path.parent)
+                if stats.f_bavail * stats.f_frsize < self.min_free_bytes:
+                    raise InboxUnavailable("inbox unavailable (file system full)")
+            with self._writer.connect() as conn:
+                if self._is_sqlite:
+                    # on the driver's connection: SQLAlchemy would begin a transaction for it, and the wait for
+                    # the write lock must be short before BEGIN IMMEDIATE is issued
+                    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={millis}")
+                try:
+                    with conn.begin():
+                        if self._is_postgres:
+                            conn.execute(
+                                sa.text(
+                                    "SELECT set_config('lock_timeout', :ms, true),"
+                                    " set_config('statement_timeout', :ms, true)"
+                                ),
+                                {"ms": str(millis)},
+                            )
+                            conn.exec_driver_sql("LOCK TABLE webhook_events, webhook_conflicts IN ROW EXCLUSIVE MODE")
+                        insert = self._insert(webhook_inbox_probe).values(id=1, checked_at=now)
+                        conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_={"checked_at": now}))
+                finally:
+                    if self._is_sqlite:
+                        restore = f"PRAGMA busy_timeout={int(self.lock_timeout_seconds * 1000)}"
+                        conn.connection.driver_connection.execute(restore)
         except SQLAlchemyError as error:
             raise _safe(error) from None
 
@@ -235,31 +404,49 @@ class Inbox:
             raise NotImplementedError(f"inbox backend {self.engine.dialect.name!r} is not supported")
         return insert(table)
 
+    def _commit_xid(self) -> Any:
+        """The value of `commit_xid` for a row written now: the writing transaction's id on PostgreSQL."""
+        if self._is_postgres:
+            return sa.literal_column("pg_current_xact_id()::text::bigint")
+        return 0
+
     def store(self, event: InboundEvent) -> StoreOutcome:
         """Store a delivery once; the transaction is committed before this returns.
 
         ``stored``: first time this (provider, event id) was seen. ``duplicate``: same id and same body
         (a resend). ``conflict``: same id, different body; the first body stays, the new one is recorded in
-        ``webhook_conflicts``. Raises `InboxUnavailable` when the database cannot be written.
+        ``webhook_conflicts``. Raises `InboxUnavailable` when the database cannot be written and
+        `UnstorableEvent` when it refuses this event's values.
         """
-        return self.store_many([event])[0]
+        [outcome] = self.store_many([event])
+        if isinstance(outcome, UnstorableEvent):
+            raise outcome
+        return outcome
 
-    def store_many(self, events: Sequence[InboundEvent]) -> list[StoreOutcome]:
+    def store_many(self, events: Sequence[InboundEvent]) -> list[StoreOutcome | UnstorableEvent]:
         """`store` for several deliveries in one transaction (one fsync), outcomes in the same order.
 
-        All or nothing: when it raises, none of them is stored. Events later in the batch see the earlier
-        ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
+        An event whose values the database refuses gets an `UnstorableEvent` in its place and the others are
+        committed without it. `InboxUnavailable` (nothing stored) when the inbox itself fails. Events later in
+        the batch see the earlier ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
         """
-        if not events:
-            return []
-        try:
-            with self._writer.begin() as conn:
-                if self._is_postgres:
-                    # serialise writers so ids commit in order (see module docstring); readers still pass
-                    conn.exec_driver_sql("LOCK TABLE webhook_events IN EXCLUSIVE MODE")
-                return [self._store_one(conn, event) for event in events]
-        except SQLAlchemyError as error:
-            raise _safe(error) from None
+        outcomes: list[StoreOutcome | UnstorableEvent | None] = [None] * len(events)
+        pending = list(range(len(events)))
+        while pending:
+            current = pending[0]
+            try:
+                with self._writer.begin() as conn:
+                    for current in pending:
+                        outcomes[current] = self._store_one(conn, events[current])
+            except _PER_EVENT_ERRORS as error:
+                # the transaction is rolled back; commit the others again without the event that broke it
+                outcomes[current] = _unstorable(error)
+                pending = [i for i in pending if i != current]
+            except SQLAlchemyError as error:
+                raise _safe(error) from None
+            else:
+                break
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _store_one(self, conn: Connection, event: InboundEvent) -> StoreOutcome:
         created = _utc(event.event_created_at)
@@ -272,11 +459,12 @@ class Inbox:
                 event_id=event.event_id,
                 event_type=event.event_type,
                 event_created_at=created,
-                event_date=created.date(),
+                event_date=partition_date(created, received),
                 body=event.body,
                 body_sha256=digest,
                 headers=dict(event.headers),
                 received_at=received,
+                commit_xid=self._commit_xid(),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
             .returning(webhook_events.c.id)
@@ -301,6 +489,7 @@ class Inbox:
                 body=event.body,
                 headers=dict(event.headers),
                 received_at=received,
+                commit_xid=self._commit_xid(),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id", "received_sha256"])
         )
@@ -334,6 +523,70 @@ class Inbox:
         if provider is not None:
             query = query.where(webhook_events.c.provider == provider)
         return self._select(query.order_by(webhook_events.c.id).limit(limit))
+
+    def _committed_before(self, table: sa.Table, after: Position) -> list[Any]:
+        """Conditions selecting rows past `after` whose commit position can no longer be overtaken."""
+        commit_xid, row_id = table.c.commit_xid, table.c.id
+        conditions: list[Any] = [
+            sa.or_(commit_xid > after.commit_xid, sa.and_(commit_xid == after.commit_xid, row_id > after.id))
+        ]
+        if self._is_postgres:
+            # every transaction below the snapshot's xmin has ended; a later writer gets a larger transaction id
+            horizon = sa.literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            conditions.append(commit_xid < horizon)
+        return conditions
+
+    def read_page(self, after: Position, limit: int = 1000) -> tuple[list[StoredEvent], Position]:
+        """Events committed past `after`, in commit order, at most `limit`, and the position to read from next.
+
+        A reader that always continues from the returned position sees every event exactly once, however
+        many receivers write at once and in whatever order their transactions commit.
+        """
+        query = (
+            sa.select(webhook_events)
+            .where(*self._committed_before(webhook_events, after))
+            .order_by(webhook_events.c.commit_xid, webhook_events.c.id)
+            .limit(limit)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as error:
+            raise _safe(error) from None
+        position = Position(rows[-1].commit_xid, rows[-1].id) if rows else after
+        return [self._to_event(row) for row in rows], position
+
+    def read_conflicts_page(self, after: Position, limit: int = 1000) -> tuple[list[Conflict], Position]:
+        """Conflicts recorded past `after`, in commit order, with the partition of the event each concerns."""
+        query = (
+            self._conflicts_query()
+            .where(*self._committed_before(webhook_conflicts, after))
+            .order_by(webhook_conflicts.c.commit_xid, webhook_conflicts.c.id)
+            .limit(limit)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as error:
+            raise _safe(error) from None
+        position = Position(rows[-1].commit_xid, rows[-1].id) if rows else after
+        return [self._to_conflict(row) for row in rows], position
+
+    def conflicts_for_dates(self, provider: str, dates: Iterable[date]) -> list[Conflict]:
+        """Conflicts about events of `provider` filed under one of `dates` (what a bronze partition holds)."""
+        wanted = sorted(set(dates))
+        if not wanted:
+            return []
+        query = (
+            self._conflicts_query()
+            .where(webhook_conflicts.c.provider == provider, webhook_events.c.event_date.in_(wanted))
+            .order_by(webhook_conflicts.c.id)
+        )
+        try:
+            with self.engine.connect() as conn:
+                return [self._to_conflict(row) for row in conn.execute(query)]
+        except SQLAlchemyError as error:
+            raise _safe(error) from None
 
     def read_for_dates(self, provider: str, dates: Iterable[date]) -> list[StoredEvent]:
         """Every event of `provider` whose business date is in `dates`, in id order (bronze rebuilds)."""
@@ -401,24 +654,35 @@ class Inbox:
         except SQLAlchemyError as error:
             raise _safe(error) from None
 
+    @staticmethod
+    def _conflicts_query() -> sa.Select[Any]:
+        stored = webhook_events.c
+        return sa.select(webhook_conflicts, stored.event_date).join(
+            webhook_events,
+            sa.and_(stored.provider == webhook_conflicts.c.provider, stored.event_id == webhook_conflicts.c.event_id),
+            isouter=True,
+        )
+
+    @staticmethod
+    def _to_conflict(row: sa.Row[Any]) -> Conflict:
+        return Conflict(
+            id=row.id,
+            provider=row.provider,
+            event_id=row.event_id,
+            stored_sha256=row.stored_sha256,
+            received_sha256=row.received_sha256,
+            body=bytes(row.body),
+            received_at=_utc(row.received_at),
+            event_date=row.event_date,
+        )
+
     def conflicts(self, provider: str | None = None) -> list[Conflict]:
-        query = sa.select(webhook_conflicts).order_by(webhook_conflicts.c.id)
+        query = self._conflicts_query().order_by(webhook_conflicts.c.id)
         if provider is not None:
             query = query.where(webhook_conflicts.c.provider == provider)
         try:
             with self.engine.connect() as conn:
-                return [
-                    Conflict(
-                        id=row.id,
-                        provider=row.provider,
-                        event_id=row.event_id,
-                        stored_sha256=row.stored_sha256,
-                        received_sha256=row.received_sha256,
-                        body=bytes(row.body),
-                        received_at=_utc(row.received_at),
-                    )
-                    for row in conn.execute(query)
-                ]
+                return [self._to_conflict(row) for row in conn.execute(query)]
         except SQLAlchemyError as error:
             raise _safe(error) from None
 

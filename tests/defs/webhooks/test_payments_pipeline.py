@@ -12,10 +12,8 @@ import duckdb
 import pytest
 
 from dagster_project import settings
-from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.defs.webhooks.sensors import webhook_events_sensor
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.intake.inbox import InboundEvent, Inbox, migrate
+from dagster_project.lib.intake.inbox import Inbox
 from dagster_project.lib.sources.registry import PSP_PAYOUTS
 from dagster_project.samples.payments import PaymentsSample, build_payments_sample, post_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
@@ -130,49 +128,6 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     assert sum(1 for p in payments if p["payout_id"]) == sum(f.good for f in sample.payout_files)
     captured = sum(t.captured_minor for t in truth.charges.values())
     assert sum(r["captured_minor"] for r in revenue) == captured
-
-
-def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox_url: str):
-    def tick(cursor: str | None) -> dg.SensorResult:
-        context = dg.build_sensor_context(
-            cursor=cursor, resources={"inbox": InboxResource(url=settings.webhook_inbox_url())}
-        )
-        return webhook_events_sensor(context)
-
-    not_yet = tick(None)  # the receiver has not created the inbox yet: skip, keep the cursor
-    assert not not_yet.run_requests and "inbox unavailable" in not_yet.skip_reason.skip_message
-
-    migrate(inbox_url)
-
-    def store(event_id: str, day: int, provider: str = "stripe") -> None:
-        created = dt.datetime.combine(DAYS[day], dt.time(12), tzinfo=dt.UTC)
-        with Inbox(inbox_url) as inbox:
-            inbox.store(InboundEvent(provider, event_id, "charge.succeeded", created, b"{}"))
-
-    store("evt_1", 0)
-    store("evt_2", 1)
-    store("evt_3", 0)
-    store("msg_1", 2, provider="shop")  # the shop's events are another source, with its own job
-    store("x_1", 2, provider="unknown")  # a provider that is no source (stored by hand): reported, not requested
-    first = tick(None)
-    assert [(r.job_name, r.partition_key, r.run_key) for r in first.run_requests] == [
-        ("payment_events_ingest", "2025-11-03", "payment_events:2025-11-03:3"),
-        ("payment_events_ingest", "2025-11-04", "payment_events:2025-11-04:2"),
-        ("shop_events_ingest", "2025-11-05", "shop_events:2025-11-05:4"),
-    ]
-    assert first.cursor == "5"
-
-    assert tick(first.cursor).run_requests == []
-    store("evt_4", 1)
-    later = tick(first.cursor)
-    assert [(r.partition_key, r.run_key) for r in later.run_requests] == [("2025-11-04", "payment_events:2025-11-04:6")]
-
-    with Inbox(inbox_url) as inbox:  # created before the first partition: skipped, and the sensor moves on
-        inbox.store(
-            InboundEvent("stripe", "evt_old", "charge.succeeded", dt.datetime(2024, 6, 1, tzinfo=dt.UTC), b"{}")
-        )
-    old = tick(later.cursor)
-    assert old.run_requests == [] and old.cursor == "7"
 
 
 @pytest.mark.sftp

@@ -1,13 +1,25 @@
+import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from dagster_project.lib.intake.inbox import InboundEvent, Inbox, InboxUnavailable, migrate, sha256_hex
+from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
+from dagster_project.lib.intake.inbox import (
+    InboundEvent,
+    Inbox,
+    InboxUnavailable,
+    Position,
+    UnstorableEvent,
+    migrate,
+    partition_date,
+    sha256_hex,
+)
 
 # trust auth on loopback, as on the build machines and in CI; an unreachable server fails these tests
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -25,6 +37,23 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
         yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL schema of its own, for what only PostgreSQL does (locks, concurrent writers)."""
+    schema = f"test_inbox_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        migrate(url)
+        yield url
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -202,3 +231,194 @@ def test_store_many_commits_a_batch_with_outcomes_in_order(inbox: Inbox):
     assert inbox.store_many(batch) == ["stored", "duplicate", "duplicate", "conflict", "stored"]
     assert [e.event_id for e in inbox.read_since(0)] == ["evt_0", "evt_1", "evt_2"]
     assert inbox.store_many([]) == []
+
+
+# --- one event never fails the others; a lock held elsewhere is a quick error, not a hang ------------------
+
+
+def _unstorable_event(inbox_url: str) -> InboundEvent:
+    # PostgreSQL text cannot hold NUL; neither backend can encode a lone surrogate
+    bad_id = "evt_\x00nul" if inbox_url.startswith("postgresql") else "evt_\ud800"
+    return _event(bad_id, body=b'{"id":"evt_bad"}')
+
+
+def test_an_unstorable_event_gets_its_own_outcome_and_the_rest_of_the_batch_is_committed(inbox: Inbox, inbox_url: str):
+    batch = [_event("evt_1"), _unstorable_event(inbox_url), _event("evt_2"), _unstorable_event(inbox_url)]
+    outcomes = inbox.store_many(batch)
+    assert outcomes[0] == outcomes[2] == "stored"
+    assert all(isinstance(o, UnstorableEvent) for o in (outcomes[1], outcomes[3]))
+    assert "nul" not in str(outcomes[1]) and "\ud800" not in str(outcomes[1])
+    assert sorted(e.event_id for e in inbox.read_since(0)) == ["evt_1", "evt_2"]
+    with pytest.raises(UnstorableEvent):
+        inbox.store(_unstorable_event(inbox_url))
+
+
+@contextmanager
+def _lock_held_elsewhere(inbox_url: str, sql: str) -> Iterator[threading.Event]:
+    """Another session holds `sql`'s lock until the block ends (or a watchdog, so a regression cannot hang
+    the suite); yields an event that is set once the lock was released."""
+    other = Inbox(inbox_url)
+    conn = other.engine.connect()
+    trans = conn.begin()
+    conn.exec_driver_sql(sql)
+    released = threading.Event()
+    watchdog = threading.Timer(120, released.set)
+    watchdog.start()
+    try:
+        yield released
+    finally:
+        watchdog.cancel()
+        released.set()
+        trans.rollback()
+        conn.close()
+        other.dispose()
+
+
+@pytest.mark.postgres
+def test_a_table_lock_held_elsewhere_fails_writes_and_readiness_while_it_is_still_held(postgres_url: str):
+    with Inbox(postgres_url, lock_timeout_seconds=0.5) as inbox:
+        with _lock_held_elsewhere(postgres_url, "LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE") as released:
+            with pytest.raises(InboxUnavailable, match="LockNotAvailable"):
+                inbox.store(_event())
+            assert not released.is_set()  # the error came while the lock was held, not after it went
+            with pytest.raises(InboxUnavailable):
+                inbox.check_writable(timeout_seconds=0.5)
+            assert not released.is_set()
+        assert inbox.store(_event()) == "stored"
+        inbox.check_writable()
+
+
+def test_a_write_lock_held_elsewhere_fails_sqlite_writes_and_readiness_while_it_is_still_held(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite'}"
+    migrate(url)
+    with Inbox(url, lock_timeout_seconds=0.2) as inbox:
+        other = Inbox(url)
+        with other._writer.begin() as conn:  # BEGIN IMMEDIATE: the write lock, held until the block ends
+            conn.exec_driver_sql("SELECT 1")
+            with pytest.raises(InboxUnavailable, match="OperationalError"):
+                inbox.store(_event())
+            with pytest.raises(InboxUnavailable):
+                inbox.check_writable(timeout_seconds=0.2)
+        other.dispose()
+        assert inbox.store(_event()) == "stored"
+
+
+# --- readiness proves writes, not reads -------------------------------------------------------------------
+
+
+def test_readiness_fails_on_a_database_that_reads_but_refuses_writes(inbox: Inbox, inbox_url: str):
+    inbox.check_writable()
+
+    @sa.event.listens_for(inbox.engine, "connect")
+    def _read_only(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        if inbox_url.startswith("sqlite"):
+            cursor.execute("PRAGMA query_only = ON")  # what a read-only file or mount gives a connection
+        else:
+            cursor.execute("SET default_transaction_read_only = on")  # a standby, or a read-only role
+            dbapi_connection.commit()
+        cursor.close()
+
+    inbox.engine.dispose()
+    inbox.ping()  # reading still works: a read-only probe would call this inbox ready
+    with pytest.raises(InboxUnavailable):
+        inbox.check_writable()
+    with pytest.raises(InboxUnavailable):
+        inbox.store(_event())
+
+
+def test_readiness_fails_when_the_sqlite_file_system_is_nearly_full(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite'}"
+    migrate(url)
+    stats = os.statvfs(tmp_path)
+    free = stats.f_bavail * stats.f_frsize
+    with Inbox(url, min_free_bytes=free // 2) as inbox:
+        inbox.check_writable()
+    with Inbox(url, min_free_bytes=free * 2) as inbox:
+        with pytest.raises(InboxUnavailable, match="file system full"):
+            inbox.check_writable()
+
+
+# --- every stored event has a partition -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created", "partition"),
+    [
+        (datetime(2025, 11, 5, 12, tzinfo=UTC), date(2025, 11, 5)),
+        (datetime(2025, 1, 1, tzinfo=UTC), date(2025, 1, 1)),  # the first partition
+        (datetime(2024, 12, 31, 23, 59, tzinfo=UTC), date(2025, 11, 20)),  # before it: the day of receipt
+        (datetime(1, 1, 1, tzinfo=UTC), date(2025, 11, 20)),
+        (datetime(2025, 11, 21, 0, 0, 1, tzinfo=UTC), date(2025, 11, 20)),  # after the day of receipt
+        (datetime(9999, 12, 31, 23, 59, tzinfo=UTC), date(2025, 11, 20)),
+    ],
+)
+def test_an_event_whose_date_has_no_partition_is_filed_under_the_day_it_was_received(
+    inbox: Inbox, created: datetime, partition: date
+):
+    event = InboundEvent(
+        "stripe", "evt_1", "t", created, b"{}", received_at=datetime(2025, 11, 20, 23, 59, 59, tzinfo=UTC)
+    )
+    assert partition_date(event.event_created_at, event.received_at, first=FIRST_BUSINESS_DATE) == partition
+    inbox.store(event)
+    [stored] = inbox.read_since(0)
+    assert stored.event_date == partition
+    assert stored.event_created_at == created  # the creation time itself is kept as sent
+    assert stored.redated == (created.date() != partition)
+
+
+# --- no table lock: writers run side by side, and a cursor still never skips a late commit ----------------
+
+
+@pytest.mark.postgres
+def test_postgres_writers_do_not_wait_for_each_other_and_late_commits_are_read_in_commit_order(postgres_url: str):
+    url = postgres_url
+    with Inbox(url, lock_timeout_seconds=5) as writer, Inbox(url) as other, Inbox(url) as reader:
+        with writer._writer.begin() as slow:
+            writer._store_one(slow, _event("evt_slow"))  # takes the lower id, commits last
+            # a second writer is not held up by the first one's open transaction (it was, under a table lock)
+            assert other.store(_event("evt_fast")) == "stored"
+            early, position = reader.read_page(Position())
+            # evt_fast committed, but a writer older than it is still running: not yet readable
+            assert early == [] and position == Position()
+            # the old id cursor reads past the transaction still running, and would never come back for it
+            assert [e.event_id for e in reader.read_since(0)] == ["evt_fast"]
+        events, position = reader.read_page(Position())
+        assert [e.event_id for e in events] == ["evt_slow", "evt_fast"]
+        assert events[0].id < events[1].id
+        assert reader.read_page(position) == ([], position)
+
+
+def test_read_page_follows_commit_positions(inbox: Inbox):
+    for i in range(5):
+        inbox.store(_event(f"evt_{i}"))
+    first, position = inbox.read_page(Position(), limit=3)
+    second, end = inbox.read_page(position, limit=3)
+    assert [e.event_id for e in first + second] == [f"evt_{i}" for i in range(5)]
+    assert inbox.read_page(end) == ([], end)
+    assert Position.parse(str(end)) == end
+    assert Position.parse("7") == Position(0, 7) and Position.parse(None) == Position()
+
+
+def test_migrate_adds_commit_positions_to_an_inbox_created_before_them(inbox_url: str):
+    migrate(inbox_url)
+    with Inbox(inbox_url) as inbox:
+        inbox.store(_event("evt_old"))
+        with inbox.engine.begin() as conn:  # back to the schema of the first release
+            for table in ("webhook_events", "webhook_conflicts"):
+                conn.exec_driver_sql(f"DROP INDEX ix_{table}_commit_position")
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN commit_xid")
+            conn.exec_driver_sql("DROP TABLE webhook_inbox_probe")
+    with Inbox(inbox_url) as inbox:
+        with pytest.raises(InboxUnavailable):
+            inbox.store(_event("evt_new"))
+        with pytest.raises(InboxUnavailable):
+            inbox.check_writable()
+        inbox.migrate()
+        inbox.migrate()
+        assert inbox.store(_event("evt_new")) == "stored"
+        inbox.check_writable()
+        events, _ = inbox.read_page(Position())
+        assert [e.event_id for e in events] == ["evt_old", "evt_new"]
+        # a cursor kept before commit positions (a bare inbox id) goes on after the event it names
+        assert [e.event_id for e in inbox.read_page(Position.parse(str(events[0].id)))[0]] == ["evt_new"]
