@@ -171,6 +171,31 @@ def webhook_tolerance_seconds() -> int:
     return int(_env("MEDALLION_WEBHOOK_TOLERANCE_SECONDS", "300"))
 
 
+def webhook_max_header_bytes() -> int:
+    """Largest request head (request line and header fields) the receiver reads; larger ones get 431."""
+    return int(_env("MEDALLION_WEBHOOK_MAX_HEADER_BYTES", str(16 * 1024)))
+
+
+def webhook_max_header_count() -> int:
+    """Most header fields a request may carry; more get 431."""
+    return int(_env("MEDALLION_WEBHOOK_MAX_HEADER_COUNT", "100"))
+
+
+def webhook_header_timeout_seconds() -> float:
+    """Time a client has to send a whole request head; a slower one gets 408 and is disconnected."""
+    return float(_env("MEDALLION_WEBHOOK_HEADER_TIMEOUT_SECONDS", "10"))
+
+
+def webhook_body_timeout_seconds() -> float:
+    """Time a sender has to send a whole body once its head arrived; a slower one gets 408 and is disconnected."""
+    return float(_env("MEDALLION_WEBHOOK_BODY_TIMEOUT_SECONDS", "15"))
+
+
+def webhook_workers() -> int:
+    """Receiver worker processes in one pod or host (uvicorn workers sharing its port)."""
+    return int(_env("MEDALLION_WEBHOOK_WORKERS", "1"))
+
+
 def webhook_secrets(provider: str) -> list[str]:
     """Signing secrets for a provider, newest first; several during rotation (comma separated)."""
     raw = os.environ.get(f"MEDALLION_WEBHOOK_SECRETS_{provider.upper()}", "")
