@@ -9,18 +9,20 @@ import pytest
 
 from dagster_project.lib.checksums import crc32_hex
 from dagster_project.lib.intake.landing import LandResult, land_file
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
 from tests.lib.customer_files import RECEIVED_AT
 
 
 @pytest.fixture
-def landing_root(tmp_path: Path) -> Path:
-    return tmp_path / "landing"
+def landing_lake(tmp_path: Path) -> Lake:
+    """The lake files are landed in: a local folder here; tests/lib/intake/test_landing.py adds an S3 bucket."""
+    return Lake.parse(str(tmp_path / "lake"))
 
 
 @pytest.fixture
-def land(tmp_path: Path, landing_root: Path) -> Callable[..., LandResult]:
+def land(tmp_path: Path, landing_lake: Lake) -> Callable[..., LandResult]:
     """Write bytes (or text) under their contract name in a staging dir and land them."""
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -31,7 +33,7 @@ def land(tmp_path: Path, landing_root: Path) -> Callable[..., LandResult]:
         staged = staging / name
         staged.write_bytes(data)
         return land_file(
-            landing_root,
+            landing_lake,
             parse_file_name(name),
             staged,
             source="sftp",

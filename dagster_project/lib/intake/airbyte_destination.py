@@ -12,6 +12,9 @@ storage destinations such as S3 / local JSON with root-level flattening write
 - the stream's data columns at the top level (or nested under `_airbyte_data` without flattening; they
   are lifted to the top level here).
 
+The folder is read from the lake, a local folder or an object store (a `Lake` rooted at the stream's
+folder): on an object store each file is one streamed GET, read line by line, never held whole.
+
 Airbyte delivers at least once: the same business key can arrive several times, in one sync or across
 syncs. `deduplicate_latest` keeps, per key, the record with the latest `_airbyte_extracted_at` (then the
 highest generation, then the one delivered last).
@@ -20,14 +23,22 @@ highest generation, then the one delivered last).
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
+import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from dagster_project.lib.intake.landing import open_object
+from dagster_project.lib.lake import Lake
 
 RAW_ID = "_airbyte_raw_id"
 EXTRACTED_AT = "_airbyte_extracted_at"
@@ -72,34 +83,69 @@ def record_schema(data_schema: pa.Schema) -> pa.Schema:
     return pa.schema([*AIRBYTE_FIELDS, *data_schema, *LINEAGE_FIELDS])
 
 
-def record_files(directory: str | Path) -> list[Path]:
-    """Record files under `directory` (recursively), in a stable order."""
-    root = Path(directory)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(_RECORD_SUFFIXES))
+Folder = Lake | str | Path  # a Lake rooted at the stream's folder, or a local folder
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """One file the destination wrote: its path relative to the folder read, size and write time."""
+
+    name: str
+    size: int
+    last_modified: datetime
+
+
+def as_folder(folder: Folder) -> Lake:
+    """The folder as a `Lake` rooted at it; a str or Path must be a local folder (an object store folder
+    needs its credentials: pass `Lake(lake.uri(prefix), lake.storage_options)`)."""
+    if isinstance(folder, Lake):
+        return folder
+    if "://" in str(folder):
+        raise ValueError(f"{folder}: give an object store folder as a Lake, with its storage options")
+    return Lake.parse(str(folder))
+
+
+def record_files(folder: Folder) -> list[RecordFile]:
+    """Record files under `folder` (recursively), in a stable order."""
+    lake = as_folder(folder)
+    if lake.is_local and not os.path.isdir(lake.root):
+        return []  # not an error: the destination has not written yet
+    return sorted(
+        (
+            RecordFile(meta["path"], meta["size"], meta["last_modified"])
+            for batch in obstore.list(lake.store)
+            for meta in batch
+            if meta["path"].rsplit("/", 1)[-1].lower().endswith(_RECORD_SUFFIXES)
+        ),
+        key=lambda f: f.name,
+    )
 
 
 def read_airbyte_records(
-    directory: str | Path,
+    folder: Folder,
     data_schema: pa.Schema | None = None,
     *,
     batch_size: int = 10_000,
     on_unknown_column: Literal["fail", "ignore"] = "fail",
+    files: Sequence[RecordFile] | None = None,
+    digests: MutableMapping[str, str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream every record under `directory` as Arrow batches of at most `batch_size` rows.
+    """Stream every record under `folder` (or only of `files`) as Arrow batches of at most `batch_size` rows.
 
     Data columns follow `data_schema`; without one, it is inferred from the first batch and then held
     (all-null columns become strings). A data column missing from a record is null. A column the schema
     does not know fails the read (naming file and line) unless `on_unknown_column="ignore"`.
-    Malformed records raise AirbyteRecordError with the file and line.
+    Malformed records raise AirbyteRecordError with the file and line. `digests`, when given, receives the
+    sha256 of each file read to its end (computed from the bytes as they are read, no second pass).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
-    root = Path(directory)
+    lake = as_folder(folder)
     schema = record_schema(data_schema) if data_schema is not None else None
     rows: list[dict[str, Any]] = []
-    for path in record_files(root):
-        relative = path.relative_to(root).as_posix()
-        for line_no, record in _records(path, relative):
+    for file in record_files(lake) if files is None else files:
+        relative = file.name
+        for line_no, record in _records(lake, relative, digests):
             rows.append(_normalise(record, relative, line_no))
             if len(rows) >= batch_size:
                 schema = schema or _infer_schema(rows)
@@ -143,14 +189,14 @@ def deduplicate_latest(table: pa.Table, key: str | Sequence[str], *, order_colum
 
 
 def read_latest(
-    directory: str | Path,
+    folder: Folder,
     key: str | Sequence[str],
     data_schema: pa.Schema | None = None,
     *,
     batch_size: int = 10_000,
     on_unknown_column: Literal["fail", "ignore"] = "fail",
 ) -> pa.Table:
-    """All records under `directory`, deduplicated on `key` (see `deduplicate_latest`), sorted by key.
+    """All records under `folder`, deduplicated on `key` (see `deduplicate_latest`), sorted by key.
 
     Reads in batches and compacts as it goes, so memory follows the number of distinct keys rather
     than the number of deliveries.
@@ -159,9 +205,7 @@ def read_latest(
     pending: list[pa.Table] = []
     pending_rows = 0
     seq = 0
-    for batch in read_airbyte_records(
-        directory, data_schema, batch_size=batch_size, on_unknown_column=on_unknown_column
-    ):
+    for batch in read_airbyte_records(folder, data_schema, batch_size=batch_size, on_unknown_column=on_unknown_column):
         table = pa.Table.from_batches([batch])
         pending.append(table.append_column("__seq", pa.array(range(seq, seq + table.num_rows), pa.int64())))
         seq += table.num_rows
@@ -183,11 +227,14 @@ def read_latest(
 # -- internals ---------------------------------------------------------------------------------------
 
 
-def _records(path: Path, relative: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("rb") as probe:
-        compressed = probe.read(2) == _GZIP_MAGIC
-    opener = gzip.open if compressed else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+def _records(
+    lake: Lake, relative: str, digests: MutableMapping[str, str] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    sha = hashlib.sha256()
+    with io.BufferedReader(_Hashing(open_object(lake, relative), sha), buffer_size=1024 * 1024) as raw:
+        compressed = raw.peek(2)[:2] == _GZIP_MAGIC
+        binary: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[assignment]
+        fh = io.TextIOWrapper(binary, encoding="utf-8")
         try:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -201,6 +248,30 @@ def _records(path: Path, relative: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield line_no, record
         except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
             raise AirbyteRecordError(relative, 0, f"unreadable file ({exc})") from exc
+        while raw.read(1024 * 1024):  # the digest covers every byte, past the last record
+            pass
+    if digests is not None:
+        digests[relative] = sha.hexdigest()
+
+
+class _Hashing(io.RawIOBase):
+    """Reads through `inner`, adding every byte to `sha` on the way."""
+
+    def __init__(self, inner: BinaryIO, sha: Any):
+        self._inner, self._sha = inner, sha
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._sha.update(memoryview(buffer)[:n])
+        return n or 0
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
 
 
 def _normalise(record: dict[str, Any], file: str, line: int) -> dict[str, Any]:

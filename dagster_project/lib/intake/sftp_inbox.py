@@ -2,7 +2,8 @@
 
 The order keeps the invariants: nothing leaves the inbox before it is either landed (with a manifest)
 or quarantined (with a reason file beside it), and a file whose content has landed before is archived
-without landing twice.
+without landing twice. The file is downloaded to a local staging folder, then landed in the lake (a local
+folder or an object store).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster_project.lib.intake.landing import ChecksumMismatch, Manifest, land_file
+from dagster_project.lib.intake.landing import ChecksumMismatch, LandingConflict, Manifest, land_file
 from dagster_project.lib.sources.naming import NamingError, is_temporary, parse_file_name
 
 if TYPE_CHECKING:  # paramiko loads with the client, where files are moved
     from dagster_project.lib.clients.sftp import RemoteFile, SftpClient
+    from dagster_project.lib.lake import Lake
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def take_file(
     layout: RemoteLayout,
     file_name: str,
     *,
-    landing_root: Path,
+    lake: Lake,
     staging_dir: Path,
     source_uri: str,
 ) -> IntakeOutcome:
@@ -70,8 +72,8 @@ def take_file(
     client.download(remote, staged)
     try:
         resolve_columns(parsed.source, read_header(staged, parsed.source.files.delimiter), file_name)
-        result = land_file(landing_root, parsed, staged, source="sftp", source_uri=source_uri, received_at=received_at)
-    except (ChecksumMismatch, ContractError, UnicodeDecodeError) as exc:
+        result = land_file(lake, parsed, staged, source="sftp", source_uri=source_uri, received_at=received_at)
+    except (ChecksumMismatch, ContractError, LandingConflict, UnicodeDecodeError) as exc:
         staged.unlink(missing_ok=True)
         reason = str(exc) if not isinstance(exc, UnicodeDecodeError) else f"{file_name}: header is not UTF-8"
         return quarantine_remote(client, layout, file_name, reason)

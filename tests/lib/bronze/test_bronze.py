@@ -20,7 +20,8 @@ from deltalake import DeltaTable
 from dagster_project.lib.bronze.contract import ContractError, bronze_schema
 from dagster_project.lib.bronze.engine import LoadResult, load_partition
 from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
-from dagster_project.lib.intake.landing import LandResult, land_file, landed_files
+from dagster_project.lib.intake.landing import LandResult, land_file, landed_files, landed_key
+from dagster_project.lib.lake import Lake as LandingLake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
 from dagster_project.lib.sources.spec import OnSchemaDrift, SourceSpec
@@ -36,7 +37,7 @@ VOLATILE = {"_ingested_at", "_run_id"}
 
 @dataclasses.dataclass
 class Lake:
-    landing: Path
+    landing: LandingLake
     bronze: Path
     quarantine: Path
 
@@ -48,7 +49,7 @@ class Lake:
             manifests = landed_files(self.landing, spec.name, business_date)
         return load_partition(
             spec,
-            PartnerFilesReader(spec, manifests, business_date),
+            PartnerFilesReader(spec, manifests, business_date, lake=self.landing),
             bronze_path=self.bronze,
             quarantine_path=self.quarantine,
             **kwargs,
@@ -74,8 +75,8 @@ def _without(rows: list[dict[str, Any]], columns: set[str]) -> list[dict[str, An
 
 
 @pytest.fixture
-def lake(tmp_path: Path, landing_root: Path) -> Lake:
-    return Lake(landing_root, tmp_path / "lake" / "bronze", tmp_path / "lake" / "quarantine")
+def lake(tmp_path: Path, landing_lake: LandingLake) -> Lake:
+    return Lake(landing_lake, tmp_path / "lake" / "bronze", tmp_path / "lake" / "quarantine")
 
 
 def _land_generated(lake: Lake, generated: list[GeneratedFile]) -> None:
@@ -91,7 +92,7 @@ Sample = tuple[Lake, list[GeneratedFile], dict[str, LoadResult]]
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     """Three days of generated partner files, landed and loaded once; read-only for the tests that use it."""
     root = tmp_path_factory.mktemp("sample")
-    lake = Lake(root / "landing", root / "bronze", root / "quarantine")
+    lake = Lake(LandingLake.parse(str(root)), root / "bronze", root / "quarantine")
     generated = write_customer_files(root / "generated", SAMPLE_DAYS, customers=60, changes_per_day=40, seed=11)
     _land_generated(lake, generated)  # moves the files; each GeneratedFile keeps its name and its truth
     loads = {g.business_date: lake.load(g.business_date) for g in generated}
@@ -130,7 +131,8 @@ def test_bronze_schema_equals_the_contract_schema(sample: Sample) -> None:
 def test_file_with_a_bom_loads_its_first_record(sample: Sample) -> None:
     lake, truth, _ = sample
     [manifest] = landed_files(lake.landing, "customers", truth[0].business_date)
-    assert Path(manifest.landed_path).read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,")
+    landed = Path(lake.landing.uri(landed_key(lake.landing, manifest)))
+    assert landed.read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,")
     first = lake.bronze_rows(truth[0].business_date)[0]
     assert (first["_source_row"], first["customer_id"]) == (1, 1)
 
@@ -382,7 +384,8 @@ def test_batch_breaking_the_typed_contract_is_not_committed(land: Land, lake: La
     lake.load(run_id="before")
     bronze_version, before = DeltaTable(lake.bronze).version(), lake.bronze_rows()
 
-    reader = _NullingReader(PartnerFilesReader(CUSTOMERS, landed_files(lake.landing, "customers", DAY), DAY), at=2)
+    manifests = landed_files(lake.landing, "customers", DAY)
+    reader = _NullingReader(PartnerFilesReader(CUSTOMERS, manifests, DAY, lake=lake.landing), at=2)
     with pytest.raises(pandera.errors.SchemaError, match="email"):
         load_partition(
             CUSTOMERS, reader, bronze_path=lake.bronze, quarantine_path=lake.quarantine, run_id="after", batch_rows=7

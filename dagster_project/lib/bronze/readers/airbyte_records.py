@@ -1,8 +1,11 @@
 """Reader for Airbyte streams: what the destination wrote into landing, as the records of one business date.
 
-The destination writes every sync's records as JSON Lines under `<landing>/<destination_dir>/<stream>/`
-(`intake/airbyte_destination.py` reads that format). A partition holds the records whose
+The destination writes every sync's records as JSON Lines under `landing/<destination_dir>/<stream>/` in
+the lake (`intake/airbyte_destination.py` reads that format). A partition holds the records whose
 `partition_column` is its date, and it is rebuilt from every record landed so far.
+
+On an object store each file is one streamed GET read line by line: records are parsed in Python whatever
+the store, so a local copy (as the partner files reader makes for DuckDB) would only add a disk write.
 
 Airbyte delivers at least once, and a later delivery of a record carries its newer state (a status that
 moved on). So records are first deduplicated on the key across all of landing, keeping the latest
@@ -12,8 +15,8 @@ partner files). A surviving record that breaks the contract is quarantined with 
 older deliveries count as duplicates: bronze never silently keeps a stale state of a record whose current
 state is bad. A record with no usable business date (or no key) belongs to the UTC date it was extracted on.
 
-Records stream from the files into DuckDB in batches and out of it in batches; DuckDB holds the working set
-and spills to disk beyond its memory limit.
+Records stream from the files into DuckDB in batches (each file's sha256 taken on the way) and out of it in
+batches; DuckDB holds the working set and spills to disk beyond its memory limit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -29,7 +31,6 @@ import pyarrow as pa
 
 from dagster_project.lib.bronze.contract import PARTITION_COLUMN, select_sql
 from dagster_project.lib.bronze.engine import RAW_RECORD, REASONS, SOURCE_LINE, OriginLoad
-from dagster_project.lib.checksums import digest_file
 from dagster_project.lib.intake.airbyte_destination import (
     EXTRACTED_AT,
     GENERATION_ID,
@@ -37,10 +38,13 @@ from dagster_project.lib.intake.airbyte_destination import (
     RAW_ID,
     SOURCE_FILE,
     SOURCE_ROW,
+    RecordFile,
     read_airbyte_records,
     record_files,
     record_schema,
 )
+from dagster_project.lib.intake.landing import LANDING
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.spec import SourceSpec
 
 _EPOCH_MS_IN_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_(\d{13})_")
@@ -55,20 +59,24 @@ def edge_schema(spec: SourceSpec) -> pa.Schema:
     return pa.schema([pa.field(c.name, _JSON_TYPES.get(c.type, pa.string())) for c in spec.columns])
 
 
-def landing_dir(spec: SourceSpec, landing_root: Path) -> Path:
-    """Where the destination writes the stream."""
-    return landing_root / spec.airbyte.destination_dir / spec.airbyte.stream
+def landing_prefix(spec: SourceSpec) -> str:
+    """Lake-relative folder where the destination writes the stream."""
+    return f"{LANDING}/{spec.airbyte.destination_dir}/{spec.airbyte.stream}"
 
 
-def _landed_files(directory: Path) -> pa.Table:
+def stream_folder(spec: SourceSpec, lake: Lake) -> Lake:
+    """The stream's folder in the lake, as a `Lake` rooted there (same store, same credentials)."""
+    return Lake(lake.uri(landing_prefix(spec)), lake.storage_options)
+
+
+def _landed_files(files: list[RecordFile], sha256: dict[str, str]) -> pa.Table:
     names, digests, received = [], [], []
-    for path in record_files(directory):
-        match = _EPOCH_MS_IN_NAME.match(path.name)
-        # The destination names a file after its sync's start; the file's time stands in when it does not.
-        epoch = int(match.group(1)) / 1000 if match else path.stat().st_mtime
-        names.append(path.relative_to(directory).as_posix())
-        digests.append(digest_file(path).sha256)
-        received.append(dt.datetime.fromtimestamp(epoch, dt.UTC))
+    for file in files:
+        match = _EPOCH_MS_IN_NAME.match(file.name.rsplit("/", 1)[-1])
+        # The destination names a file after its sync's start; the object's write time stands in when it does not.
+        names.append(file.name)
+        digests.append(sha256[file.name])
+        received.append(dt.datetime.fromtimestamp(int(match.group(1)) / 1000, dt.UTC) if match else file.last_modified)
     return pa.table(
         {
             "file": pa.array(names, pa.string()),
@@ -81,10 +89,10 @@ def _landed_files(directory: Path) -> pa.Table:
 class AirbyteRecordsReader:
     """Every record landed for the stream, deduplicated on the key, then the records of one date."""
 
-    def __init__(self, spec: SourceSpec, landing_root: Path, business_date: str):
+    def __init__(self, spec: SourceSpec, lake: Lake, business_date: str):
         self.spec = spec
         self.business_date = dt.date.fromisoformat(business_date)
-        self.directory = landing_dir(spec, landing_root)
+        self.folder = stream_folder(spec, lake)
         self.origin = OriginLoad(f"landing:{spec.airbyte.destination_dir}/{spec.airbyte.stream}")
         self.origins = [self.origin]
         self.files_read = 0
@@ -94,15 +102,16 @@ class AirbyteRecordsReader:
 
     def read(self, batch_rows: int) -> Iterator[tuple[OriginLoad, pa.RecordBatch]]:
         business_date = self.business_date
-        files = _landed_files(self.directory) if self.directory.exists() else None
-        self.files_read = files.num_rows if files is not None else 0
-        if not self.files_read:
+        files = record_files(self.folder)
+        self.files_read = len(files)
+        if not files:
             return
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            con.register("landed_files", files)
-            self._stage(con, batch_rows)
+            digests: dict[str, str] = {}
+            self._stage(con, files, digests, batch_rows)
+            con.register("landed_files", _landed_files(files, digests))
             (self.origin.duplicates,) = con.sql(
                 f"SELECT count(*) FROM checked WHERE {PARTITION_COLUMN} = ? AND _is_duplicate", params=[business_date]
             ).fetchall()[0]
@@ -133,11 +142,14 @@ class AirbyteRecordsReader:
         finally:
             con.close()
 
-    def _stage(self, con: duckdb.DuckDBPyConnection, batch_rows: int) -> None:
+    def _stage(
+        self, con: duckdb.DuckDBPyConnection, files: list[RecordFile], digests: dict[str, str], batch_rows: int
+    ) -> None:
         """Create `checked`: every landed record with its typed columns, reasons, rank and partition."""
         edge = edge_schema(self.spec)
         reader = pa.RecordBatchReader.from_batches(
-            record_schema(edge), read_airbyte_records(self.directory, edge, batch_size=batch_rows)
+            record_schema(edge),
+            read_airbyte_records(self.folder, edge, batch_size=batch_rows, files=files, digests=digests),
         )
         con.register("landed_reader", reader)
         con.execute("CREATE TABLE records AS SELECT * FROM landed_reader")
@@ -192,22 +204,16 @@ class AirbyteRecordsReader:
         )
 
 
-def business_dates_in(spec: SourceSpec, paths: list[Path], landing_root: Path) -> list[str]:
-    """The business dates the records of these landed files belong to (their valid partition column, else
-    the UTC date they were extracted on), sorted: the bronze partitions a delivery touches."""
-    directory = landing_dir(spec, landing_root)
+def business_dates_in(spec: SourceSpec, lake: Lake, files: list[RecordFile]) -> list[str]:
+    """The business dates the records of these landed files (of the stream's folder) belong to (their valid
+    partition column, else the UTC date they were extracted on), sorted: the bronze partitions a delivery
+    touches. Only these files are read."""
     column = spec.airbyte.partition_column
     dates: set[str] = set()
-    wanted = {p.resolve() for p in paths}
-    for batch in read_airbyte_records(directory, edge_schema(spec)):
-        for source_file, value, extracted in zip(
-            batch.column(SOURCE_FILE).to_pylist(),
-            batch.column(column).to_pylist(),
-            batch.column(EXTRACTED_AT).to_pylist(),
-            strict=True,
+    for batch in read_airbyte_records(stream_folder(spec, lake), edge_schema(spec), files=files):
+        for value, extracted in zip(
+            batch.column(column).to_pylist(), batch.column(EXTRACTED_AT).to_pylist(), strict=True
         ):
-            if (directory / source_file).resolve() not in wanted:
-                continue
             try:
                 dates.add(dt.date.fromisoformat(value).isoformat() if value else extracted.date().isoformat())
             except ValueError:

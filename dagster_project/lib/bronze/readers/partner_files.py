@@ -3,6 +3,16 @@
 DuckDB parses each file in batches and the source's contract SQL (`contract.select_sql`) types every column
 and lists every rule a record breaks, in one vectorised query. Lines the parser cannot split into the
 header's columns come out of DuckDB's rejects table with their line number and text.
+
+Files are read where the manifests say they landed, relative to the lake root. On a local lake DuckDB reads
+the landed file itself. On an object store each file is first streamed to a local temporary file (one GET,
+chunks of 1 MiB, its sha256 checked against the manifest on the way) and DuckDB reads that; the copy is
+deleted once the file is read. Measured on a 106 MB file (1M rows) against the loopback S3 server, reading it
+with the contract's CSV options: local file 0.3 s; download + local read 0.5-0.7 s, +114 MB of memory;
+DuckDB reading s3:// itself through httpfs 2.0-2.5 s, +171 MB. At 322 MB: 0.7 s against 12.9 s. httpfs
+fetches the file in many ranged requests, each paying the store's first-byte latency, while the download
+is one sequential stream; the local copy also gives the header check and DuckDB's rejects table a plain
+file, as on a local lake. The price is local disk for one file at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +28,8 @@ import pyarrow as pa
 
 from dagster_project.lib.bronze.contract import read_header, resolve_columns, select_sql
 from dagster_project.lib.bronze.engine import RAW_RECORD, REASONS, SOURCE_LINE, OriginLoad, constant
-from dagster_project.lib.intake.landing import Manifest
+from dagster_project.lib.intake.landing import Manifest, landed_key, local_copy
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.spec import SourceSpec
 
 _FILE_CONSTANTS = {
@@ -47,13 +58,13 @@ def _csv_source(delimiter: str, header: list[str], index: int) -> str:
 
 
 class PartnerFilesReader:
-    """The landed files of one partition (their manifests), in the order given."""
+    """The landed files of one partition (their manifests), in the order given, read from `lake`."""
 
-    def __init__(self, spec: SourceSpec, manifests: list[Manifest], business_date: str):
+    def __init__(self, spec: SourceSpec, manifests: list[Manifest], business_date: str, *, lake: Lake):
         for manifest in manifests:
             if manifest.business_date != business_date:
                 raise ValueError(f"{manifest.file_name}: belongs to {manifest.business_date}, not {business_date}")
-        self.spec, self.manifests = spec, manifests
+        self.spec, self.manifests, self.lake = spec, manifests, lake
         self.business_date = dt.date.fromisoformat(business_date)
         self.origins: list[OriginLoad] = []
 
@@ -73,14 +84,20 @@ class PartnerFilesReader:
             for index, manifest in enumerate(self.manifests):
                 origin = OriginLoad(manifest.file_name, sha256=manifest.sha256)
                 self.origins.append(origin)
-                yield from self._read_file(con, index, manifest, origin, batch_rows)
+                with local_copy(self.lake, landed_key(self.lake, manifest), sha256=manifest.sha256) as path:
+                    yield from self._read_file(con, index, path, manifest, origin, batch_rows)
         finally:
             con.close()
 
     def _read_file(
-        self, con: duckdb.DuckDBPyConnection, index: int, manifest: Manifest, origin: OriginLoad, batch_rows: int
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        path: Path,
+        manifest: Manifest,
+        origin: OriginLoad,
+        batch_rows: int,
     ) -> Iterator[tuple[OriginLoad, pa.RecordBatch]]:
-        path = Path(manifest.landed_path)
         delimiter = self.spec.files.delimiter
         header = read_header(path, delimiter)
         present = resolve_columns(self.spec, header, manifest.file_name)
