@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from dagster_project.defs.common.freshness import with_freshness
+
 # Silver, gold and reverse ETL follow their upstreams unattended, for any partition (not only the latest, so a
 # backfilled bronze day flows on too), and never while an upstream blocking check has failed.
 # An unpartitioned asset (a full-table model) sees every partition of a daily upstream: for it, a dep counts
@@ -32,13 +34,26 @@ def _with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(automation_condition=FOLLOW_UPSTREAM)
 
 
+# Declared in code so that it starts RUNNING: Dagster's implicit default sensor starts stopped, and then
+# nothing follows the intake until someone finds the toggle.
+AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
+    "follow_upstream_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates every automation condition: silver, gold and reverse ETL follow what landed in bronze.",
+)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent / "defs")
+    loaded = dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent / "defs"),
+        dg.Definitions(sensors=[AUTOMATION_SENSOR]),
+    )
     with warnings.catch_warnings():
         # Mapping specs by selection is marked preview in 1.13; it is the documented way to apply a policy.
         warnings.simplefilter("ignore", dg.PreviewWarning)
         warnings.simplefilter("ignore", dg.BetaWarning)
         return loaded.map_resolved_asset_specs(
             func=_with_automation, selection='group:"silver" or group:"gold" or group:"reverse_etl"'
-        )
+        ).map_resolved_asset_specs(func=with_freshness, selection='key:"bronze/*" or key:"gold/*"')

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dagster_project.definitions import FOLLOW_UPSTREAM
+from dagster_project.definitions import AUTOMATION_SENSOR, FOLLOW_UPSTREAM
 from dagster_project.definitions import defs as load_defs
+from dagster_project.defs.airbyte.assets import AIRBYTE_OFF
+from dagster_project.defs.alerts.sensors import OFF as ALERTS_OFF
+from dagster_project.defs.common.freshness import GOLD_FRESHNESS, freshness_policy
 from dagster_project.lib.sources.registry import SOURCES
+from tests.fakes.alert_receivers import wait_for
 
 EXPECTED_ASSETS = {
     "landing/customers": "landing",
@@ -28,7 +33,7 @@ EXPECTED_ASSETS = {
     "silver/stg_psp__payment_events": "silver",
     "silver/stg_psp__charges": "silver",
     "silver/stg_psp__payouts": "silver",
-    "gold/customers_snapshot": "gold",
+    "gold/customers_history": "gold",
     "gold/dim_customers": "gold",
     "gold/fct_customer_daily_metrics": "gold",
     "gold/fct_payments": "gold",
@@ -99,13 +104,14 @@ def test_silver_and_gold_follow_upstream_only_past_passing_gates():
             assert condition is None, key
 
 
+UNATTENDED_SENSORS = {"follow_upstream_automation", "sftp_inbox_sensor", "webhook_events_sensor"}
+AIRBYTE_INSTIGATORS = {"shop_orders_sync_hourly", "shop_orders_landed_sensor"}
+ALERT_SENSORS = {"run_failure_alerts", "check_failure_alerts", "freshness_alerts"}
+
+
 def test_sensors_and_jobs():
     defs = _defs()
-    assert {s.name for s in defs.sensors or []} == {
-        "sftp_inbox_sensor",
-        "webhook_events_sensor",
-        "shop_orders_landed_sensor",
-    }
+    assert {s.name for s in defs.sensors or []} == UNATTENDED_SENSORS | ALERT_SENSORS | {"shop_orders_landed_sensor"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {
         "customers_intake",
         "psp_payouts_intake",
@@ -136,3 +142,129 @@ def test_the_code_location_loads_without_the_heavy_libraries():
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _statuses(defs: dg.Definitions) -> dict[str, str]:
+    """Each schedule's and sensor's status when nobody has touched it, as the daemon reads it."""
+    repository = defs.get_repository_def()
+    instigators = [*repository.sensor_defs, *repository.schedule_defs]
+    return {i.name: i.default_status.value for i in instigators}
+
+
+def _unset(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    for name in list(os.environ):
+        if name.startswith(prefixes):
+            monkeypatch.delenv(name)
+
+
+def test_automation_and_intake_start_running_and_what_has_nothing_to_talk_to_says_why_it_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    _unset(monkeypatch, "MEDALLION_AIRBYTE_", "MEDALLION_ALERT_")
+    defs = load_defs()
+    statuses = _statuses(defs)
+
+    assert {name: statuses[name] for name in UNATTENDED_SENSORS} == dict.fromkeys(UNATTENDED_SENSORS, "RUNNING")
+    # The automation sensor declared in code replaces Dagster's implicit one, which starts stopped.
+    assert "default_automation_condition_sensor" not in statuses
+    graph = defs.resolve_asset_graph()
+    automated = {key for key in graph.get_all_asset_keys() if graph.get(key).automation_condition is not None}
+    assert automated and automated <= AUTOMATION_SENSOR.asset_selection.resolve(graph)
+    assert {name: statuses[name] for name in AIRBYTE_INSTIGATORS | ALERT_SENSORS} == dict.fromkeys(
+        AIRBYTE_INSTIGATORS | ALERT_SENSORS, "STOPPED"
+    )
+    repository = defs.get_repository_def()
+    assert AIRBYTE_OFF in (repository.get_schedule_def("shop_orders_sync_hourly").description or "")
+    assert AIRBYTE_OFF in (repository.get_sensor_def("shop_orders_landed_sensor").description or "")
+    for name in ALERT_SENSORS:
+        assert ALERTS_OFF in (repository.get_sensor_def(name).description or ""), name
+
+
+def test_with_airbyte_and_an_alert_channel_configured_their_schedule_and_sensors_run(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MEDALLION_AIRBYTE_SERVER_URL", "http://127.0.0.1:8001/api/public/v1")
+    monkeypatch.setenv("MEDALLION_AIRBYTE_CONNECTION_ID", "c0ffee00-0000-4000-8000-000000000001")
+    monkeypatch.setenv("MEDALLION_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/alerts")
+    statuses = _statuses(load_defs())
+    assert {name: statuses[name] for name in AIRBYTE_INSTIGATORS | ALERT_SENSORS | UNATTENDED_SENSORS} == dict.fromkeys(
+        AIRBYTE_INSTIGATORS | ALERT_SENSORS | UNATTENDED_SENSORS, "RUNNING"
+    )
+
+
+def test_bronze_keeps_its_source_freshness_declaration_and_gold_the_layer_one():
+    graph = _defs().resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        layer, name = key.path[0], key.path[-1]
+        policy = graph.get(key).freshness_policy
+        if layer == "bronze":
+            assert SOURCES[name].freshness is not None, f"source {name} declares no freshness"
+            assert policy == freshness_policy(SOURCES[name].freshness), key
+        elif layer == "gold":
+            assert policy == freshness_policy(GOLD_FRESHNESS), key
+        else:
+            assert policy is None, key
+
+
+def test_gold_is_due_after_every_partner_feed_it_waits_for():
+    for spec in SOURCES.values():
+        deadline = spec.freshness
+        if hasattr(deadline, "time"):
+            assert (deadline.timezone, deadline.days) == (GOLD_FRESHNESS.timezone, GOLD_FRESHNESS.days), spec.name
+            assert deadline.time < GOLD_FRESHNESS.time, f"{spec.name} is due at {deadline.time}, after gold"
+
+
+@pytest.mark.slow  # starts the real dagster-daemon on the whole code location
+def test_the_daemon_evaluates_automation_sensors_and_freshness_on_a_fresh_instance(
+    tmp_path: Path, parsed_manifest: Path
+):
+    """What `make dev` gets before anyone touches a toggle: the daemon ticks the automation and intake sensors,
+    evaluates every freshness policy, and leaves alone what is off."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prefixes = ("MEDALLION_", "DAGSTER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env |= {
+        "DAGSTER_HOME": str(home),
+        "MEDALLION_DATA_DIR": str(tmp_path / "data"),
+        "MEDALLION_PII_HMAC_KEY": "test-only-hmac-key",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "dagster_project.definitions"],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    graph = _defs().resolve_asset_graph()
+    due = [key for key in graph.get_all_asset_keys() if graph.get(key).freshness_policy is not None]
+    try:
+        with dg.DagsterInstance.local_temp(str(home)) as instance:
+
+            def ticked() -> set[str]:
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                return {
+                    state.instigator_name
+                    for state in instance.all_instigator_state()
+                    if instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+                }
+
+            wait_for(lambda: UNATTENDED_SENSORS <= ticked(), timeout=300, what=f"first ticks of {UNATTENDED_SENSORS}")
+            states = wait_for(
+                lambda: len(records := instance.get_freshness_state_records(due)) == len(due) and records,
+                timeout=300,
+                what="the freshness daemon's first evaluation of every policy",
+            )
+            # Nothing has loaded yet, so nothing can be judged: unknown, not failing and not silently absent.
+            assert {record.freshness_state.value for record in states.values()} == {"UNKNOWN"}
+            assert not (AIRBYTE_INSTIGATORS | ALERT_SENSORS) & ticked()
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
