@@ -21,7 +21,8 @@ def dagster_values(repo_root: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def medallion_docs(repo_root: Path) -> list[dict[str, Any]]:
     with helm_python.Chart.load(repo_root / "helm" / "medallion") as chart:
-        rendered = chart.render({"image": {"tag": "1.0.0"}}, name=MEDALLION_RELEASE, namespace="data")
+        values = {"image": {"tag": "1.0.0"}, "config": {"lake": {"root": "s3://acme-lake/medallion"}}}
+        rendered = chart.render(values, name=MEDALLION_RELEASE, namespace="data")
     return [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
 
 

@@ -42,7 +42,8 @@ def health(port: int, service: str) -> str:
 
 def test_grpc_probe_service_reports_serving_once_definitions_load(repo_root: Path, tmp_path: Path) -> None:
     with helm_python.Chart.load(repo_root / "helm" / "medallion") as chart:
-        rendered = chart.render({"image": {"tag": "1.0.0"}}, name="medallion", namespace="data")
+        values = {"image": {"tag": "1.0.0"}, "config": {"lake": {"root": "s3://acme-lake/medallion"}}}
+        rendered = chart.render(values, name="medallion", namespace="data")
     deployment = yaml.safe_load(rendered["medallion/templates/deployment-user-code.yaml"])
     probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]
 

@@ -30,10 +30,67 @@ IMAGE = f"ghcr.io/acme/medallion:{TAG}"
 # A secret value put where an operator might be tempted to put one; it must never be rendered.
 SENTINEL = "S3ntinel-pa55word-never-rendered"
 
-MINIMAL: dict[str, Any] = {"image": {"tag": TAG}}
+LAKE = "s3://acme-lake/medallion"
+MINIMAL: dict[str, Any] = {"image": {"tag": TAG}, "config": {"lake": {"root": LAKE}}}
+IRSA_ROLE = "arn:aws:iam::123456789012:role/medallion-lake"
+AZURE_CLIENT_ID = "6f2c1a57-0d4e-4f6b-9a51-3b1e2c7d8e90"
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "minimal": MINIMAL,
+    "irsa": {
+        **MINIMAL,
+        "config": {"lake": {"root": LAKE, "s3": {"region": "eu-west-1"}}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": IRSA_ROLE}},
+    },
+    "minio": {
+        **MINIMAL,
+        "config": {
+            "lake": {
+                "root": "s3://lake/medallion",
+                "s3": {"region": "us-east-1", "endpointUrl": "http://minio.storage.svc:9000", "allowHttp": True},
+            }
+        },
+        "secrets": {
+            "userCode": {
+                "AWS_ACCESS_KEY_ID": {"key": "access-key-id", "secretName": "minio-lake"},
+                "AWS_SECRET_ACCESS_KEY": {"key": "secret-access-key", "secretName": "minio-lake"},
+            }
+        },
+    },
+    "r2": {
+        **MINIMAL,
+        "config": {
+            "lake": {
+                "root": "s3://acme-lake/medallion",
+                "s3": {
+                    "region": "auto",
+                    "endpointUrl": "https://0123456789abcdef.r2.cloudflarestorage.com",
+                    "copyIfNotExists": "header:cf-copy-destination-if-none-match:*",
+                },
+            }
+        },
+        "secrets": {
+            "userCode": {
+                "AWS_ACCESS_KEY_ID": {"key": "r2-access-key-id"},
+                "AWS_SECRET_ACCESS_KEY": {"key": "r2-secret-access-key"},
+            }
+        },
+    },
+    "gcs-key": {
+        **MINIMAL,
+        "config": {"lake": {"root": "gs://acme-lake/medallion"}},
+        "secrets": {"googleCredentials": {"existingSecret": "lake-gcp", "key": "sa.json"}},
+    },
+    "azure-workload-identity": {
+        **MINIMAL,
+        "config": {"lake": {"root": "az://lake/medallion", "azure": {"storageAccountName": "acmelake"}}},
+        "serviceAccount": {"annotations": {"azure.workload.identity/client-id": AZURE_CLIENT_ID}},
+    },
+    "local-path": {
+        **MINIMAL,
+        "config": {"lake": {"root": "/data/lake"}},
+        "persistence": {"enabled": True, "storageClassName": "nfs-client"},
+    },
     "ingress-tls": {
         **MINIMAL,
         "webhookReceiver": {
@@ -73,8 +130,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "sftp": {"existingSecret": "partner-sftp", "privateKeyKey": "key", "knownHostsKey": "hosts"},
             "dagsterPostgres": {"existingSecret": "pg-dagster", "passwordKey": "password"},
         },
-        "persistence": {"existingClaim": "lake-nfs"},
-        "serviceAccount": {"create": True, "name": "platform-runs", "annotations": {"iam": "role"}},
+        # Local-path mode on a claim managed outside the chart.
+        "config": {"lake": {"root": "/data/lake"}},
+        "persistence": {"enabled": True, "existingClaim": "lake-nfs"},
+        "serviceAccount": {"create": True, "name": "platform-runs", "annotations": {"example.com/team": "data"}},
     },
     "lean": {
         **MINIMAL,
@@ -82,9 +141,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": False},
         "migration": {"enabled": False},
         "webhookReceiver": {"podDisruptionBudget": {"enabled": False}},
-        "config": {"extraEnv": {"MEDALLION_LOG_LEVEL": "debug", "DBT_PROFILES_DIR": "/app/dbt_project"}},
+        "config": {
+            "lake": {"root": LAKE},
+            "extraEnv": {"MEDALLION_LOG_LEVEL": "debug", "DBT_PROFILES_DIR": "/app/dbt_project"},
+        },
     },
 }
+OBJECT_STORE_SETS = sorted(name for name, values in VALUE_SETS.items() if "://" in values["config"]["lake"]["root"])
 
 K8S_VERSIONS = sorted(
     {v.rsplit(".", 1)[0] for v in kubernetes_validate.all_versions()},
@@ -119,6 +182,17 @@ def chart_dir(repo_root: Path) -> Path:
 def chart(chart_dir: Path) -> Iterator[helm_python.Chart]:
     with helm_python.Chart.load(chart_dir) as loaded:
         yield loaded
+
+
+def merged(extra: dict[str, Any], base: dict[str, Any] = MINIMAL) -> dict[str, Any]:
+    """`base` with `extra` merged in, as Helm merges values: maps key by key, anything else replaced."""
+    result = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(value, result[key])
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def render(chart: helm_python.Chart, values: dict[str, Any]) -> dict[str, str]:
@@ -226,8 +300,13 @@ def test_values_yaml_documents_every_section_and_matches_its_schema(chart_dir: P
     schema = json.loads((chart_dir / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    # The two values without a default: where the image and the lake are.
+    assert values["image"]["tag"] == "" and values["config"]["lake"]["root"] == ""
     values["image"]["tag"] = TAG
+    values["config"]["lake"]["root"] = LAKE
     jsonschema.Draft7Validator(schema).validate(values)
+    # With a bucket URI, no claim by default.
+    assert values["persistence"]["enabled"] is False
     assert schema["additionalProperties"] is False
     text = (chart_dir / "values.yaml").read_text()
     for section in values:
@@ -254,6 +333,7 @@ def test_templates_are_named_by_kind(chart_dir: Path, chart: helm_python.Chart) 
     }
     values = copy.deepcopy(VALUE_SETS["ingress-tls"])
     values["webhookReceiver"]["autoscaling"] = {"enabled": True}
+    values.update(config=VALUE_SETS["local-path"]["config"], persistence=VALUE_SETS["local-path"]["persistence"])
     seen = set()
     for path, text in render(chart, values).items():
         for doc in (d for d in yaml.safe_load_all(text) if d) if path.endswith(".yaml") else []:
@@ -270,24 +350,56 @@ def test_templates_are_named_by_kind(chart_dir: Path, chart: helm_python.Chart) 
         ({"image": {"tag": ""}}, "empty tag"),
         ({"image": {"tag": "latest"}}, "latest tag"),
         ({"image": {"tag": TAG, "pullPolicy": "Sometimes"}}, "pull policy"),
-        ({**MINIMAL, "replicas": 3}, "unknown top-level key"),
-        ({**MINIMAL, "webhookReceiver": {"replicas": 3}}, "unknown nested key"),
-        ({**MINIMAL, "userCode": {"resources": {"requests": {"memory": None}}}}, "requests without memory"),
-        ({**MINIMAL, "webhookReceiver": {"resources": {"limits": None}}}, "no limits"),
-        ({**MINIMAL, "webhookReceiver": {"replicaCount": 0}}, "zero replicas"),
+        (merged({"replicas": 3}), "unknown top-level key"),
+        (merged({"webhookReceiver": {"replicas": 3}}), "unknown nested key"),
+        (merged({"userCode": {"resources": {"requests": {"memory": None}}}}), "requests without memory"),
+        (merged({"webhookReceiver": {"resources": {"limits": None}}}), "no limits"),
+        (merged({"webhookReceiver": {"replicaCount": 0}}), "zero replicas"),
         (
-            {**MINIMAL, "webhookReceiver": {"ingress": {"enabled": True, "tls": {"enabled": True}}}},
+            merged({"webhookReceiver": {"ingress": {"enabled": True, "tls": {"enabled": True}}}}),
             "TLS without secret",
         ),
         (
-            {**MINIMAL, "secrets": {"userCode": {"MEDALLION_PII_HMAC_KEY": {"key": "k", "value": SENTINEL}}}},
+            merged({"secrets": {"userCode": {"MEDALLION_PII_HMAC_KEY": {"key": "k", "value": SENTINEL}}}}),
             "secret value",
         ),
-        ({**MINIMAL, "secrets": {"dagsterPostgres": {"password": SENTINEL}}}, "postgres password"),
-        ({**MINIMAL, "secrets": {"sftp": {"privateKey": SENTINEL}}}, "inline private key"),
-        ({**MINIMAL, "config": {"extraEnv": {"MEDALLION_PII_HMAC_KEY": SENTINEL}}}, "secret in ConfigMap"),
-        ({**MINIMAL, "config": {"extraEnv": {"DB_PASSWORD": SENTINEL}}}, "password in ConfigMap"),
-        ({**MINIMAL, "secrets": {"webhookReceiver": {"lower_case": {"key": "k"}}}}, "bad variable name"),
+        (merged({"secrets": {"dagsterPostgres": {"password": SENTINEL}}}), "postgres password"),
+        (merged({"secrets": {"sftp": {"privateKey": SENTINEL}}}), "inline private key"),
+        (merged({"config": {"extraEnv": {"MEDALLION_PII_HMAC_KEY": SENTINEL}}}), "secret in ConfigMap"),
+        (merged({"config": {"extraEnv": {"DB_PASSWORD": SENTINEL}}}), "password in ConfigMap"),
+        (merged({"secrets": {"webhookReceiver": {"lower_case": {"key": "k"}}}}), "bad variable name"),
+        ({"image": {"tag": TAG}}, "no lake root"),
+        (merged({"config": {"lakeRoot": "/data/lake"}}), "the old lakeRoot key"),
+        (merged({"config": {"warehousePath": "/data/warehouse.duckdb"}}), "the shared warehouse file"),
+        (merged({"secrets": {"googleCredentials": {"value": SENTINEL}}}), "inline Google key"),
+        (merged({"config": {"extraEnv": {"AWS_SECRET_ACCESS_KEY": SENTINEL}}}), "lake secret in ConfigMap"),
+        (merged({"config": {"extraEnv": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"}}}), "lake key id in ConfigMap"),
+        (merged({"config": {"extraEnv": {"AWS_ENDPOINT_URL": "http://x"}}}), "lake setting outside config.lake"),
+        (merged({"config": {"lake": {"s3": {"endpointUrl": "http://minio:9000"}}}}), "HTTP endpoint not allowed"),
+        (
+            merged({"config": {"lake": {"s3": {"endpointUrl": "https://minio:9000", "allowHttp": True}}}}),
+            "HTTP allowed for an HTTPS endpoint",
+        ),
+        (
+            merged({"config": {"lake": {"s3": {"endpointUrl": f"https://admin:{SENTINEL}@minio:9000"}}}}),
+            "credentials in the endpoint",
+        ),
+        (merged({"config": {"lake": {"root": "az://lake/medallion"}}}), "az:// without a storage account"),
+        (merged({"config": {"lake": {"s3": {"copyIfNotExists": "always"}}}}), "unknown copy-if-not-exists mode"),
+        (
+            merged({"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "medallion-lake"}}}),
+            "IRSA annotation that names no role",
+        ),
+        (
+            merged({"serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "medallion-lake"}}}),
+            "GKE annotation that names no service account",
+        ),
+        (
+            merged({"serviceAccount": {"annotations": {"azure.workload.identity/client-id": "my-identity"}}}),
+            "Azure annotation that is no client id",
+        ),
+        (merged({"serviceAccount": {"annotations": {"not a key": "x"}}}), "invalid annotation key"),
+        (merged({"serviceAccount": {"annotations": {"example.com/replicas": 3}}}), "annotation value not a string"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm_python.Chart, bad: dict[str, Any], why: str) -> None:
@@ -370,7 +482,14 @@ def test_run_pods_launched_for_the_code_location_follow_the_same_policies(
     assert "DAGSTER_PG_PASSWORD" in env_of(container)
     code_server = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == code_server["serviceAccountName"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/data", "/etc/medallion/sftp"}
+    # The code server's volumes, but its own instance config (the launcher mounts that).
+    server_mounts = {m["mountPath"] for m in code_server["containers"][0]["volumeMounts"]}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == server_mounts - {"/opt/dagster/dagster_home"}
+    assert {"/tmp", "/data", "/etc/medallion/sftp"} <= server_mounts
+    server_volumes = {v["name"]: v for v in code_server["volumes"]}
+    for volume in pod["volumes"]:
+        if volume["name"] != "tmp":
+            assert volume == server_volumes[volume["name"]], volume["name"]
     code_server_secrets = {k: v for k, v in env_of(code_server["containers"][0]).items() if "valueFrom" in v}
     code_server_secrets.pop("DAGSTER_PG_PASSWORD")
     assert {k: v for k, v in env_of(container).items() if k in code_server_secrets} == code_server_secrets
@@ -536,8 +655,8 @@ def test_network_policies_open_only_the_service_ports(chart: helm_python.Chart) 
 def test_config_map_carries_the_platform_settings(chart: helm_python.Chart) -> None:
     docs = manifests(render(chart, VALUE_SETS["lean"]))
     data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
-    assert data["MEDALLION_LAKE_ROOT"] == "/data/lake"
-    assert data["MEDALLION_WAREHOUSE_PATH"] == "/data/warehouse.duckdb"
+    assert data["MEDALLION_LAKE_ROOT"] == LAKE
+    assert "MEDALLION_WAREHOUSE_PATH" not in data
     assert data["MEDALLION_SFTP_KNOWN_HOSTS"] == "/etc/medallion/sftp/known_hosts"
     assert data["MEDALLION_LOG_LEVEL"] == "debug"
     assert all(isinstance(v, str) for v in data.values())
@@ -557,3 +676,208 @@ def test_policy_check_catches_a_non_compliant_pod(chart: helm_python.Chart) -> N
         breach(broken)
         with pytest.raises(AssertionError):
             assert_restricted("broken", broken)
+
+
+# --------------------------------------------------------------------------------------------------
+# the lake: a bucket URI and workload identity, or a claim in local-path mode
+# --------------------------------------------------------------------------------------------------
+
+
+def pods_that_open_the_lake(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The code server's pod and the pod of a run it launches (step pods share the run's context)."""
+    deployment = one(docs, "Deployment", f"{RELEASE}-user-code")
+    return {
+        "code server": deployment["spec"]["template"],
+        "run pod": run_pod_job(deployment)["spec"]["template"],
+    }
+
+
+@pytest.mark.parametrize("name", OBJECT_STORE_SETS)
+def test_an_object_store_lake_needs_no_volume_claim(chart: helm_python.Chart, name: str) -> None:
+    docs = manifests(render(chart, VALUE_SETS[name]))
+    assert by_kind(docs, "PersistentVolumeClaim") == []
+    for where, pod in pods_that_open_the_lake(docs).items():
+        volumes = pod["spec"]["volumes"]
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], where
+        # dataDir is scratch, private to the pod.
+        assert {"name": "data", "emptyDir": {}} in volumes, where
+    assert one(docs, "ConfigMap", f"{RELEASE}-config")["data"]["MEDALLION_LAKE_ROOT"] == (
+        VALUE_SETS[name]["config"]["lake"]["root"]
+    )
+
+
+@pytest.mark.parametrize("name", OBJECT_STORE_SETS)
+def test_the_platform_reads_the_rendered_lake_settings_as_the_chart_meant(
+    chart: helm_python.Chart, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    lake_values = VALUE_SETS[name]["config"]["lake"]
+    data = one(manifests(render(chart, VALUE_SETS[name])), "ConfigMap", f"{RELEASE}-config")["data"]
+    for variable in (*settings.LAKE_STORAGE_VARIABLES, "MEDALLION_LAKE_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in data.items():
+        monkeypatch.setenv(variable, value)
+    lake = settings.lake()
+    assert lake.root == lake_values["root"]
+    assert lake.family == {"s3": "s3", "gs": "gs", "az": "az"}[lake_values["root"].split(":")[0]]
+    options = settings.lake_storage_options()
+    s3 = lake_values.get("s3", {})
+    assert options.get("AWS_ENDPOINT_URL") == (s3.get("endpointUrl") or None)
+    assert options.get("AWS_ALLOW_HTTP") == ("true" if s3.get("allowHttp") else None)
+    assert data.get("AWS_COPY_IF_NOT_EXISTS") == (s3.get("copyIfNotExists") or None)
+    if "azure" in lake_values:
+        assert options["AZURE_STORAGE_ACCOUNT_NAME"] == lake_values["azure"]["storageAccountName"]
+
+
+def test_local_path_mode_mounts_its_claim_in_every_pod_that_opens_the_lake(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["local-path"]))
+    [claim] = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-client"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for where, pod in pods_that_open_the_lake(docs).items():
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["data"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}, where
+        mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["data"] == "/data", where
+    assert one(docs, "ConfigMap", f"{RELEASE}-config")["data"]["MEDALLION_LAKE_ROOT"] == "/data/lake"
+    # The receiver never opens the lake: no claim there.
+    receiver = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]["spec"]
+    assert [v["name"] for v in receiver["volumes"]] == ["tmp"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (merged({"config": {"lake": {"root": "/data/lake"}}}), "persistence.enabled is false"),
+        (
+            merged({"config": {"lake": {"root": "/srv/lake"}}, "persistence": {"enabled": True}}),
+            "outside config.dataDir",
+        ),
+    ],
+)
+def test_a_local_lake_the_pods_would_lose_is_refused_with_the_fix(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    chart.validate_schema(values)
+    with pytest.raises(helm_python.HelmError, match=message):
+        render(chart, values)
+
+
+LAKE_ROOTS_ACCEPTED = [
+    "s3://acme-lake/medallion",
+    "s3://acme.lake-2025",
+    "s3://acme-lake/medallion/prod/",
+    "gs://acme_lake/medallion",
+    "az://lake/medallion",
+    "abfss://lake/medallion",
+    "/data/lake",
+]
+LAKE_ROOTS_REFUSED = [
+    "",
+    "data/lake",
+    "./lake",
+    "/data/../etc/lake",
+    "s3:/acme-lake/medallion",
+    "s3://acme-lake//medallion",
+    "s3://acme-lake/../medallion",
+    f"s3://AKIAEXAMPLE:{SENTINEL}@acme-lake/medallion",
+    f"s3://acme-lake/medallion?secret={SENTINEL}",
+    "s3://Acme_Lake/medallion",
+    "s3://ab/medallion",
+    "s3://acme-lake/with space",
+    "hdfs://namenode/lake",
+    "file:///data/lake",
+    "abfss://lake@acmelake.dfs.core.windows.net/medallion",
+]
+
+
+def lake_values(root: str) -> dict[str, Any]:
+    lake: dict[str, Any] = {"root": root}
+    if root.startswith(("az://", "abfs")):
+        lake["azure"] = {"storageAccountName": "acmelake"}
+    return merged({"config": {"lake": lake}, "persistence": {"enabled": root.startswith("/")}})
+
+
+@pytest.mark.parametrize("root", LAKE_ROOTS_ACCEPTED)
+def test_schema_accepts_lake_roots_the_platform_can_use(chart: helm_python.Chart, root: str) -> None:
+    from dagster_project.lib.lake import Lake
+
+    chart.validate_schema(lake_values(root))
+    data = one(manifests(render(chart, lake_values(root))), "ConfigMap", f"{RELEASE}-config")["data"]
+    assert Lake.parse(data["MEDALLION_LAKE_ROOT"]).root == root.rstrip("/")
+
+
+@pytest.mark.parametrize("root", LAKE_ROOTS_REFUSED)
+def test_schema_refuses_a_lake_root_that_is_neither_a_bucket_uri_nor_a_path_on_the_volume(
+    chart: helm_python.Chart, root: str
+) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        chart.validate_schema(lake_values(root))
+    assert "/config/lake/root" in str(refused.value)
+
+
+def test_workload_identity_reaches_the_code_server_and_every_run_pod(chart: helm_python.Chart) -> None:
+    for name, annotation, value in (
+        ("irsa", "eks.amazonaws.com/role-arn", IRSA_ROLE),
+        ("azure-workload-identity", "azure.workload.identity/client-id", AZURE_CLIENT_ID),
+    ):
+        docs = manifests(render(chart, VALUE_SETS[name]))
+        account = one(docs, "ServiceAccount", f"{RELEASE}-runs")
+        assert account["metadata"]["annotations"] == {annotation: value}, name
+        azure = annotation.startswith("azure.")
+        for where, pod in pods_that_open_the_lake(docs).items():
+            assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"], f"{name}: {where}"
+            # The token must be there for the identity webhooks to project theirs.
+            assert pod["spec"].get("automountServiceAccountToken") is not False, f"{name}: {where}"
+            labels = pod["metadata"]["labels"]
+            assert (labels.get("azure.workload.identity/use") == "true") is azure, f"{name}: {where}"
+        # The receiver never opens the lake, and gets neither the identity nor its label.
+        receiver = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]
+        assert receiver["spec"]["serviceAccountName"] != account["metadata"]["name"]
+        assert "azure.workload.identity/use" not in receiver["metadata"]["labels"]
+        receiver_account = one(docs, "ServiceAccount", receiver["spec"]["serviceAccountName"])
+        assert "annotations" not in receiver_account["metadata"]
+
+
+def test_schema_accepts_the_workload_identity_annotations_of_each_cloud(chart: helm_python.Chart) -> None:
+    for annotations in (
+        {"eks.amazonaws.com/role-arn": IRSA_ROLE, "eks.amazonaws.com/sts-regional-endpoints": "true"},
+        {"eks.amazonaws.com/role-arn": "arn:aws-us-gov:iam::123456789012:role/path/medallion-lake"},
+        {"iam.gke.io/gcp-service-account": "medallion-lake@acme-data-prod.iam.gserviceaccount.com"},
+        {"azure.workload.identity/client-id": AZURE_CLIENT_ID, "azure.workload.identity/tenant-id": AZURE_CLIENT_ID},
+    ):
+        chart.validate_schema(merged({"serviceAccount": {"annotations": annotations}}))
+
+
+def test_static_lake_keys_come_from_a_secret_by_reference(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["minio"]))
+    data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    assert data["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
+    assert data["AWS_ALLOW_HTTP"] == "true" and data["AWS_REGION"] == "us-east-1"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(data)
+    for where, pod in pods_that_open_the_lake(docs).items():
+        env = env_of(pod["spec"]["containers"][0])
+        for variable, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key")):
+            assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "minio-lake", "key": key}, where
+    receiver = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]["spec"]
+    assert "AWS_SECRET_ACCESS_KEY" not in env_of(receiver["containers"][0])
+
+
+def test_a_google_key_is_mounted_as_a_file_never_rendered(chart: helm_python.Chart) -> None:
+    docs = manifests(render(chart, VALUE_SETS["gcs-key"]))
+    data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    assert data["GOOGLE_APPLICATION_CREDENTIALS"] == "/etc/medallion/google/sa.json"
+    for where, pod in pods_that_open_the_lake(docs).items():
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["google-credentials"]["secret"]["secretName"] == "lake-gcp", where
+        assert volumes["google-credentials"]["secret"]["items"] == [{"key": "sa.json", "path": "sa.json"}], where
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["google-credentials"]["mountPath"] == "/etc/medallion/google", where
+        assert mounts["google-credentials"]["readOnly"] is True, where
+    # Without the Secret: nothing mounted, nothing pointing at a missing file (workload identity).
+    plain = manifests(render(chart, merged({"config": {"lake": {"root": "gs://acme-lake/medallion"}}})))
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in one(plain, "ConfigMap", f"{RELEASE}-config")["data"]
+    for where, pod in pods_that_open_the_lake(plain).items():
+        assert "google-credentials" not in {v["name"] for v in pod["spec"]["volumes"]}, where

@@ -64,6 +64,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-user-code" (include "medallion.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The lake root, checked against the deployment: a local path (local-path mode) must lie on the data
+volume, which must then be a claim, or the lake would vanish with the pod. The schema has already
+refused anything that is neither an object-store URI nor an absolute path.
+*/}}
+{{- define "medallion.lakeRoot" -}}
+{{- $root := required "config.lake.root is required: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, or a folder under config.dataDir with persistence.enabled" .Values.config.lake.root -}}
+{{- if hasPrefix "/" $root -}}
+{{- $dataDir := trimSuffix "/" .Values.config.dataDir -}}
+{{- if not (or (eq (trimSuffix "/" $root) $dataDir) (hasPrefix (printf "%s/" $dataDir) $root)) -}}
+{{- fail (printf "config.lake.root %q is a local path outside config.dataDir %q: in local-path mode the lake lives on the data volume, mounted at dataDir" $root .Values.config.dataDir) -}}
+{{- end -}}
+{{- if not .Values.persistence.enabled -}}
+{{- fail (printf "config.lake.root %q is a local path but persistence.enabled is false: the lake would live in an emptyDir and vanish with the pod. Set persistence.enabled (a ReadWriteMany claim), or put the lake on object storage (s3://, gs://, az://)" $root) -}}
+{{- end -}}
+{{- end -}}
+{{- $root -}}
+{{- end -}}
+
+{{/* Pod labels the identity needs: Azure workload identity injects its token only into labelled pods. */}}
+{{- define "medallion.identityPodLabels" -}}
+{{- if hasKey .Values.serviceAccount.annotations "azure.workload.identity/client-id" -}}
+azure.workload.identity/use: "true"
+{{- end -}}
+{{- end -}}
+
 {{- define "medallion.dataClaimName" -}}
 {{- default (printf "%s-data" (include "medallion.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
@@ -108,7 +134,10 @@ Returns a YAML list of EnvVar objects, sorted by variable name.
 {{- toYaml $env -}}
 {{- end -}}
 
-{{/* Volumes shared by the code server and the run pods: /tmp, the data volume, the SFTP keys. */}}
+{{/*
+Volumes shared by the code server and the run pods: /tmp, dataDir (the claim in local-path mode,
+else scratch), the SFTP keys and, for a gs:// lake without workload identity, the Google key.
+*/}}
 {{- define "medallion.workVolumes" -}}
 - name: tmp
   emptyDir:
@@ -129,6 +158,17 @@ Returns a YAML list of EnvVar objects, sorted by variable name.
         path: id_ed25519
       - key: {{ .ctx.Values.secrets.sftp.knownHostsKey }}
         path: known_hosts
+{{- with .ctx.Values.secrets.googleCredentials }}
+{{- if .existingSecret }}
+- name: google-credentials
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 288 {{- /* 0440: owner and fsGroup read */}}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "medallion.workVolumeMounts" -}}
@@ -139,12 +179,18 @@ Returns a YAML list of EnvVar objects, sorted by variable name.
 - name: sftp-keys
   mountPath: /etc/medallion/sftp
   readOnly: true
+{{- if .Values.secrets.googleCredentials.existingSecret }}
+- name: google-credentials
+  mountPath: /etc/medallion/google
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/*
 Container context of the code location (DAGSTER_CONTAINER_CONTEXT). The K8sRunLauncher and
 k8s_job_executor apply it to every run and step pod, so they get the same configuration, secrets,
-volumes, identity and security context as the code server, and their own resources.
+volumes, identity (service account and its workload identity labels) and security context as the
+code server, and their own resources.
 */}}
 {{- define "medallion.runContainerContext" -}}
 {{- $k8s := dict
@@ -163,6 +209,9 @@ volumes, identity and security context as the code server, and their own resourc
 -}}
 {{- with .Values.imagePullSecrets -}}
 {{- $_ := set $k8s "image_pull_secrets" . -}}
+{{- end -}}
+{{- with include "medallion.identityPodLabels" . -}}
+{{- $_ := set $k8s "labels" (fromYaml .) -}}
 {{- end -}}
 {{- dict "k8s" $k8s | toJson -}}
 {{- end -}}
