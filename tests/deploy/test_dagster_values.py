@@ -89,3 +89,14 @@ def test_official_chart_versions_match_the_platform_pin(repo_root: Path, dagster
         assert str(image["tag"]) == dagster.__version__, component
     assert dagster_values["telemetry"]["enabled"] is False
     assert dagster.__version__ in (repo_root / "helm" / "dagster-values.yaml").read_text().splitlines()[1]
+
+
+def test_the_official_chart_holds_no_lake_volume_or_credentials(dagster_values: dict[str, Any]) -> None:
+    # Run pods get the lake from the code location's container context; the webserver and the daemon
+    # never open it, so nothing of it is configured here.
+    launcher = dagster_values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert launcher["envConfigMaps"] == [] and launcher["envSecrets"] == []
+    assert not {"volumes", "volumeMounts", "envVars", "runK8sConfig"} & set(launcher)
+    text = yaml.safe_dump(dagster_values)
+    for lake_setting in ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE", "MEDALLION_LAKE_ROOT", "ReadWriteMany"):
+        assert lake_setting not in text, lake_setting
