@@ -1,4 +1,5 @@
-"""Serve an ASGI app with uvicorn on a free loopback port in a background thread (demo, tests)."""
+"""Serve an ASGI app with uvicorn on a free loopback port in a background thread (demo, tests), with the limits the
+platform's services run with (`http_server`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from typing import Any
 
 import uvicorn
 
+from dagster_project.services import http_server
+
 
 @contextmanager
-def serve_in_thread(app: Any, *, name: str, startup_timeout: float = 30) -> Iterator[str]:
-    """Run `app` until the block ends; yields its base URL (``http://127.0.0.1:<port>``)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, timeout_graceful_shutdown=1
-    )
+def serve_in_thread(
+    app: Any, *, name: str, startup_timeout: float = 30, limits: http_server.ServerLimits | None = None
+) -> Iterator[str]:
+    """Run `app` until the block ends; yields its base URL (``http://127.0.0.1:<port>``). `limits` default to
+    the settings'."""
+    config = http_server.config(app, host="127.0.0.1", port=0, limits=limits, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()

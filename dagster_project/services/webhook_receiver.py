@@ -6,9 +6,12 @@ Routes: ``POST /webhooks/{provider}``, ``GET /healthz`` (process alive), ``GET /
 * 200 once the event is committed (``stored``), or was already (``duplicate``), or reused a stored id with
   a different body (``conflict``: the first body stays, the new one is recorded for review). Answering 2xx to
   a conflict stops the sender retrying a delivery that can never be stored differently.
-* 401 with the signature failure reason, 400 for a body that is not UTF-8 JSON with an event id and type,
-  413 for an oversized body, 404 for an unknown provider.
-* 503 when the inbox cannot be written, so the sender retries later. No other 5xx is ever answered.
+* 401 with the signature failure reason, 400 for a body that is not UTF-8 JSON with a usable event id, type and
+  creation time, 413 for an oversized body, 404 for an unknown provider, 422 for a signed event the inbox
+  refuses to hold (its values can never be stored), 408 for a body not sent within the body timeout, 431 for
+  too many header fields (a head too large is refused by the server before any of this, see `http_server`).
+* 503 when the inbox cannot be written, so the sender retries later; only for failures that a retry can
+  outlive, never for an event that can never be stored. No other 5xx is ever answered.
 
 Logs are JSON lines with provider, event id, outcome and latency; never the body, a header value or a secret.
 """
@@ -31,14 +34,24 @@ from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dagster_project import settings
 from dagster_project.lib.intake import signatures
-from dagster_project.lib.intake.inbox import MAX_ID_LENGTH, InboundEvent, Inbox, InboxUnavailable, StoreOutcome
+from dagster_project.lib.intake.inbox import (
+    MAX_ID_LENGTH,
+    InboundEvent,
+    Inbox,
+    InboxUnavailable,
+    StoreOutcome,
+    UnstorableEvent,
+)
 from dagster_project.lib.sources.registry import webhook_sources
+from dagster_project.services import http_server
 
 logger = logging.getLogger("medallion.webhooks")
 
@@ -61,6 +74,33 @@ KEPT_HEADERS = (
 )
 
 RETRY_AFTER_SECONDS = "5"
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+class HeaderLimits:
+    """Refuses a request with more header fields, or more header bytes, than allowed (431, reason named).
+
+    The server already bounds the head's size before parsing it (`http_server`); this bounds the count, and the
+    size again when the app runs behind another server.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_count: int, max_bytes: int) -> None:
+        self.app, self.max_count, self.max_bytes = app, max_count, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            reason = None
+            if len(headers) > self.max_count:
+                reason = "too_many_headers"
+            elif sum(len(name) + len(value) + 4 for name, value in headers) > self.max_bytes:
+                reason = "headers_too_large"
+            if reason is not None:
+                logger.warning("request refused", extra={"fields": {"status": 431, "reason": reason}})
+                response = JSONResponse({"error": reason}, status_code=431, headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -160,8 +200,9 @@ class GroupCommitter:
     """Commits concurrent deliveries together: one transaction, one fsync, for whatever is waiting.
 
     With a durable inbox the commit's fsync dominates a delivery's cost; batching what arrived during the
-    previous commit keeps every 2xx behind its commit while throughput grows with concurrency. A failed
-    batch is retried one event at a time, so one unstorable event cannot hold the others back.
+    previous commit keeps every 2xx behind its commit while throughput grows with concurrency. An event the
+    inbox cannot hold gets its own error and the rest of its batch is committed (`Inbox.store_many`); when the
+    inbox itself fails, the whole batch fails at once, without hammering it again event by event.
     """
 
     def __init__(self, inbox: Inbox, *, max_batch: int = 256) -> None:
@@ -196,33 +237,35 @@ class GroupCommitter:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as error:
+                    for _, future in batch:
+                        _settle(future, error=error)
 
     async def _commit(self, batch: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]]) -> None:
         try:
             outcomes = await run_in_threadpool(self._inbox.store_many, [event for event, _ in batch])
-        except Exception as error:
+        except InboxUnavailable as error:
+            # the inbox itself failed (down, locked, read-only, full): every sender retries later
+            for _, future in batch:
+                _settle(future, error=error)
+            return
+        except Exception:
             if len(batch) == 1:
-                _settle(batch[0][1], error=error)
-                return
-            # one at a time; two failures in a row mean the inbox itself is down, so stop hammering it
-            failures_in_a_row = 0
-            for event, future in batch:
-                if failures_in_a_row >= 2:
-                    _settle(future, error=error)
-                    continue
+                raise
+            # not an inbox failure anyone expected: find out which delivery it belongs to, one at a time
+            for item in batch:
                 try:
-                    [outcome] = await run_in_threadpool(self._inbox.store_many, [event])
+                    await self._commit([item])
                 except Exception as single_error:
-                    failures_in_a_row += 1
-                    error = single_error
-                    _settle(future, error=single_error)
-                else:
-                    failures_in_a_row = 0
-                    _settle(future, result=outcome)
+                    _settle(item[1], error=single_error)
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
-            _settle(future, result=outcome)
+            if isinstance(outcome, UnstorableEvent):
+                _settle(future, error=outcome)  # this event alone: the others of the batch are committed
+            else:
+                _settle(future, result=outcome)
 
 
 def _settle(
@@ -237,8 +280,8 @@ def _settle(
         future.set_result(result)
 
 
-async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    """The raw body, refusing (and no longer reading) anything past `max_body_bytes`."""
+async def _read_body(request: Request, max_body_bytes: int, timeout_seconds: float) -> bytes:
+    """The raw body, refusing (and no longer reading) anything past `max_body_bytes` or `timeout_seconds`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         declared = declared.strip()
@@ -248,13 +291,29 @@ async def _read_body(request: Request, max_body_bytes: int) -> bytes:
             raise Rejected(413, "body_too_large")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise Rejected(413, "body_too_large")
+        async with asyncio.timeout(timeout_seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise Rejected(413, "body_too_large")
     except ClientDisconnect:
         raise Rejected(400, "client_disconnected") from None
+    except TimeoutError:
+        # a sender that never finishes its body would otherwise hold a connection and a task forever
+        raise Rejected(408, "body_timeout") from None
     return bytes(body)
+
+
+def _storable_text(value: str) -> bool:
+    """Whether a database text column can hold `value`: no NUL (PostgreSQL refuses it) and valid UTF-8 (a
+    JSON escape can make a lone surrogate, which no encoder accepts)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_event(provider: _Provider, body: bytes, verified: signatures.Verified) -> tuple[str, str, datetime]:
@@ -292,16 +351,19 @@ def _parse_event(provider: _Provider, body: bytes, verified: signatures.Verified
                 parsed = None
             if parsed is None:
                 raise Rejected(400, "invalid_event_created")
-            created_at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            try:
+                created_at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            except OverflowError:  # year 1 east of UTC, or year 9999 west of it, has no UTC time
+                raise Rejected(400, "invalid_event_created") from None
 
     if not isinstance(event_id, str) or not event_id:
         raise Rejected(400, "missing_event_id")
-    if len(event_id) > MAX_ID_LENGTH:
+    if len(event_id) > MAX_ID_LENGTH or not _storable_text(event_id):
         raise Rejected(400, "invalid_event_id")
     event_type = payload.get("type")
     if not isinstance(event_type, str) or not event_type:
         raise Rejected(400, "missing_event_type")
-    if len(event_type) > MAX_ID_LENGTH:
+    if len(event_type) > MAX_ID_LENGTH or not _storable_text(event_type):
         raise Rejected(400, "invalid_event_type")
     return event_id, event_type, created_at
 
@@ -314,6 +376,10 @@ def create_app(
     max_body_bytes: int,
     tolerance_seconds: int,
     auto_migrate: bool = False,
+    body_timeout_seconds: float = 15.0,
+    max_header_count: int = 100,
+    max_header_bytes: int = 16 * 1024,
+    readiness_timeout_seconds: float = READINESS_TIMEOUT_SECONDS,
 ) -> Starlette:
     """The receiver app for the providers in `schemes` (provider -> "stripe" | "standard").
 
@@ -383,7 +449,7 @@ def create_app(
             )
         event_id: str | None = None
         try:
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, body_timeout_seconds)
             try:
                 verified = signatures.verify(
                     provider.scheme, body, request.headers, provider.secrets, tolerance_seconds=tolerance_seconds
@@ -410,6 +476,19 @@ def create_app(
                 reason=rejected.reason,
                 event_id=event_id,
                 content={"error": rejected.reason},
+                # the rest of a body that timed out may still arrive: the connection cannot carry another request
+                headers={"Connection": "close"} if rejected.status == 408 else None,
+            )
+        except UnstorableEvent:
+            # a retry would fail the same way: tell the sender, do not ask it to retry for days
+            return finish(
+                provider.name,
+                422,
+                started,
+                outcome="rejected",
+                reason="unstorable_event",
+                event_id=event_id,
+                content={"error": "unstorable_event"},
             )
         except InboxUnavailable as error:
             logger.error("inbox unavailable", extra={"fields": {"provider": provider.name, "detail": str(error)}})
@@ -449,10 +528,15 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
+        # ready means a write to the inbox just committed, within a short time: a database that answers reads
+        # but refuses writes, or a lock held elsewhere, takes the receiver out of the load balancer
         try:
-            await run_in_threadpool(inbox.ping)
-        except InboxUnavailable:
-            return JSONResponse({"status": "unavailable", "inbox": "unreachable"}, status_code=503)
+            async with asyncio.timeout(readiness_timeout_seconds + 1):
+                await run_in_threadpool(inbox.check_writable, readiness_timeout_seconds)
+        except (InboxUnavailable, TimeoutError) as error:
+            detail = str(error) if isinstance(error, InboxUnavailable) else "inbox unavailable (timeout)"
+            logger.warning("not ready", extra={"fields": {"detail": detail}})
+            return JSONResponse({"status": "unavailable", "inbox": "not writable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(_request: Request) -> Response:
@@ -477,6 +561,7 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(HeaderLimits, max_count=max_header_count, max_bytes=max_header_bytes)],
     )
     app.state.inbox = inbox
     app.state.committer = committer
@@ -512,23 +597,35 @@ def create_app_from_settings() -> Starlette:
         max_body_bytes=settings.webhook_max_body_bytes(),
         tolerance_seconds=settings.webhook_tolerance_seconds(),
         auto_migrate=inbox_url.startswith("sqlite"),
+        body_timeout_seconds=settings.webhook_body_timeout_seconds(),
+        max_header_count=settings.webhook_max_header_count(),
+        max_header_bytes=settings.webhook_max_header_bytes(),
     )
+
+
+def worker_app() -> Starlette:
+    """The app as one of several worker processes builds it (they log like the single-process receiver)."""
+    configure_logging()
+    return create_app_from_settings()
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the receiver with uvicorn until interrupted (``medallion webhooks serve``)."""
+    """Run the receiver with uvicorn until interrupted (``medallion webhooks serve``).
+
+    With ``MEDALLION_WEBHOOK_WORKERS`` above 1, uvicorn starts that many worker processes on the one port, each
+    with its own event loop, inbox connections and group commits: on a PostgreSQL inbox their writes run side
+    by side. Each worker builds the app from the settings (so a worker that cannot start fails on its own).
+    """
     import uvicorn
 
     configure_logging()
-    uvicorn.run(
-        create_app_from_settings(),
-        host=host,
-        port=port,
-        log_config=None,  # keep the JSON handler configured above
-        access_log=False,  # every delivery is already logged, with its outcome
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    workers = settings.webhook_workers()
+    options = http_server.uvicorn_options() | {"timeout_graceful_shutdown": 10}
+    if workers > 1:
+        app = "dagster_project.services.webhook_receiver:worker_app"
+        uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
+    else:
+        uvicorn.run(create_app_from_settings(), host=host, port=port, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

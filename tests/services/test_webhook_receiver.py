@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
 
-from dagster_project.lib.intake.inbox import InboundEvent, InboxUnavailable, migrate, sha256_hex
+from dagster_project.lib.intake.inbox import InboundEvent, InboxUnavailable, UnstorableEvent, migrate, sha256_hex
 from dagster_project.lib.intake.signatures import sign_standard, sign_stripe
 from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import (
@@ -388,18 +388,40 @@ async def test_concurrent_deliveries_share_commits_and_are_all_stored(app: Starl
     assert max(batch_sizes) > 1
 
 
-async def test_an_unstorable_event_does_not_fail_its_batch():
-    class FlakyInbox:
+def _unstorable_id(inbox_url: str) -> str:
+    # PostgreSQL text cannot hold NUL; no backend can encode a lone surrogate
+    return "evt_\x00nul" if inbox_url.startswith("postgresql") else "evt_\ud800"
+
+
+async def test_an_unstorable_event_does_not_fail_its_batch(app: Starlette, inbox_url: str):
+    # straight to the committer, past the receiver's own checks: the inbox's isolation is what is tested
+    committer = GroupCommitter(app.state.inbox)
+    created = datetime(2025, 11, 5, tzinfo=UTC)
+    good = [InboundEvent("stripe", f"evt_{i}", "charge.succeeded", created, b"{}") for i in range(200)]
+    bad = [
+        InboundEvent("stripe", _unstorable_id(inbox_url) + str(i), "charge.succeeded", created, b"{}") for i in (1, 2)
+    ]
+    events = [*good[:100], bad[0], *good[100:], bad[1]]
+    results = await asyncio.gather(*(committer.store(e) for e in events), return_exceptions=True)
+    await committer.close()
+    outcomes = dict(zip((e.event_id for e in events), results, strict=True))
+    assert all(outcomes[e.event_id] == "stored" for e in good)
+    assert all(isinstance(outcomes[e.event_id], UnstorableEvent) for e in bad)
+    assert app.state.inbox.count() == 200
+
+
+async def test_an_unexpected_error_is_traced_to_its_own_delivery():
+    class BrokenForOne:
         def __init__(self) -> None:
             self.stored: list[str] = []
 
         def store_many(self, events):
             if any(e.event_id == "evt_bad" for e in events):
-                raise InboxUnavailable("inbox unavailable (DataError)")
+                raise RuntimeError("a bug that only this event triggers")
             self.stored += [e.event_id for e in events]
             return ["stored"] * len(events)
 
-    inbox = FlakyInbox()
+    inbox = BrokenForOne()
     committer = GroupCommitter(inbox)  # type: ignore[arg-type]
     events = [
         InboundEvent("stripe", event_id, "t", datetime(2025, 11, 5, tzinfo=UTC), b"{}")
@@ -408,8 +430,24 @@ async def test_an_unstorable_event_does_not_fail_its_batch():
     results = await asyncio.gather(*(committer.store(e) for e in events), return_exceptions=True)
     await committer.close()
     assert results[0] == results[2] == results[3] == "stored"
-    assert isinstance(results[1], InboxUnavailable)
+    assert isinstance(results[1], RuntimeError)
     assert sorted(inbox.stored) == ["evt_1", "evt_2", "evt_3"]
+
+
+async def test_an_inbox_failure_fails_the_whole_batch_at_once_without_retrying_each_event():
+    class Down:
+        calls = 0
+
+        def store_many(self, events):
+            Down.calls += 1
+            raise InboxUnavailable("inbox unavailable (OperationalError)")
+
+    committer = GroupCommitter(Down())  # type: ignore[arg-type]
+    events = [InboundEvent("stripe", f"evt_{i}", "t", datetime(2025, 11, 5, tzinfo=UTC), b"{}") for i in range(20)]
+    results = await asyncio.gather(*(committer.store(e) for e in events), return_exceptions=True)
+    await committer.close()
+    assert all(isinstance(r, InboxUnavailable) for r in results)
+    assert Down.calls <= 2  # the first event alone, then everything that queued behind it
 
 
 # --- observability ----------------------------------------------------------------------------------------

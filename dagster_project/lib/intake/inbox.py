@@ -386,6 +386,8 @@ class Inbox:
                                 {"ms": str(millis)},
                             )
                             conn.exec_driver_sql("LOCK TABLE webhook_events, webhook_conflicts IN ROW EXCLUSIVE MODE")
+                        for table in (webhook_events, webhook_conflicts):  # both there, with today's columns
+                            conn.execute(sa.select(table.c.commit_xid).limit(1)).all()
                         insert = self._insert(webhook_inbox_probe).values(id=1, checked_at=now)
                         conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_={"checked_at": now}))
                 finally:
