@@ -1,4 +1,4 @@
-"""The reverse ETL asset: gold customer segments from a DuckDB warehouse into SQLite and PostgreSQL."""
+"""The reverse ETL asset: gold customer segments from the lake (local and S3) into SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import dagster as dg
 import duckdb
 import pytest
 import sqlalchemy as sa
+from deltalake import write_deltalake
 
 from dagster_project import settings
-from dagster_project.defs.common.warehouse import WarehouseResource
+from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.reverse_etl.assets import CRM_SCORES_KEY, build_crm_scores_asset
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
@@ -20,16 +21,17 @@ POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 def _write_segments(rows: list[tuple]) -> None:
-    path = settings.warehouse_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(path)) as con:
-        con.execute("create schema if not exists gold")
+    """The gold segments Delta table as dbt leaves it, in the lake the settings name."""
+    with duckdb.connect() as con:
         con.execute(
-            "create or replace table gold.customer_segments (customer_id bigint, as_of_date date, "
+            "create table segments (customer_id bigint, as_of_date date, "
             "recency_days bigint, frequency bigint, recency_score integer, frequency_score integer, "
             "monetary_score integer, segment varchar, is_churn_risk boolean)"
         )
-        con.executemany("insert into gold.customer_segments values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("insert into segments values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        table = con.execute("select * from segments").to_arrow_table()
+    lake = settings.lake()
+    write_deltalake(lake.table("gold", "customer_segments"), table, mode="overwrite", storage_options=lake.delta_options())
 
 
 ROWS = [
@@ -62,14 +64,17 @@ def postgres_target(platform_env: Path) -> Iterator[tuple[ReverseEtlTarget, sa.E
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "sqlite-s3-lake"])
 def target(request: pytest.FixtureRequest) -> tuple[ReverseEtlTarget, sa.Engine, str]:
-    return request.getfixturevalue(f"{request.param}_target")
+    if request.param.endswith("-s3-lake"):
+        request.getfixturevalue("platform_env")
+        request.getfixturevalue("s3_lake")
+    return request.getfixturevalue(f"{request.param.removesuffix('-s3-lake')}_target")
 
 
 def _run(crm: ReverseEtlTarget) -> dict:
-    warehouse = WarehouseResource(path=str(settings.warehouse_path()))
-    result = dg.materialize([build_crm_scores_asset()], resources={"crm": crm, "warehouse": warehouse})
+    lake = LakeResource(root=settings.lake_root())
+    result = dg.materialize([build_crm_scores_asset()], resources={"crm": crm, "lake": lake})
     assert result.success
     [event] = result.get_asset_materialization_events()
     assert event.asset_key == CRM_SCORES_KEY

@@ -12,20 +12,18 @@ from tests.dbt.support import PII_KEY, customer, write_bronze_partition
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fixed lake and warehouse paths for the session (wiped per test): dbt's parse depends on them."""
+    """A fixed lake path for the session (wiped per test): dbt's parse depends on it."""
     return tmp_path_factory.mktemp("transform")
 
 
 @pytest.fixture
 def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Bronze customers for two business dates in an empty lake; the warehouse is a fresh DuckDB file.
+    """Bronze customers for two business dates in an empty lake.
 
-    Only the secret is in the environment: the paths reach dbt through the resource's config.
+    Only the secret is in the environment: the lake reaches dbt through the resource's config.
     """
     shutil.rmtree(workdir / "lake", ignore_errors=True)
-    shutil.rmtree(workdir / "warehouse", ignore_errors=True)
     monkeypatch.delenv("MEDALLION_LAKE_ROOT", raising=False)
-    monkeypatch.delenv("MEDALLION_WAREHOUSE_PATH", raising=False)
     monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", PII_KEY)
     lake_root = workdir / "lake"
     write_bronze_partition(
@@ -45,13 +43,6 @@ def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def warehouse_file(lake: Path, workdir: Path) -> Path:
-    return workdir / "warehouse" / "warehouse.duckdb"
-
-
-@pytest.fixture
-def dbt_resource(lake: Path, warehouse_file: Path) -> MedallionDbtCliResource:
+def dbt_resource(lake: Path) -> MedallionDbtCliResource:
     project_dir = str(settings.dbt_project_dir())
-    return MedallionDbtCliResource(
-        project_dir=project_dir, profiles_dir=project_dir, lake_root=str(lake), warehouse_path=str(warehouse_file)
-    )
+    return MedallionDbtCliResource(project_dir=project_dir, profiles_dir=project_dir, lake_root=str(lake))

@@ -12,7 +12,8 @@ import duckdb
 import pytest
 
 from dagster_project import settings
-from dagster_project.defs.common.partitions import WAREHOUSE_POOL, daily_partitions
+from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
+from dagster_project.lib.lake import Lake
 from dagster_project.defs.transform.resources import (
     DbtManifestMissingError,
     MedallionDbtCliResource,
@@ -37,7 +38,7 @@ FULL_SILVER_KEYS = {
 }
 SILVER_KEYS = INCREMENTAL_SILVER_KEYS | FULL_SILVER_KEYS
 GOLD_KEYS = {
-    dg.AssetKey(["gold", "customers_snapshot"]),
+    dg.AssetKey(["gold", "customers_history"]),
     dg.AssetKey(["gold", "dim_customers"]),
     dg.AssetKey(["gold", "fct_customer_daily_metrics"]),
     dg.AssetKey(["gold", "fct_payments"]),
@@ -51,7 +52,7 @@ BRONZE_CUSTOMERS = dg.AssetKey(["bronze", "customers"])
 CUSTOMERS_SLICE = {  # bronze customers to gold customers: what the runs below build
     dg.AssetKey(["silver", "stg_acme__customer_versions"]),
     dg.AssetKey(["silver", "stg_acme__customers"]),
-    dg.AssetKey(["gold", "customers_snapshot"]),
+    dg.AssetKey(["gold", "customers_history"]),
     dg.AssetKey(["gold", "dim_customers"]),
     dg.AssetKey(["gold", "fct_customer_daily_metrics"]),
 }
@@ -77,8 +78,8 @@ def test_asset_keys_groups_and_layers(assets: ModuleType, steps: dict[str, dg.As
     for key in SILVER_KEYS | GOLD_KEYS:
         assert graph.get(key).group_name == key.path[0]
     assert graph.get(dg.AssetKey(["silver", "stg_acme__customer_versions"])).parent_keys == {BRONZE_CUSTOMERS}
-    assert graph.get(dg.AssetKey(["gold", "customers_snapshot"])).parent_keys == {
-        dg.AssetKey(["silver", "stg_acme__customers"])
+    assert graph.get(dg.AssetKey(["gold", "customers_history"])).parent_keys == {
+        dg.AssetKey(["silver", "stg_acme__customer_versions"])
     }
 
 
@@ -90,13 +91,16 @@ def test_incremental_models_are_partitioned_and_full_tables_are_not(steps: dict[
     for name in ("dbt_silver", "dbt_gold"):
         assert steps[name].partitions_def is None
         assert steps[name].backfill_policy is None
-    assert all(step.op.pool == WAREHOUSE_POOL for step in steps.values())
+    # Partitions build side by side (Delta commits per partition); full rebuilds take the one pool slot.
+    assert steps["dbt_silver_daily"].op.pool is None
+    assert steps["dbt_silver"].op.pool == steps["dbt_gold"].op.pool == LAKE_REBUILD_POOL
+    assert all(step.op.retry_policy is not None for step in steps.values())
 
 
 def test_the_step_of_a_model_is_found_by_its_name(assets: ModuleType, steps: dict[str, dg.AssetsDefinition]) -> None:
     assert assets.assets_for_model("stg_acme__customers") is steps["dbt_silver_daily"]
     assert assets.assets_for_model("stg_shop__orders") is steps["dbt_silver"]
-    assert assets.assets_for_model("customers_snapshot") is steps["dbt_gold"]
+    assert assets.assets_for_model("customers_history") is steps["dbt_gold"]
     assert assets.model_key("customer_segments") == dg.AssetKey(["gold", "customer_segments"])
     # Built once: the definitions and the gates built from them share the same objects.
     assert assets.dbt_assets_definitions() is assets.dbt_assets_definitions()
@@ -108,7 +112,7 @@ def test_dbt_tests_are_blocking_checks_on_their_models(steps: dict[str, dg.Asset
     checks = [spec for step in steps.values() for spec in step.check_specs]
 
     checked = {spec.asset_key for spec in checks}
-    assert checked == SILVER_KEYS | GOLD_KEYS - {dg.AssetKey(["gold", "customers_snapshot"])}
+    assert checked == SILVER_KEYS | GOLD_KEYS
     assert all(spec.blocking for spec in checks)
     assert {
         spec.name for spec in steps["dbt_silver_daily"].check_specs if spec.asset_key.path[-1] == "stg_acme__customers"
@@ -120,11 +124,9 @@ def test_dbt_tests_are_blocking_checks_on_their_models(steps: dict[str, dg.Asset
 
 def test_layers_follow_the_dbt_folders(assets: ModuleType) -> None:
     assert assets.dbt_selection("silver") == "path:models/staging"
-    assert assets.dbt_selection("gold") == "path:models/marts path:snapshots"
+    assert assets.dbt_selection("gold") == "path:models/marts"
     gold_daily = assets.DbtStep("gold", partitioned=True)
-    assert gold_daily.select == (
-        "path:models/marts,config.materialized:incremental path:snapshots,config.materialized:incremental"
-    )
+    assert gold_daily.select == "path:models/marts,config.materialized:incremental"
     assert assets.DbtStep("gold", partitioned=False).exclude == "config.materialized:incremental"
     with pytest.raises(ValueError, match="outside the layer folders"):
         assets.layer_of({"resource_type": "model", "name": "x", "original_file_path": "models/adhoc/x.sql"})
@@ -142,7 +144,7 @@ def test_partition_window_becomes_inclusive_dbt_vars(assets: ModuleType) -> None
 
 
 def test_resource_config_reaches_dbt_as_vars_next_to_the_window() -> None:
-    config = {"medallion_lake_root": "/lake", "medallion_warehouse_path": "/w.duckdb"}
+    config = {"medallion_lake_root": "s3://acme-lake/lake"}
 
     assert with_vars(["build"], config) == ["build", "--vars", json.dumps(config)]
     window = {"min_date": "2025-01-02", "max_date": "2025-01-02"}
@@ -176,15 +178,12 @@ def test_under_dagster_dev_the_manifest_is_parsed_again_and_swapped_in_whole(
 def test_definitions_load_with_the_settings_as_resource_config(
     assets: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(tmp_path / "lake"))
-    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", "s3://acme-lake/lake")
 
     defs = assets.defs()
 
     dg.Definitions.validate_loadable(defs)
-    dbt = defs.resources["dbt"]
-    assert (dbt.lake_root, dbt.warehouse_path) == (str(tmp_path / "lake"), str(tmp_path / "w.duckdb"))
-    assert defs.resources["warehouse"].path == str(tmp_path / "w.duckdb")
+    assert defs.resources["dbt"].lake_root == "s3://acme-lake/lake"
 
 
 def _materialize(
@@ -198,7 +197,7 @@ def _materialize(
 
 
 def test_materialize_one_partition_runs_dbt_build_and_its_checks(
-    steps: dict[str, dg.AssetsDefinition], dbt_resource: MedallionDbtCliResource, warehouse_file: Path
+    steps: dict[str, dg.AssetsDefinition], dbt_resource: MedallionDbtCliResource, lake: Path
 ) -> None:
     environ = dict(os.environ)
     with dg.instance_for_test() as instance:
@@ -213,17 +212,17 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
         )
         assert {k for k, partition in materialized.items() if partition is None} == CUSTOMERS_SLICE & GOLD_KEYS
         evaluations = result.get_asset_check_evaluations()
-        assert {e.asset_key for e in evaluations} == CUSTOMERS_SLICE - {dg.AssetKey(["gold", "customers_snapshot"])}
+        assert {e.asset_key for e in evaluations} == CUSTOMERS_SLICE
         assert all(e.passed for e in evaluations)
-    # The dbt subprocess used the lake and warehouse of the resource config; this process's environment
-    # was left alone.
+    # The dbt subprocess used the lake of the resource config; this process's environment was left alone.
     assert dict(os.environ) == environ
-    assert "MEDALLION_WAREHOUSE_PATH" not in environ
-    with duckdb.connect(str(warehouse_file), read_only=True) as con:
+    assert "MEDALLION_LAKE_ROOT" not in environ
+    with duckdb.connect() as con:
+        Lake.parse(str(lake)).attach(con)
         silver = dict(con.execute("select customer_id, status from silver.stg_acme__customers").fetchall())
         history = con.execute("select count(*) from gold.dim_customers").fetchone()
     assert silver == {1: "closed", 2: "active"}
-    assert history == (2,)
+    assert history == (3,)  # every version bronze holds: customer 1 on both days, customer 2 once
 
 
 def test_a_failing_silver_test_stops_gold_in_the_same_run(

@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from deltalake import write_deltalake
 
-from dagster_project.defs.common.warehouse import WarehouseResource
+from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.transform import checks
 from dagster_project.defs.transform.assets import assets_for_model
 
@@ -50,20 +51,18 @@ def test_a_gate_is_partitioned_exactly_when_its_model_is(gates: dict[str, dg.Ass
 def test_a_gold_gate_fails_bad_segments_naming_the_rule(
     gates: dict[str, dg.AssetChecksDefinition], tmp_path: Path
 ) -> None:
-    warehouse = tmp_path / "warehouse.duckdb"
-    with duckdb.connect(str(warehouse)) as con:
-        con.execute(
+    with duckdb.connect() as con:
+        segments = con.execute(
             """
-            create schema gold;
-            create table gold.customer_segments as
             select i as customer_id, i % 90 as recency_days, 1 + i % 5 as recency_score,
               1 + i % 5 as frequency_score, 1 + i % 5 as monetary_score,
               case when i = 3 then 'vip' else 'loyal' end as segment, false as is_churn_risk
             from range(1, 51) as t(i)
             """
-        )
+        ).to_arrow_table()
+    write_deltalake(str(tmp_path / "lake" / "gold" / "customer_segments"), segments)
     gate = gates["gold/customer_segments"]
-    result = gate(warehouse=WarehouseResource(path=str(warehouse)))
+    result = gate(lake=LakeResource(root=str(tmp_path / "lake")))
     assert isinstance(result, dg.AssetCheckResult)
     assert not result.passed
     [failed] = result.metadata["failed"].value
