@@ -701,9 +701,8 @@ def test_an_object_store_lake_needs_no_volume_claim(chart: helm_python.Chart, na
         assert not [v for v in volumes if "persistentVolumeClaim" in v], where
         # dataDir is scratch, private to the pod.
         assert {"name": "data", "emptyDir": {}} in volumes, where
-    assert one(docs, "ConfigMap", f"{RELEASE}-config")["data"]["MEDALLION_LAKE_ROOT"] == (
-        VALUE_SETS[name]["config"]["lake"]["root"]
-    )
+    data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    assert data["MEDALLION_LAKE_ROOT"] == VALUE_SETS[name]["config"]["lake"]["root"]
 
 
 @pytest.mark.parametrize("name", OBJECT_STORE_SETS)
@@ -842,13 +841,13 @@ def test_workload_identity_reaches_the_code_server_and_every_run_pod(chart: helm
 
 
 def test_schema_accepts_the_workload_identity_annotations_of_each_cloud(chart: helm_python.Chart) -> None:
-    for annotations in (
+    for identity in (
         {"eks.amazonaws.com/role-arn": IRSA_ROLE, "eks.amazonaws.com/sts-regional-endpoints": "true"},
         {"eks.amazonaws.com/role-arn": "arn:aws-us-gov:iam::123456789012:role/path/medallion-lake"},
         {"iam.gke.io/gcp-service-account": "medallion-lake@acme-data-prod.iam.gserviceaccount.com"},
         {"azure.workload.identity/client-id": AZURE_CLIENT_ID, "azure.workload.identity/tenant-id": AZURE_CLIENT_ID},
     ):
-        chart.validate_schema(merged({"serviceAccount": {"annotations": annotations}}))
+        chart.validate_schema(merged({"serviceAccount": {"annotations": identity}}))
 
 
 def test_static_lake_keys_come_from_a_secret_by_reference(chart: helm_python.Chart) -> None:

@@ -23,7 +23,7 @@ import yaml
 ROOT_USER, ROOT_PASSWORD = "medallion-admin", "root-password-for-tests"
 BUCKET, ACCESS_KEY, SECRET_KEY = "medallion-lake", "medallion-lake", "lake-secret-for-tests"
 
-FAKE_MC = '''
+FAKE_MC = """
 import json, os, sys
 from pathlib import Path
 
@@ -72,8 +72,8 @@ match args:
         if key not in state["users"]:
             done(1, "The specified user does not exist.")
         user = state["users"][key]
-        info = {"status": "success", "accessKey": key, "policyName": ",".join(user["policies"]), "userStatus": "enabled"}
-        print(json.dumps(info, indent=1))
+        policies = ",".join(user["policies"])
+        print(json.dumps({"status": "success", "accessKey": key, "policyName": policies}, indent=1))
     case ["admin", "policy", "attach", alias, name, "--user", key]:
         alias_of(alias)
         if name not in state["policies"]:
@@ -85,7 +85,7 @@ match args:
     case _:
         done(2, f"the stand-in mc does not know {args}")
 done()
-'''
+"""
 
 
 @pytest.fixture
