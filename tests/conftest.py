@@ -88,7 +88,9 @@ def s3_lake(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.F
 
     bucket = re.sub(r"[^a-z0-9-]", "-", f"lake-{uuid.uuid4().hex[:8]}-{request.node.name.lower()}")[:63].rstrip("-")
     credentials = {"AWS_ACCESS_KEY_ID": "medallion-test", "AWS_SECRET_ACCESS_KEY": "medallion-test-secret"}
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **{k.lower(): v for k, v in credentials.items()}).create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **{k.lower(): v for k, v in credentials.items()}
+    ).create_bucket(Bucket=bucket)
     for name, value in {**credentials, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ALLOW_HTTP"):

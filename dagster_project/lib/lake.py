@@ -144,7 +144,10 @@ class Lake:
         names = []
         for prefix in obstore.list_with_delimiter(self.store, f"{layer}/")["common_prefixes"]:
             name = prefix.rstrip("/").rsplit("/", 1)[-1]
-            if _TABLE_NAME.match(name) and obstore.list_with_delimiter(self.store, f"{layer}/{name}/_delta_log/")["objects"]:
+            if (
+                _TABLE_NAME.match(name)
+                and obstore.list_with_delimiter(self.store, f"{layer}/{name}/_delta_log/")["objects"]
+            ):
                 names.append(name)
         return sorted(names)
 
@@ -159,7 +162,8 @@ class Lake:
         for layer in LAYERS:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
             for table in self.tables(layer):
-                con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS SELECT * FROM {self.duckdb_scan(self.table(layer, table))}")
+                scan = self.duckdb_scan(self.table(layer, table))
+                con.execute(f"CREATE OR REPLACE VIEW {layer}.{table} AS SELECT * FROM {scan}")
                 attached.append(f"{layer}.{table}")
         for table, schema in (empty_bronze or {}).items():
             if f"bronze.{table}" not in attached and _TABLE_NAME.match(table):
@@ -236,7 +240,10 @@ def _duckdb_secret(lake: Lake) -> str | None:
     if lake.family == "s3":
         fields = ["TYPE s3"]
         if o.get("AWS_ACCESS_KEY_ID"):
-            fields += [f"KEY_ID {_quote(o['AWS_ACCESS_KEY_ID'])}", f"SECRET {_quote(o.get('AWS_SECRET_ACCESS_KEY', ''))}"]
+            fields += [
+                f"KEY_ID {_quote(o['AWS_ACCESS_KEY_ID'])}",
+                f"SECRET {_quote(o.get('AWS_SECRET_ACCESS_KEY', ''))}",
+            ]
             if o.get("AWS_SESSION_TOKEN"):
                 fields.append(f"SESSION_TOKEN {_quote(o['AWS_SESSION_TOKEN'])}")
         else:

@@ -32,7 +32,9 @@ def test_a_lake_root_the_platform_cannot_use_is_refused_with_the_reason(value: s
         Lake.parse(value)
 
 
-def test_an_object_store_root_is_never_turned_into_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_object_store_root_is_never_turned_into_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MEDALLION_LAKE_ROOT", "s3://acme-lake/prod/")
     lake = settings.lake()
@@ -77,8 +79,13 @@ def test_every_library_reaches_the_same_lake(where: str, tmp_path: Path, request
     uri = lake.table("bronze", "t")
     for day in range(5):
         date = dt.date(2025, 1, 1) + dt.timedelta(days=day)
-        write_deltalake(uri, pa.table({"business_date": [date] * 10, "v": list(range(10))}),
-                        partition_by=["business_date"], mode="append", storage_options=lake.delta_options())
+        write_deltalake(
+            uri,
+            pa.table({"business_date": [date] * 10, "v": list(range(10))}),
+            partition_by=["business_date"],
+            mode="append",
+            storage_options=lake.delta_options(),
+        )
     assert DeltaTable(uri, storage_options=lake.delta_options()).version() == 4
 
     con = duckdb.connect()

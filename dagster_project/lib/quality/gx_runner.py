@@ -188,9 +188,9 @@ def validate_lake(
         lake.configure_duckdb(con)
         where = f" WHERE {predicate_sql}" if predicate_sql else ""
         # A view cannot hold prepared parameters; a relation keeps them bound.
-        con.sql(f"SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}", params=list(params or [])).create_view(
-            "batch"
-        )
+        con.sql(
+            f"SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}", params=list(params or [])
+        ).create_view("batch")
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )

@@ -31,7 +31,9 @@ def _write_segments(rows: list[tuple]) -> None:
         con.executemany("insert into segments values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         table = con.execute("select * from segments").to_arrow_table()
     lake = settings.lake()
-    write_deltalake(lake.table("gold", "customer_segments"), table, mode="overwrite", storage_options=lake.delta_options())
+    write_deltalake(
+        lake.table("gold", "customer_segments"), table, mode="overwrite", storage_options=lake.delta_options()
+    )
 
 
 ROWS = [

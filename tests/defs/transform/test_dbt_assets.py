@@ -13,13 +13,13 @@ import pytest
 
 from dagster_project import settings
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
-from dagster_project.lib.lake import Lake
 from dagster_project.defs.transform.resources import (
     DbtManifestMissingError,
     MedallionDbtCliResource,
     load_dbt_project,
     with_vars,
 )
+from dagster_project.lib.lake import Lake
 from tests.dbt.support import customer, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt_assets")]  # dbt through Dagster, one parse

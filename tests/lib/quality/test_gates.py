@@ -12,8 +12,9 @@ import pytest
 from deltalake import write_deltalake
 
 from dagster_project import settings
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import dbt_rules, gates, rules
-from dagster_project.lib.quality.gx_runner import GateResult, validate_delta, validate_duckdb
+from dagster_project.lib.quality.gx_runner import GateResult, validate_duckdb, validate_lake
 from dagster_project.lib.sources.registry import CUSTOMERS
 
 
@@ -67,10 +68,12 @@ def _bronze_rows(n: int) -> pa.Table:
 
 def test_bronze_gate_passes_clean_partition_and_fails_broken_one(tmp_path):
     clean = _bronze_rows(300)
-    write_deltalake(tmp_path / "bronze", clean, partition_by=["business_date"])
+    lake = Lake.parse(str(tmp_path / "lake"))
+    write_deltalake(lake.table("bronze", "customers"), clean, partition_by=["business_date"])
     gate = gates.bronze_gate(CUSTOMERS, expected_rows=300)
-    ok = validate_delta(
-        tmp_path / "bronze",
+    ok = validate_lake(
+        lake,
+        "bronze.customers",
         gate.name,
         gate.expectations,
         predicate_sql="business_date = ?",

@@ -14,8 +14,10 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from dagster_project import settings
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import gx_duckdb, rules
-from dagster_project.lib.quality.gx_runner import GateResult, validate_delta, validate_duckdb, validate_duckdb_file
+from dagster_project.lib.quality.gx_runner import GateResult, validate_duckdb, validate_lake
 
 ROWS = 200_000
 PLANTED_EMAIL = "planted.victim@example.com"
@@ -185,7 +187,8 @@ def test_patch_is_idempotent_and_duckdb_only():
     assert "regexp_matches" not in str(expr.compile(dialect=sqlite.dialect()))
 
 
-def test_validate_delta_reads_one_partition(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_validate_lake_reads_one_partition(tmp_path, where, request):
     table = pa.table(
         {
             "customer_id": pa.array([1, 2, 3, 4, 4], pa.int64()),
@@ -196,28 +199,28 @@ def test_validate_delta_reads_one_partition(tmp_path):
             ),
         }
     )
-    write_deltalake(tmp_path / "t", table, partition_by=["business_date"])
+    if where == "s3":
+        request.getfixturevalue("s3_lake")  # MEDALLION_LAKE_ROOT on a loopback S3 bucket
+    lake = settings.lake() if where == "s3" else Lake.parse(str(tmp_path / "lake"))
+    write_deltalake(
+        lake.table("silver", "t"), table, partition_by=["business_date"], storage_options=lake.delta_options()
+    )
     suite = [
         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["active", "closed"]),
         gxe.ExpectColumnValuesToBeUnique(column="customer_id"),
     ]
 
-    day4 = validate_delta(tmp_path / "t", "d4", suite, predicate_sql="business_date = ?", params=[dt.date(2025, 11, 4)])
-    day5 = validate_delta(tmp_path / "t", "d5", suite, predicate_sql="business_date = ?", params=[dt.date(2025, 11, 5)])
+    day4 = validate_lake(
+        lake, "silver.t", "d4", suite, predicate_sql="business_date = ?", params=[dt.date(2025, 11, 4)]
+    )
+    day5 = validate_lake(
+        lake, "silver.t", "d5", suite, predicate_sql="business_date = ?", params=[dt.date(2025, 11, 5)]
+    )
 
     assert [o.element_count for o in day4.outcomes] == [3, 3]
     assert [o.unexpected_count for o in day4.outcomes] == [1, 0]
     assert [o.unexpected_count for o in day5.outcomes] == [0, 2]
     assert isinstance(day5, GateResult) and not day5.success
-
-
-def test_validate_duckdb_file_is_read_only(tmp_path):
-    path = tmp_path / "warehouse.duckdb"
-    with duckdb.connect(str(path)) as c:
-        c.execute("create schema silver; create table silver.t as select range as id from range(10)")
-    result = validate_duckdb_file(path, "silver.t", "t", [gxe.ExpectColumnValuesToBeUnique(column="id")])
-    assert result.success
-    assert result.outcomes[0].element_count == 10
 
 
 def test_rules_compile_to_the_same_counts_as_gx_expectations(con):
