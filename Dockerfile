@@ -39,10 +39,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-default-groups
 
 # dagster-dbt loads dbt_project/target/manifest.json when the code location starts; build it now so
-# no pod has to parse the project. Parsing opens no database; the paths only have to be set.
+# no pod has to parse the project. Parsing opens no lake; the paths only have to be set.
 RUN MEDALLION_DATA_DIR=/tmp/build \
     MEDALLION_LAKE_ROOT=/tmp/build/lake \
-    MEDALLION_WAREHOUSE_PATH=/tmp/build/warehouse.duckdb \
     DBT_SEND_ANONYMOUS_USAGE_STATS=false \
     /app/.venv/bin/dbt parse --project-dir dbt_project --profiles-dir dbt_project \
     && test -s dbt_project/target/manifest.json \
@@ -69,7 +68,9 @@ RUN groupadd --system --gid 10001 medallion \
 # Code and virtualenv stay owned by root: the runtime user can read them, not change them.
 COPY --from=build /app /app
 
-# Writable places, owned by the runtime user so fresh named volumes mounted there inherit it.
+# Writable places, owned by the runtime user so fresh volumes mounted there inherit it: /data is
+# MEDALLION_DATA_DIR (scratch, or the lake in the chart's local-path mode; the lake is normally in
+# object storage).
 RUN mkdir -p /data /opt/dagster/dagster_home /opt/dagster/compute-logs \
     && chown -R 10001:10001 /data /opt/dagster
 
