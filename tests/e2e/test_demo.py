@@ -1,4 +1,5 @@
-"""The demo path end to end: SFTP -> landing -> bronze -> silver -> gold on a real Dagster instance."""
+"""The demo path end to end: SFTP -> landing -> bronze -> silver -> gold on a real Dagster instance, with the lake
+on local disk and on S3 (a real S3 API on loopback)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,29 @@ from dagster_project.lib.sources.registry import SOURCES
 
 pytestmark = [pytest.mark.slow, pytest.mark.sftp, pytest.mark.xdist_group("demo")]  # one demo run per session
 
-VOLATILE = {"_ingested_at", "_run_id", "dbt_updated_at", "dbt_valid_from", "dbt_valid_to", "dbt_scd_id"}
+VOLATILE = {"_ingested_at", "_run_id"}
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
-    # Module-scoped: one demo run serves the tests below; they restore what they change.
+@pytest.fixture(scope="module", params=["local", "s3"])
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
+    # Module-scoped per lake: one demo run serves the tests below; they restore what they change.
     mp = pytest.MonkeyPatch()
     data = tmp_path_factory.mktemp("demo") / "data"
+    lake = str(data / "lake")
+    if request.param == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        credentials = {"AWS_ACCESS_KEY_ID": "medallion-test", "AWS_SECRET_ACCESS_KEY": "medallion-test-secret"}
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", **{k.lower(): v for k, v in credentials.items()}
+        ).create_bucket(Bucket="demo-lake")
+        for name, value in {**credentials, "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}.items():
+            mp.setenv(name, value)
+        lake = "s3://demo-lake/lake"
     for name, value in {
         "MEDALLION_DATA_DIR": str(data),
-        "MEDALLION_LAKE_ROOT": str(data / "lake"),
-        "MEDALLION_WAREHOUSE_PATH": str(data / "warehouse.duckdb"),
+        "MEDALLION_LAKE_ROOT": lake,
         "DAGSTER_HOME": str(data / "dagster"),
         "MEDALLION_SFTP_PORT": "0",
     }.items():
@@ -40,13 +52,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
         mp.undo()
 
 
-def _lake_rows(layer: str, table: str) -> list[dict]:
-    return DeltaTable(str(settings.lake_root() / layer / table)).to_pyarrow_table().to_pylist()
-
-
-def _warehouse(sql: str) -> list[tuple]:
-    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+def _query(sql: str) -> list[tuple]:
+    """A query over every layer of the lake, read in place as the platform reads it."""
+    with duckdb.connect() as con:
+        settings.lake().attach(con)
         return con.execute(sql).fetchall()
+
+
+def _lake_rows(layer: str, table: str) -> list[dict]:
+    with duckdb.connect() as con:
+        settings.lake().attach(con)
+        cursor = con.execute(f"select * from {layer}.{table}")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _snapshot(rows: list[dict] | list[tuple]) -> list:
@@ -59,14 +77,14 @@ def _state() -> dict[str, list]:
     return {
         "bronze": _snapshot(_lake_rows("bronze", "customers")),
         "quarantine": _snapshot(_lake_rows("quarantine", "customers")),
-        "silver": _snapshot(_warehouse("select * from silver.stg_acme__customers")),
+        "silver": _snapshot(_query("select * from silver.stg_acme__customers")),
         "gold": _snapshot(
-            _warehouse(
+            _query(
                 "select customer_sk, customer_id, email_token, status, valid_from, valid_to, is_current "
                 "from gold.dim_customers"
             )
         ),
-        "metrics": _snapshot(_warehouse("select * from gold.fct_customer_daily_metrics")),
+        "metrics": _snapshot(_query("select * from gold.fct_customer_daily_metrics")),
     }
 
 
@@ -96,15 +114,17 @@ def test_demo_lands_every_row_once_and_refines_it(demo: DemoSummary, monkeypatch
 
     bronze = _lake_rows("bronze", "customers")
     customers = {r["customer_id"] for r in bronze}
-    assert demo.warehouse_rows["silver.stg_acme__customers"] == len(customers)
-    [(current,)] = _warehouse("select count(*) from gold.dim_customers where is_current")
+    assert demo.lake_rows["silver.stg_acme__customers"] == len(customers)
+    [(current,)] = _query("select count(*) from gold.dim_customers where is_current")
     assert current == len(customers)
-    # Raw PII stays in bronze: no email address appears anywhere in the warehouse.
+    # Compute is in memory: no DuckDB database file exists anywhere the platform writes.
+    assert [p for p in settings.data_dir().rglob("*") if p.suffix in (".duckdb", ".wal")] == []
+    # Raw PII stays in bronze: no email address appears anywhere in silver or gold.
     emails = {r["email"] for r in bronze}
-    for schema, table in _warehouse(
+    for schema, table in _query(
         "select table_schema, table_name from information_schema.tables where table_schema in ('silver', 'gold')"
     ):
-        for row in _warehouse(f'select * from "{schema}"."{table}"'):
+        for row in _query(f'select * from "{schema}"."{table}"'):
             assert not emails & {v for v in row if isinstance(v, str)}, f"{schema}.{table}"
 
 
@@ -145,7 +165,10 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
     def losing_a_row(*args, **kwargs):
         # A writer bug: the partition is committed one row short of what the contract let through.
         result = real_load(*args, **kwargs)
-        DeltaTable(str(kwargs["bronze_path"])).delete(f"business_date = '{day}' AND _source_row = 1")
+        lake = settings.lake()
+        DeltaTable(lake.table("bronze", "customers"), storage_options=lake.delta_options()).delete(
+            f"business_date = '{day}' AND _source_row = 1"
+        )
         return result
 
     job = defs.resolve_implicit_global_asset_job_def()

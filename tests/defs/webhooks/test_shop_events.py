@@ -54,6 +54,7 @@ def test_signed_shop_events_reach_bronze_and_silver(
     silver = dg.AssetKey(["silver", "stg_shop__events"])
     job = platform.defs.resolve_implicit_global_asset_job_def()
     assert job.execute_in_process(instance=platform.instance, asset_selection=[silver]).success
-    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+    with duckdb.connect() as con:
+        settings.lake().attach(con)
         rows = con.execute("select event_id, event_type, subject_id from silver.stg_shop__events order by 1").fetchall()
     assert rows == [("msg_1", "order.shipped", "ord_1"), ("msg_2", "order.delivered", "ord_1")]
