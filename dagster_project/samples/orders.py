@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import json
 import random
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -14,8 +15,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dagster_project.lib.bronze.readers.airbyte_records import edge_schema, landing_dir
+from dagster_project.lib.bronze.readers.airbyte_records import edge_schema, landing_prefix, stream_folder
 from dagster_project.lib.intake.airbyte_destination import EXTRACTED_AT, GENERATION_ID, META, RAW_ID, read_latest
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import ORDERS
 
 
@@ -105,34 +107,46 @@ def write_sample_orders(
     return written
 
 
-def land_sample_orders(lake_root: Path, days: list[dt.date], *, customers: int = 600, seed: int = 7) -> dict:
-    """Write sample Airbyte destination output for orders placed on `days` into `<lake>/landing/shop_orders/`.
+def land_sample_orders(lake: Lake | str | Path, days: list[dt.date], *, customers: int = 600, seed: int = 7) -> dict:
+    """Write sample Airbyte destination output for orders placed on `days` into the lake's landing zone, where
+    the destination writes the stream (`landing/shop/orders/`), on a local lake or an object store.
 
     `days` must be consecutive. One sync file per day, with at-least-once redeliveries; customer ids are
     1..`customers`, as in the customers feed sample. Rewriting the same days gives the same files.
     Returns the folder, the files written and the distinct orders per business date.
     """
+    if not isinstance(lake, Lake):
+        from dagster_project import settings
+
+        lake = Lake.parse(str(lake), settings.lake_storage_options())
     ordered = sorted(set(days))
     if not ordered:
         raise ValueError("days must not be empty")
     if (ordered[-1] - ordered[0]).days + 1 != len(ordered):
         raise ValueError("days must be consecutive")
-    directory = landing_dir(ORDERS, lake_root / "landing")
-    target = directory.parent
-    files = write_sample_orders(
-        target,
-        orders=80 * len(ordered),
-        redeliveries=12 * (len(ordered) - 1),
-        start_date=ordered[0],
-        days=len(ordered),
-        customers=customers,
-        seed=seed,
-    )
-    latest = read_latest(directory, "order_id", edge_schema(ORDERS))
+    folder = stream_folder(ORDERS, lake)
+    with tempfile.TemporaryDirectory(prefix="medallion-orders-") as tmp:
+        # write_sample_orders writes `<dir>/orders/`: on a local lake that is the stream's folder itself.
+        target = Path(folder.root).parent if lake.is_local else Path(tmp)
+        files = write_sample_orders(
+            target,
+            orders=80 * len(ordered),
+            redeliveries=12 * (len(ordered) - 1),
+            start_date=ordered[0],
+            days=len(ordered),
+            customers=customers,
+            seed=seed,
+        )
+        if not lake.is_local:
+            import obstore
+
+            for path in files:  # as the destination does: one object per sync file, rewritten on a re-sync
+                obstore.put(lake.store, f"{landing_prefix(ORDERS)}/{path.name}", path)
+    latest = read_latest(folder, "order_id", edge_schema(ORDERS))
     per_date = Counter(latest["order_date"].to_pylist())
     return {
-        "directory": str(directory),
-        "files": [str(p) for p in files],
+        "directory": folder.root,
+        "files": [folder.uri(p.name) for p in files],
         "orders": latest.num_rows,
         "orders_by_date": dict(sorted(per_date.items())),
     }

@@ -142,17 +142,18 @@ def test_consent_files_load_as_their_truth_through_the_bronze_engine(tmp_path: P
     from dagster_project.lib.bronze.engine import load_partition
     from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
     from dagster_project.lib.intake.landing import land_file, landed_files
+    from dagster_project.lib.lake import Lake
     from dagster_project.lib.sources.registry import CONSENTS
     from dagster_project.samples.partner_files import write_consent_files
 
     [generated] = write_consent_files(tmp_path / "out", DAYS[:1], changes_per_day=25)
-    landing = tmp_path / "landing"
+    landing = Lake.parse(str(tmp_path / "lake"))
     parsed = parse_file_name(generated.path.name)
     land_file(
         landing, parsed, generated.path, source="sftp", source_uri="sftp://x", received_at=dt.datetime.now(dt.UTC)
     )
     manifests = landed_files(landing, "consents", generated.business_date)
-    reader = PartnerFilesReader(CONSENTS, manifests, generated.business_date)
+    reader = PartnerFilesReader(CONSENTS, manifests, generated.business_date, lake=landing)
 
     load = load_partition(CONSENTS, reader, bronze_path=tmp_path / "b", quarantine_path=tmp_path / "q", run_id="r")
 

@@ -32,12 +32,13 @@ def shop_orders_sync(
     context: dg.AssetExecutionContext, airbyte: AirbyteResource, lake: LakeResource
 ) -> dg.MaterializeResult:
     # Imported where a sync runs: the Airbyte SDK and DuckDB are not needed to load the code location.
-    from dagster_project.lib.bronze.readers.airbyte_records import business_dates_in, landing_dir
+    from dagster_project.lib.bronze.readers.airbyte_records import business_dates_in, stream_folder
     from dagster_project.lib.clients.airbyte import AirbyteSyncError
     from dagster_project.lib.intake.airbyte_destination import record_files
 
-    directory = landing_dir(ORDERS, lake.landing_root())
-    before = set(record_files(directory)) if directory.exists() else set()
+    the_lake = lake.lake
+    folder = stream_folder(ORDERS, the_lake)
+    before = {f.name for f in record_files(folder)}
     try:
         result = airbyte.sync()
     except AirbyteSyncError as exc:
@@ -46,8 +47,8 @@ def shop_orders_sync(
             description=str(exc),
             metadata={"connection_id": exc.connection_id, "job_id": exc.job_id, "status": exc.status},
         ) from exc
-    new_files = sorted(set(record_files(directory)) - before) if directory.exists() else []
-    dates = business_dates_in(ORDERS, new_files, lake.landing_root()) if new_files else []
+    new_files = [f for f in record_files(folder) if f.name not in before]
+    dates = business_dates_in(ORDERS, the_lake, new_files) if new_files else []
     context.log.info(
         f"Airbyte job {result.job_id} {result.status}: {result.rows_synced} rows, "
         f"{len(new_files)} new file(s) for {len(dates)} business date(s)"
@@ -61,7 +62,7 @@ def shop_orders_sync(
             "bytes_synced": result.bytes_synced,
             "duration_seconds": round(result.duration_seconds, 3),
             "attached_to_running_job": result.attached,
-            "new_files": dg.MetadataValue.json([p.relative_to(directory).as_posix() for p in new_files]),
+            "new_files": dg.MetadataValue.json([f.name for f in new_files]),
             "business_dates": dg.MetadataValue.json(dates),
         }
     )
@@ -70,7 +71,7 @@ def shop_orders_sync(
 def _open_landed_records(context: dg.AssetExecutionContext, spec: SourceSpec) -> "AbstractContextManager[Reader]":
     from dagster_project.lib.bronze.readers.airbyte_records import AirbyteRecordsReader
 
-    return nullcontext(AirbyteRecordsReader(spec, context.resources.lake.landing_root(), context.partition_key))
+    return nullcontext(AirbyteRecordsReader(spec, context.resources.lake.lake, context.partition_key))
 
 
 bronze_orders, bronze_orders_gate = build_bronze_assets(ORDERS, upstream=SYNC_KEY, open_reader=_open_landed_records)

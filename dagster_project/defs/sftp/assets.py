@@ -1,5 +1,6 @@
 """Partner file feeds: SFTP inbox -> landing -> bronze Delta (+ quarantine), one set of assets per feed."""
 
+import shutil
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,8 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
     def _landing(context: dg.AssetExecutionContext, config: LandingConfig, sftp: SftpResource, lake: LakeResource):
         business_date = context.partition_key
         layout = sftp.layout()
+        the_lake = lake.lake
+        staging = lake.staging_dir(context.run.run_id)
         outcomes: list[IntakeOutcome] = []
         with sftp.client() as client:
             names = config.files or _files_for_date(
@@ -64,14 +67,15 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
                     client,
                     layout,
                     name,
-                    landing_root=lake.landing_root(),
-                    staging_dir=lake.staging_dir(context.run.run_id),
+                    lake=the_lake,
+                    staging_dir=staging,
                     source_uri=sftp.uri(f"{layout.inbox}/{name}"),
                 )
                 log = context.log.info if outcome.accepted else context.log.error
                 log(f"{name}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
                 outcomes.append(outcome)
-        landed = landed_files(lake.landing_root(), spec.name, business_date)
+        shutil.rmtree(staging, ignore_errors=True)  # the run's downloads, each landed or quarantined by now
+        landed = landed_files(the_lake, spec.name, business_date)
         rejected = {o.file_name: o.reason for o in outcomes if not o.accepted}
         yield dg.MaterializeResult(
             metadata={
@@ -99,8 +103,9 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
 def _open_landed_files(context: dg.AssetExecutionContext, spec: SourceSpec) -> "AbstractContextManager[Reader]":
     from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 
-    landed = landed_files(context.resources.lake.landing_root(), spec.name, context.partition_key)
-    return nullcontext(PartnerFilesReader(spec, landed, context.partition_key))
+    lake = context.resources.lake.lake
+    landed = landed_files(lake, spec.name, context.partition_key)
+    return nullcontext(PartnerFilesReader(spec, landed, context.partition_key, lake=lake))
 
 
 def intake_job_name(spec: SourceSpec) -> str:

@@ -1,4 +1,5 @@
-"""Shop orders: the Airbyte sync asset against the loopback fake, and bronze orders from landed output."""
+"""Shop orders: the Airbyte sync asset against the loopback fake, and bronze orders from landed output, with
+the lake on a local folder or on an S3 bucket (the loopback S3 server)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dagster as dg
 import pytest
 from deltalake import DeltaTable
 
+from dagster_project import settings
 from dagster_project.defs.airbyte.assets import (
     BRONZE_KEY,
     SYNC_KEY,
@@ -22,7 +24,8 @@ from dagster_project.defs.airbyte.assets import (
 )
 from dagster_project.defs.airbyte.resources import AirbyteResource
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.bronze.readers.airbyte_records import landing_dir
+from dagster_project.lib.bronze.readers.airbyte_records import stream_folder
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import ORDERS
 from dagster_project.samples.orders import land_sample_orders
 from tests.fakes.airbyte_server import FakeAirbyteServer, JobScript
@@ -64,7 +67,7 @@ SYNC_2 = 1762308000000  # 2025-11-05T02:00:00Z
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
-    directory = landing_dir(ORDERS, root / "landing")
+    directory = Path(stream_folder(ORDERS, Lake.parse(str(root))).root)
     resend = _record(3, SYNC_1 + 20)
     _write(
         directory,
@@ -96,7 +99,7 @@ def lake(tmp_path: Path) -> Path:
     return root
 
 
-def _bronze_run(lake: Path, instance: dg.DagsterInstance, partition: str = DAY) -> dg.ExecuteInProcessResult:
+def _bronze_run(lake: Path | str, instance: dg.DagsterInstance, partition: str = DAY) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [bronze_orders, bronze_orders_gate],
         partition_key=partition,
@@ -105,8 +108,13 @@ def _bronze_run(lake: Path, instance: dg.DagsterInstance, partition: str = DAY) 
     )
 
 
+def _table(lake: Path | str, layer: str) -> Any:
+    where = Lake.parse(str(lake), settings.lake_storage_options())
+    return DeltaTable(where.table(layer, "orders"), storage_options=where.delta_options()).to_pyarrow_table()
+
+
 def _rows(lake: Path, layer: str, partition: str = DAY) -> list[dict[str, Any]]:
-    rows = DeltaTable(str(lake / layer / "orders")).to_pyarrow_table().to_pylist()
+    rows = _table(lake, layer).to_pylist()
     return sorted(
         (
             {k: v for k, v in r.items() if k not in VOLATILE}
@@ -168,8 +176,14 @@ def test_rebuilding_a_partition_gives_the_same_rows(lake: Path) -> None:
     assert (_rows(lake, "bronze"), _rows(lake, "quarantine")) == first
 
 
-def test_sample_output_loads_one_row_per_order(tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
+@pytest.fixture(params=["local", "s3"])
+def lake_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A lake in the test's folder, or on an S3 bucket of the loopback S3 server."""
+    return str(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("s3_lake")
+
+
+def test_sample_output_loads_one_row_per_order(lake_root: str) -> None:
+    lake = lake_root
     days = [dt.date(2025, 11, 3), dt.date(2025, 11, 4)]
     landed = land_sample_orders(lake, days)
     instance = dg.DagsterInstance.ephemeral()
@@ -179,7 +193,7 @@ def test_sample_output_loads_one_row_per_order(tmp_path: Path) -> None:
         assert meta["loaded"] == landed["orders_by_date"][day.isoformat()]
         assert meta["duplicates"] > 0  # the sample re-delivers orders
         assert result.get_asset_check_evaluations()[0].passed
-    table = DeltaTable(str(lake / "bronze" / "orders")).to_pyarrow_table()
+    table = _table(lake, "bronze")
     assert table.num_rows == len(set(table["order_id"].to_pylist())) == landed["orders"]
     assert 1 <= min(table["customer_id"].to_pylist()) and max(table["customer_id"].to_pylist()) <= 600
 
@@ -193,7 +207,7 @@ def server() -> Iterator[FakeAirbyteServer]:
         yield s
 
 
-def _sync_run(server: FakeAirbyteServer, lake: Path) -> dg.ExecuteInProcessResult:
+def _sync_run(server: FakeAirbyteServer, lake: Path | str) -> dg.ExecuteInProcessResult:
     airbyte = AirbyteResource(
         client_id=server.client_id,
         client_secret=server.client_secret,
@@ -212,8 +226,8 @@ def _sync_run(server: FakeAirbyteServer, lake: Path) -> dg.ExecuteInProcessResul
     )
 
 
-def test_sync_asset_records_the_job_and_the_dates_it_landed(server: FakeAirbyteServer, tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
+def test_sync_asset_records_the_job_and_the_dates_it_landed(server: FakeAirbyteServer, lake_root: str) -> None:
+    lake = lake_root
     server.script_next_job(JobScript(steps=("running", "succeeded"), rows_synced=160, bytes_synced=4096))
     # The destination writes while the job runs.
     server.before_create = lambda: land_sample_orders(lake, [dt.date(2025, 11, 3), dt.date(2025, 11, 4)])

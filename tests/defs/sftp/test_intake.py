@@ -1,4 +1,5 @@
-"""The SFTP intake against a real SFTP server on loopback and a real Dagster instance."""
+"""The SFTP intake against a real SFTP server on loopback and a real Dagster instance, with the lake on a local
+folder or on an S3 bucket (the loopback S3 server)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
+import obstore
 import pytest
 from deltalake import DeltaTable
 
@@ -15,6 +17,8 @@ from dagster_project.definitions import defs as load_defs
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib.checksums import crc32_hex
 from dagster_project.lib.clients.sftp import HostKeyRefused
+from dagster_project.lib.intake.landing import MANIFEST_SUFFIX, landed_files
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import CUSTOMERS
 from dagster_project.samples.partner_files import write_customer_files
 from dagster_project.services.sftp_server import EmbeddedSftpServer
@@ -27,7 +31,7 @@ DAYS = [dt.date(2025, 11, 3), dt.date(2025, 11, 4)]
 class Intake:
     """Drives the inbox sensor and the intake runs the way the daemon would."""
 
-    def __init__(self, server: EmbeddedSftpServer, lake: Path):
+    def __init__(self, server: EmbeddedSftpServer, lake: Lake):
         self.server = server
         self.inbox = server.root / "inbox"
         self.lake = lake
@@ -61,21 +65,38 @@ class Intake:
         )
 
     def bronze(self) -> list[dict]:
-        return DeltaTable(str(self.lake / "bronze" / "customers")).to_pyarrow_table().to_pylist()
+        return self._table("bronze")
 
     def quarantine(self) -> list[dict]:
-        return DeltaTable(str(self.lake / "quarantine" / "customers")).to_pyarrow_table().to_pylist()
+        return self._table("quarantine")
+
+    def _table(self, layer: str) -> list[dict]:
+        uri = self.lake.table(layer, "customers")
+        return DeltaTable(uri, storage_options=self.lake.delta_options()).to_pyarrow_table().to_pylist()
+
+    def landed(self) -> list[str]:
+        """Names of the files in the customers landing zone (landed or not), wherever the lake is."""
+        return sorted(
+            meta["path"].rsplit("/", 1)[-1]
+            for batch in obstore.list(self.lake.store, "landing/customers/")
+            for meta in batch
+            if "/business_date=" in meta["path"] and not meta["path"].endswith(MANIFEST_SUFFIX)
+        )
 
 
 @pytest.fixture
-def intake(sftp_env: EmbeddedSftpServer, platform_env: Path) -> Intake:
-    return Intake(sftp_env, platform_env / "lake")
+def intake(sftp_env: EmbeddedSftpServer, platform_env: Path, request: pytest.FixtureRequest) -> Intake:
+    """The intake with the lake in the test's folder, or on an S3 bucket when parametrized with "s3"."""
+    if getattr(request, "param", "local") == "s3":
+        request.getfixturevalue("s3_lake")  # MEDALLION_LAKE_ROOT=s3://<new bucket>/lake and the AWS variables
+    return Intake(sftp_env, settings.lake())
 
 
 def _files(tmp_path: Path):
     return write_customer_files(tmp_path / "generated", DAYS, customers=60, changes_per_day=20)
 
 
+@pytest.mark.parametrize("intake", ["local", "s3"], indirect=True)
 def test_good_rows_land_and_bad_rows_are_quarantined_with_reasons(intake: Intake, tmp_path: Path):
     files = _files(tmp_path)
     for f in files:
@@ -98,9 +119,15 @@ def test_good_rows_land_and_bad_rows_are_quarantined_with_reasons(intake: Intake
         assert metadata["received"].value == f.records
         assert metadata["loaded"].value == f.good
         assert metadata["quarantined"].value == f.bad
-    # Every taken file is archived, nothing is left in the inbox.
+    # Every taken file is archived, nothing is left in the inbox, and the landed bytes are the partner's.
     assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted(f.path.name for f in files)
     assert list(intake.inbox.iterdir()) == []
+    assert intake.landed() == sorted(f.path.name for f in files)
+    for f in files:
+        [manifest] = landed_files(intake.lake, "customers", f.business_date)
+        assert bytes(obstore.get(intake.lake.store, manifest.landed_path).bytes()) == f.path.read_bytes()
+    # Downloads are staged in the run's local scratch folder, which the run clears.
+    assert not list((settings.data_dir() / "staging").glob("*/*"))
 
 
 def test_partial_upload_is_not_taken_until_complete(intake: Intake, tmp_path: Path):
@@ -129,6 +156,7 @@ def test_file_still_growing_waits_until_its_size_holds(intake: Intake, tmp_path:
     assert len(intake.tick()) == 1
 
 
+@pytest.mark.parametrize("intake", ["local", "s3"], indirect=True)
 def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
     f = _files(tmp_path)[0]
     data = f.path.read_bytes()
@@ -140,8 +168,7 @@ def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
 
     assert len(runs) == 2 and all(r.success for r in runs)
     assert len(intake.bronze()) == f.good
-    landed = [p.name for p in (intake.lake / "landing" / "customers").rglob("*.csv")]
-    assert len(landed) == 1
+    assert len(intake.landed()) == 1
     assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted([f.path.name, again])
 
 
@@ -169,7 +196,7 @@ def test_wrong_crc_is_quarantined_and_nothing_lands(intake: Intake, tmp_path: Pa
     assert check.check_name == "files_accepted" and not check.passed
     assert wrong in check.description and "CRC32" in check.description and "DEADBEEF" in check.description
     assert (intake.server.root / "quarantine" / wrong).exists()
-    assert not list((intake.lake / "landing").rglob("*.csv"))
+    assert intake.landed() == []
 
 
 def test_unknown_column_rejects_the_file_naming_the_column(intake: Intake, tmp_path: Path):
