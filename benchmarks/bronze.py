@@ -65,6 +65,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
     from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
     from dagster_project.lib.checksums import digest_file
     from dagster_project.lib.intake.landing import Manifest
+    from dagster_project.lib.lake import Lake
 
     extra: dict[str, float] = {}
     start = time.perf_counter()
@@ -102,11 +103,11 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
             source="bench",
             source_uri=str(csv_path),
             received_at=dt.datetime.now(dt.UTC).isoformat(),
-            landed_path=str(csv_path),
+            landed_path=csv_path.name,  # relative to the "lake" that is the file's folder
         )
         result = load_partition(
             CUSTOMERS,
-            PartnerFilesReader(CUSTOMERS, [manifest], "2025-11-05"),
+            PartnerFilesReader(CUSTOMERS, [manifest], "2025-11-05", lake=Lake.parse(str(csv_path.parent))),
             bronze_path=work / "lake" / "bronze",
             quarantine_path=work / "lake" / "quarantine",
             run_id="bench",
