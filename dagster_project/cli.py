@@ -76,6 +76,33 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    """A DuckDB file of views over the lake's Delta tables, for analysts and BI tools.
+
+    No run ever opens it: runs compute in memory and read the lake itself, so a session holding this file
+    (even read-write) cannot block or break one. The views resolve through DuckDB's delta extension, which
+    a session must load first; the lines to do so are printed."""
+    import duckdb
+
+    from dagster_project.lib.lake import DUCKDB_EXTENSIONS, duckdb_extension_path
+
+    lake = settings.lake()
+    out = Path(args.out) if args.out else settings.data_dir() / "catalog.duckdb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.with_name(f".{out.name}.tmp")
+    scratch.unlink(missing_ok=True)
+    with duckdb.connect(str(scratch)) as con:
+        views = lake.attach(con)
+    scratch.replace(out)  # swapped in whole: a session opening it meanwhile sees the old catalog or the new
+    print(f"{out}: {len(views)} views over {lake.root} ({', '.join(views)})")
+    print("in a DuckDB session, first run:")
+    for name in DUCKDB_EXTENSIONS:
+        print(f"  LOAD '{duckdb_extension_path(name)}';")
+    if not lake.is_local:
+        print("  and create an S3/GCS/Azure secret (the views name the lake's URIs, not its credentials)")
+    return 0
+
+
 def _cmd_sftp_server(args: argparse.Namespace) -> int:
     from dagster_project.services.sftp_server import serve_forever
 
@@ -180,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--post", metavar="URL", help="post the signed webhooks to a running receiver, e.g. http://127.0.0.1:8000"
     )
     sample.set_defaults(func=_cmd_sample_data)
+
+    catalog = sub.add_parser("catalog", help="write a DuckDB file of views over the lake, for analysts and BI tools")
+    catalog.add_argument("--out", help="the file to write (default .data/catalog.duckdb)")
+    catalog.set_defaults(func=_cmd_catalog)
 
     sftp = sub.add_parser("sftp-server", help="run the embedded SFTP server in the foreground")
     sftp.add_argument("--host")

@@ -355,3 +355,26 @@ def test_window_vars_are_validated(two_days_loaded: None, dbt: Dbt) -> None:
 
     assert result.returncode != 0
     assert "min_date and max_date must be given together" in result.stdout
+
+
+def test_an_open_analyst_session_never_blocks_a_run_and_sees_its_result(
+    two_days_loaded: None, dbt: Dbt, lake: Path, tmp_path: Path
+) -> None:
+    from dagster_project.cli import main
+    from dagster_project.lib.lake import DUCKDB_EXTENSIONS, duckdb_extension_path
+
+    catalog = tmp_path / "catalog.duckdb"
+    assert main(["catalog", "--out", str(catalog)]) == 0
+    # The analyst holds the catalog open for writing: the strongest lock a DuckDB file can take.
+    analyst = duckdb.connect(str(catalog))
+    for name in DUCKDB_EXTENSIONS:
+        analyst.load_extension(duckdb_extension_path(name))
+    assert analyst.execute("select count(*) from silver.stg_acme__customers").fetchone() == (5,)
+
+    write_bronze_partition(
+        lake, DAY_2, [*day_2_rows(), customer(6, DAY_2, "2025-01-02T12:00:00", email="eve@example.com")]
+    )
+    dbt("build", *CUSTOMERS, *window(DAY_2))
+
+    assert analyst.execute("select count(*) from silver.stg_acme__customers").fetchone() == (6,)
+    analyst.close()
