@@ -378,3 +378,54 @@ def test_an_open_analyst_session_never_blocks_a_run_and_sees_its_result(
 
     assert analyst.execute("select count(*) from silver.stg_acme__customers").fetchone() == (6,)
     analyst.close()
+
+
+def test_a_killed_dbt_run_leaves_no_raw_pii_outside_bronze(lake: Path, dbt: Dbt, workdir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    emails = [f"killed-run-{i}@example.com" for i in range(50_000)]
+    write_bronze_partition(
+        lake, DAY_1, [customer(i, DAY_1, "2025-01-01T08:00:00", email=e, row=i) for i, e in enumerate(emails)]
+    )
+    log = workdir / "logs" / "dbt.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    project_dir = Path(__file__).resolve().parents[2] / "dbt_project"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's DuckDB may spill
+    run = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dbt")),
+            "build",
+            *CUSTOMERS,
+            "--project-dir",
+            str(project_dir),
+            "--profiles-dir",
+            str(project_dir),
+            "--target-path",
+            str(workdir / "target"),
+            "--log-path",
+            str(workdir / "logs"),
+        ],
+        cwd=project_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while "START sql" not in log.read_text() and run.poll() is None:
+        assert time.monotonic() < deadline, "dbt never started a model"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, "dbt finished before it could be killed mid-run"
+
+    # No database file anywhere: compute was in memory and died with the process.
+    searched = [workdir, project_dir, tmp_path]
+    files = [p for root in searched for p in root.rglob("*") if p.is_file() and "bronze" not in p.parts]
+    assert not [p for p in files if p.suffix in (".duckdb", ".wal", ".tmp", ".block")]
+    needles = [e.encode() for e in emails[::5_000]]
+    leaked = [p for p in files if any(n in p.read_bytes() for n in needles)]
+    assert leaked == []

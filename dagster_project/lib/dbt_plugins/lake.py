@@ -24,7 +24,10 @@ from fresh inputs (retrying the same rows could commit a result computed before 
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -53,6 +56,12 @@ class Plugin(BasePlugin):
         self._conn: DuckDBPyConnection | None = None
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
+        # What does not fit in memory spills to a folder of this process only, removed when it exits; by
+        # default an in-memory DuckDB spills to `.tmp` in the working directory (the dbt project), where a
+        # killed run would leave raw rows behind.
+        spill = tempfile.mkdtemp(prefix="medallion-duckdb-")
+        atexit.register(shutil.rmtree, spill, ignore_errors=True)
+        conn.execute("SET temp_directory = ?", [spill])
         self._lake.attach(conn, empty_bronze=_bronze_schemas())
         self._conn = conn
 
