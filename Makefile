@@ -52,5 +52,5 @@ lint: install  ## ruff
 format: install
 	$(RUN) ruff format .
 
-clean:  ## remove local data (lake, warehouse, Dagster instance) and build output
+clean:  ## remove local data (lake, Dagster instance, SFTP server, inbox) and build output
 	rm -rf .data .bench $(DBT_DIR)/target $(DBT_DIR)/logs

@@ -72,7 +72,10 @@ class Lake:
                 f"MEDALLION_LAKE_ROOT={value!r}: the scheme {scheme!r} is not supported; use a local path, "
                 "s3:// (AWS, MinIO, Ceph, R2), gs:// or az:// (abfss://)"
             )
-        if parts.query or parts.fragment or "@" in parts.netloc:
+        # `abfss://container@account.dfs.core.windows.net/...` names the account after the `@`; anywhere
+        # else (or with a `:`) an `@` means credentials in the URI.
+        userinfo = parts.netloc.rpartition("@")[0]
+        if parts.query or parts.fragment or (userinfo and (SCHEMES[scheme] != "az" or ":" in userinfo)):
             raise LakeError(
                 f"MEDALLION_LAKE_ROOT: {scheme}:// URI with credentials, a query or a fragment; credentials "
                 "come from the AWS_/GOOGLE_/AZURE_ variables or workload identity, never from the URI"

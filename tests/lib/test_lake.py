@@ -44,6 +44,12 @@ def test_an_object_store_root_is_never_turned_into_a_local_folder(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_adls_root_may_name_its_account_but_never_credentials() -> None:
+    assert Lake.parse("abfss://lake@acme.dfs.core.windows.net/medallion").family == "az"
+    with pytest.raises(LakeError, match="never from the URI"):
+        Lake.parse("abfss://user:password@acme.dfs.core.windows.net/medallion")
+
+
 def test_a_local_root_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert Lake.parse("lake").root == str(tmp_path / "lake")
