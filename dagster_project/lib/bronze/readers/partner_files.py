@@ -5,14 +5,15 @@ and lists every rule a record breaks, in one vectorised query. Lines the parser 
 header's columns come out of DuckDB's rejects table with their line number and text.
 
 Files are read where the manifests say they landed, relative to the lake root. On a local lake DuckDB reads
-the landed file itself. On an object store each file is first streamed to a local temporary file (one GET,
-chunks of 1 MiB, its sha256 checked against the manifest on the way) and DuckDB reads that; the copy is
-deleted once the file is read. Measured on a 106 MB file (1M rows) against the loopback S3 server, reading it
-with the contract's CSV options: local file 0.3 s; download + local read 0.5-0.7 s, +114 MB of memory;
-DuckDB reading s3:// itself through httpfs 2.0-2.5 s, +171 MB. At 322 MB: 0.7 s against 12.9 s. httpfs
-fetches the file in many ranged requests, each paying the store's first-byte latency, while the download
-is one sequential stream; the local copy also gives the header check and DuckDB's rejects table a plain
-file, as on a local lake. The price is local disk for one file at a time.
+the landed file itself. On an object store each file is first streamed to a local temporary file (one GET in
+1 MiB chunks, its sha256 checked against the manifest on the way), DuckDB reads that, and the copy is deleted
+once the file is read. The other way, DuckDB reading s3:// itself through httpfs, was measured against the
+loopback S3 server (in its own process) and lost: with this reader's query, 9.9 s against 9.3 s for 1M rows
+(106 MB; 9.0 s from a local lake) and 44 s against 28 s for 3M rows (322 MB; 30 s local), with about 70 MB
+more memory; a bare CSV scan showed it starker (2.0-2.5 s against 0.5-0.7 s at 106 MB, 12.9 s against 0.7 s
+at 322 MB). httpfs fetches a CSV in many ranged requests, each paying the store's first-byte latency, where
+the download is one sequential stream; the local copy also gives the header check and DuckDB's rejects table
+the same plain file as on a local lake. The cost is local disk for one landed file at a time.
 """
 
 from __future__ import annotations
