@@ -107,23 +107,23 @@ def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
     from dagster_project.lib.bronze.engine import load_partition
     from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
     from dagster_project.lib.intake.inbox import Inbox
+    from dagster_project.lib.lake import Lake
     from dagster_project.lib.sources.registry import PAYMENT_EVENTS
 
     shutil.rmtree(lake, ignore_errors=True)
     with Inbox(inbox_url) as inbox:
         for day in inbox.event_dates("stripe"):
             reader = WebhookEventsReader(PAYMENT_EVENTS, inbox.iter_for_dates("stripe", [day]), day.isoformat())
-            load_partition(
-                PAYMENT_EVENTS, reader, bronze_path=lake / "bronze", quarantine_path=lake / "quarantine", run_id="bench"
-            )
+            load_partition(PAYMENT_EVENTS, reader, lake=Lake.parse(str(lake)), run_id="bench")
+    bronze, quarantine = lake / "bronze" / PAYMENT_EVENTS.name, lake / "quarantine" / PAYMENT_EVENTS.name
     ids: list[str] = []
-    if (lake / "bronze").exists():
-        ids += DeltaTable(str(lake / "bronze")).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
-    if (lake / "quarantine").exists():
+    if bronze.exists():
+        ids += DeltaTable(str(bronze)).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()
+    if quarantine.exists():
         # the quarantine keeps the raw body; the event id is its `id`
         ids += [
             json.loads(raw)["id"]
-            for raw in DeltaTable(str(lake / "quarantine"))
+            for raw in DeltaTable(str(quarantine))
             .to_pyarrow_table(columns=["_raw_record"])
             .column("_raw_record")
             .to_pylist()

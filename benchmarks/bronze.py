@@ -108,8 +108,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         result = load_partition(
             CUSTOMERS,
             PartnerFilesReader(CUSTOMERS, [manifest], "2025-11-05", lake=Lake.parse(str(csv_path.parent))),
-            bronze_path=work / "lake" / "bronze",
-            quarantine_path=work / "lake" / "quarantine",
+            lake=Lake.parse(str(work / "lake")),
             run_id="bench",
         )
         rows = result.received

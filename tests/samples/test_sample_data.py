@@ -155,8 +155,8 @@ def test_consent_files_load_as_their_truth_through_the_bronze_engine(tmp_path: P
     manifests = landed_files(landing, "consents", generated.business_date)
     reader = PartnerFilesReader(CONSENTS, manifests, generated.business_date, lake=landing)
 
-    load = load_partition(CONSENTS, reader, bronze_path=tmp_path / "b", quarantine_path=tmp_path / "q", run_id="r")
+    load = load_partition(CONSENTS, reader, lake=landing, run_id="r")
 
     assert (load.received, load.loaded, load.quarantined) == (generated.records, generated.good, generated.bad)
     assert list(load.reasons) == generated.reasons
-    assert DeltaTable(str(tmp_path / "b")).to_pyarrow_table().num_rows == generated.good
+    assert DeltaTable(landing.table("bronze", "consents")).to_pyarrow_table().num_rows == generated.good

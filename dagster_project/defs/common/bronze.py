@@ -1,22 +1,27 @@
 """Every source's bronze assets, built from its declaration: the bronze + quarantine Delta pair of one
 partition load, the figures it reports, and its blocking Great Expectations gate. Sources differ only in
-the reader that opens what landed for the date (`lib/bronze/readers/`)."""
+the reader that opens what landed for the date (`lib/bronze/readers/`).
 
+Partitions load in parallel, in runs that share nothing but the lake; the engine retries a load that lost
+its commit to a concurrent load of the same partition, reading its input again (`lib/bronze/engine.py`)."""
+
+import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from dagster_project.defs.common.gates import gate_check_result, latest_partition_metadata
+from dagster_project.defs.common.gates import gate_check_result
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.lib.sources.spec import SourceSpec
 
 if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
-    from dagster_project.lib.bronze.engine import LoadResult, Reader
+    from dagster_project.lib.bronze.engine import LoadEvent, LoadResult, PartitionState, Reader
 
 # Opens the reader of one partition with the run's resources (an inbox connection, the lake's landing zone).
+# Called once per attempt of a load: a retry reads what has landed by then.
 OpenReader = Callable[[dg.AssetExecutionContext, SourceSpec], "AbstractContextManager[Reader]"]
 
 
@@ -44,27 +49,39 @@ def _results(
         )
     if load.duplicates:
         context.log.info(f"{spec.name} {context.partition_key}: {load.duplicates} older or repeated deliveries dropped")
+    pair = {"load": load.load, "attempts": load.attempts}
+    if load.repaired is not None:
+        context.log.warning(f"repaired: {load.repaired.describe()}")
+        pair["repaired"] = load.repaired.describe()
     yield dg.MaterializeResult(
         asset_key=bronze_key(spec.name),
         metadata={
-            "dagster/row_count": load.loaded,
+            "dagster/uri": lake.table("bronze", spec.name),
+            "dagster/partition_row_count": load.loaded,
             "received": load.received,
             "loaded": load.loaded,
             "quarantined": load.quarantined,
             "duplicates": load.duplicates,
             **{name: _metadata_value(value) for name, value in load.details.items()},
             "schema_version": spec.schema_version,
-            "table": dg.MetadataValue.path(str(lake.bronze_path(spec.name))),
+            "delta_version": load.bronze_version,
+            **pair,
         },
     )
     yield dg.MaterializeResult(
         asset_key=quarantine_key(spec.name),
         metadata={
-            "dagster/row_count": load.quarantined,
+            "dagster/uri": lake.table("quarantine", spec.name),
+            "dagster/partition_row_count": load.quarantined,
             "reasons": dg.MetadataValue.json(dict(load.reasons)),
-            "table": dg.MetadataValue.path(str(lake.quarantine_path(spec.name))),
+            "delta_version": load.quarantine_version,
+            **pair,
         },
     )
+
+
+def _log_event(context: dg.AssetExecutionContext, event: "LoadEvent") -> None:
+    (context.log.warning if event.kind == "conflict" else context.log.info)(event.message)
 
 
 def build_bronze_assets(
@@ -105,22 +122,23 @@ def build_bronze_assets(
         from dagster_project.lib.bronze import engine
 
         lake: LakeResource = context.resources.lake
-        with open_reader(context, spec) as reader:
-            load = engine.load_partition(
-                spec,
-                reader,
-                bronze_path=lake.bronze_path(spec.name),
-                quarantine_path=lake.quarantine_path(spec.name),
-                run_id=context.run.run_id,
-            )
+        load = engine.load_partition(
+            spec,
+            lambda: open_reader(context, spec),
+            lake=lake.lake,
+            run_id=context.run.run_id,
+            business_date=context.partition_key,
+            on_event=lambda event: _log_event(context, event),
+        )
         yield from _results(context, spec, load, lake)
 
     return _bronze, build_bronze_gate(spec)
 
 
 def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
-    """The blocking GX gate of one bronze partition, derived from the declaration. Its expected row count is
-    what the partition's load reported: received - quarantined - duplicates dropped."""
+    """The blocking GX gate of one bronze partition, derived from the declaration. It checks the partition
+    as the load that wrote it left it: bronze and quarantine from that one load, and as many rows as the
+    load counted (received - quarantined - duplicates dropped, recorded in its quarantine commit)."""
 
     @dg.asset_check(
         asset=bronze_key(spec.name),
@@ -128,27 +146,84 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
         blocking=True,
         partitions_def=daily_partitions,
         description="Great Expectations, derived from the source declaration: columns, key and lineage not null, "
-        "declared rules, row count = records received - quarantined - duplicates dropped.",
+        "declared rules, row count = records received - quarantined - duplicates dropped; bronze and "
+        "quarantine from the same load.",
     )
     def _gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
         # Imported here, where a gate runs: Great Expectations is heavy and the code location loads without it.
+        from dagster_project.lib.bronze import engine
         from dagster_project.lib.bronze.contract import PARTITION_COLUMN
         from dagster_project.lib.quality import gates
         from dagster_project.lib.quality.gx_runner import validate_lake
 
-        partition = context.partition_key
-        metadata = latest_partition_metadata(context.instance, bronze_key(spec.name), partition)
-        received, quarantined, duplicates = (int(metadata.get(k, 0)) for k in ("received", "quarantined", "duplicates"))
-        suite = gates.bronze_gate(spec, received - quarantined - duplicates)
-        result = validate_lake(
-            lake.lake,
-            f"bronze.{spec.name}",
-            suite.name,
-            suite.expectations,
-            predicate_sql=f"{PARTITION_COLUMN} = ?::DATE",
-            params=[partition],
-            sample_columns=list(suite.sample_columns),
+        day = dt.date.fromisoformat(context.partition_key)
+        # A load of the partition committing while the gate reads gives a count from one load and rows from
+        # another: read the load number again after validating, and check again if it moved.
+        for _ in range(3):
+            state = engine.partition_state(spec, lake.lake, day)
+            refused = _pair_refused(context, spec, lake, state)
+            if refused is not None:
+                return refused
+            assert state.bronze_load is not None
+            commit = engine.find_load_commit(spec, lake.lake, "quarantine", day, state.bronze_load)
+            if commit is None or "loaded" not in commit.figures:
+                return _failed(
+                    f"bronze.{spec.name} {day}: the figures of load {state.bronze_load} are not in the last "
+                    f"{engine.LOG_SEARCH_COMMITS} commits of quarantine.{spec.name}; materialize the partition again",
+                    state,
+                )
+            suite = gates.bronze_gate(spec, commit.figures["loaded"])
+            result = validate_lake(
+                lake.lake,
+                f"bronze.{spec.name}",
+                suite.name,
+                suite.expectations,
+                predicate_sql=f"{PARTITION_COLUMN} = ?::DATE",
+                params=[context.partition_key],
+                sample_columns=list(suite.sample_columns),
+            )
+            if engine.partition_state(spec, lake.lake, day).bronze_load == state.bronze_load:
+                break
+        checked = gate_check_result(result)
+        return checked.with_metadata(
+            {**checked.metadata, "load": state.bronze_load, "load_run_id": commit.run_id or ""}
         )
-        return gate_check_result(result)
 
     return _gate
+
+
+def _failed(description: str, state: "PartitionState") -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"bronze_load": state.bronze_load or 0, "quarantine_load": state.quarantine_load or 0},
+    )
+
+
+def _pair_refused(
+    context: dg.AssetCheckExecutionContext, spec: SourceSpec, lake: LakeResource, state: "PartitionState"
+) -> dg.AssetCheckResult | None:
+    """A failed result when the partition was never loaded, or when its bronze and quarantine come from two
+    loads and the newer one is not still running (it then stopped between its two commits)."""
+    from dagster_project.lib.bronze import engine
+
+    day = state.business_date.isoformat()
+    if state.bronze_load is None:
+        return _failed(f"bronze.{spec.name} {day} holds no load of the engine: materialize the partition", state)
+    if state.consistent:
+        return None
+    ahead = (
+        engine.find_load_commit(spec, lake.lake, "quarantine", state.business_date, state.quarantine_load)
+        if state.quarantine_load is not None
+        else None
+    )
+    run = context.instance.get_run_by_id(ahead.run_id) if ahead and ahead.run_id else None
+    if run is not None and not run.is_finished and run.run_id != context.run.run_id:
+        context.log.info(f"{state.describe()}: run {run.run_id} is loading the partition now; its gate checks it")
+        return None
+    return _failed(
+        f"{state.describe()}; the load of run {ahead.run_id if ahead else 'unknown'} did not finish: "
+        "materialize the partition again, which rewrites both tables",
+        state,
+    )

@@ -4,32 +4,64 @@ One engine loads every source. A reader (`lib/bronze/readers/`, one per kind of 
 the date into checked record batches: the declared columns typed, the lineage of each record, and
 `_reasons`, every rule the record breaks (null when it breaks none) with `_raw_record`, the record as
 received. The engine sends the good records into the bronze partition and the others into the quarantine
-partition, with one lineage builder and one quarantine schema for all sources.
+partition, with one lineage builder and one quarantine schema for all sources. Both tables live on the lake
+(`Lake.table`): a local folder or an object store.
 
-A partition is rebuilt from everything landed for its date and replaced in one Delta commit (`predicate`
-overwrite), so a re-run or a backfill yields the same rows and never duplicates. Memory stays flat: good
-batches stream into the Delta writer, and quarantined records are spooled to a temporary Arrow file until
-their own commit. Per origin (a file, the inbox) received = loaded + quarantined + duplicates dropped.
+A partition is rebuilt from everything landed for its date and replaced in one Delta commit per table
+(`predicate` overwrite), so a re-run or a backfill yields the same rows and never duplicates. Memory stays
+flat: good batches stream into the Delta writer, and quarantined records are spooled to a temporary Arrow
+file until their own commit. Per origin (a file, the inbox) received = loaded + quarantined + duplicates dropped.
+
+Concurrent loads (other partitions, other runs of the same partition; processes or pods sharing nothing but
+the lake) never lose rows:
+
+- Optimistic concurrency, retried with the input read again. Before it opens the reader (which lists what
+  landed), an attempt pins the snapshot of both tables it will commit against. Each commit carries a Delta
+  transaction identifier of its partition (`txn`, app id `medallion/business_date=<date>`), so it conflicts
+  with exactly the commits of the same partition made since its pin; commits of other partitions are
+  re-based by delta-rs and go through. An attempt that loses (`CommitFailedError`) is retried whole after a
+  jittered backoff: new pins, the landing read again, both tables written again. A partition is a pure
+  function of what landed, so the retry writes the right rows; and a load that read an older landing state
+  can never replace the rows of a newer one, because the newer one committed after the older one pinned.
+  Attempts are bounded (`RetryPolicy`); when every one is lost, `ConcurrentLoadError` names the table and
+  the partition.
+- Bronze and quarantine of a partition come from the same load. They are two tables, so two commits:
+  quarantine first, then bronze, which publishes the load. Both carry the same load number (the partition's
+  transaction version, one more than either table held when the load pinned them) and, in their commit
+  metadata, the run id and the partition; the quarantine commit also records the load's figures (received,
+  loaded, quarantined, duplicates). So a reader of bronze always sees a whole load, and the quarantine of
+  that load is the quarantine commit with the same number. A load that stops between its two commits (a
+  killed process, a bronze commit lost for good) leaves quarantine one load ahead of bronze:
+  `partition_state` shows it, the bronze gate fails on it, and the next load of the partition writes both
+  tables again, repairing the pair, and says so (`LoadResult.repaired`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import tempfile
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dagster_project.lib.bronze.contract import LINEAGE_COLUMNS, PARTITION_COLUMN, QUARANTINE_SCHEMA, bronze_schema
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.spec import SourceSpec
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 # Rows a reader hands over at most, and per typed-contract validation: large enough that a validation's fixed
 # cost is small, small enough that what is in flight (reader, queue, validation, writer) stays well in memory.
@@ -43,6 +75,15 @@ READER_LINEAGE = ("_source_file", "_source_row", "_checksum_sha256", "_received_
 REASONS = "_reasons"
 RAW_RECORD = "_raw_record"
 SOURCE_LINE = "_source_line"
+
+# Keys of the engine's commit metadata (Delta `commitInfo`), on both tables' commits of a load.
+SOURCE_KEY = "medallion.source"
+PARTITION_KEY = "medallion.partition"
+LOAD_KEY = "medallion.load"
+RUN_KEY = "medallion.run_id"
+FIGURES = ("received", "loaded", "quarantined", "duplicates")  # on the quarantine commit, as medallion.<name>
+# Commits searched back from the newest for the one of a given load (each is one small read).
+LOG_SEARCH_COMMITS = 1000
 
 
 @dataclass
@@ -61,6 +102,30 @@ class OriginLoad:
         return self.loaded + self.quarantined + self.duplicates
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """Which load last wrote a partition in each table (its load number; None when none did)."""
+
+    source: str
+    business_date: dt.date
+    bronze_load: int | None
+    quarantine_load: int | None
+
+    @property
+    def consistent(self) -> bool:
+        """Bronze and quarantine of the partition come from the same load."""
+        return self.bronze_load == self.quarantine_load
+
+    def describe(self) -> str:
+        where = f"{self.source} {self.business_date.isoformat()}"
+        if self.consistent:
+            return f"{where}: bronze and quarantine from load {self.bronze_load}"
+        return (
+            f"{where}: quarantine holds load {self.quarantine_load} but bronze load {self.bronze_load} "
+            "(a load stopped between its quarantine and bronze commits, or is between them now)"
+        )
+
+
 @dataclass
 class LoadResult:
     """The one result of a partition load, whatever the source."""
@@ -69,6 +134,12 @@ class LoadResult:
     business_date: str
     origins: list[OriginLoad]
     details: dict[str, Any] = field(default_factory=dict)  # figures only this kind of input has
+    run_id: str = ""
+    load: int = 0  # the partition's load number, in both tables' commits
+    attempts: int = 1  # 1 + commits lost to concurrent loads and retried
+    bronze_version: int | None = None
+    quarantine_version: int | None = None
+    repaired: PartitionState | None = None  # the pair as this load found it, when it came from two loads
 
     @property
     def loaded(self) -> int:
@@ -109,6 +180,60 @@ class Reader(Protocol):
     def read(self, batch_rows: int) -> Iterator[tuple[OriginLoad, pa.RecordBatch]]: ...
 
     def details(self) -> dict[str, Any]: ...
+
+
+# Opens a new reader over what has landed by now: called once per attempt, so a retry reads the input again.
+OpenReader = Callable[[], AbstractContextManager[Reader]]
+
+
+class ConcurrentLoadError(RuntimeError):
+    """A partition load lost its commit to concurrent loads of the same partition on every attempt."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a load lost to a concurrent commit is tried again, and how long it waits in between.
+
+    The wait before attempt n+1 is drawn uniformly from [0, min(max_delay, first_delay * 2**(n-1))] ("full
+    jitter"), so loads that collided once do not collide again in lockstep."""
+
+    attempts: int = 8
+    first_delay: float = 0.2
+    max_delay: float = 10.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.max_delay, self.first_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class LoadEvent:
+    """A step of a load, for logs and for tests that need to act between two steps.
+
+    `kind`: `reading` (both tables pinned, reader open), `committed` (`table` at `version`) or `conflict`
+    (the attempt lost a commit to a concurrent load; the next starts after `delay` seconds)."""
+
+    kind: str
+    source: str
+    business_date: dt.date
+    attempt: int
+    load: int
+    table: str = ""
+    version: int | None = None
+    delay: float = 0.0
+    error: str = ""
+
+    @property
+    def message(self) -> str:
+        where = f"{self.source} {self.business_date.isoformat()} load {self.load} (attempt {self.attempt})"
+        if self.kind == "committed":
+            return f"{where}: {self.table} committed as version {self.version}"
+        if self.kind == "conflict":
+            return (
+                f"{where}: the {self.table} commit lost to a concurrent load of the partition; "
+                f"reading the input again in {self.delay:.2f} s ({self.error})"
+            )
+        return f"{where}: reading the input"
 
 
 def constant(value: object, type_: pa.DataType, length: int) -> pa.Array:
@@ -173,16 +298,22 @@ class _Lineage:
         return pa.RecordBatch.from_arrays(arrays, schema=QUARANTINE_SCHEMA)
 
 
-def _prefetched(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+def _prefetched(
+    batches: Iterator[pa.RecordBatch], *, finish: Callable[[], None] | None = None, depth: int = 1
+) -> Iterator[pa.RecordBatch]:
     """Produce batches on a worker thread so reading and checking overlap with the Delta writer.
 
-    One batch ahead is enough to keep both busy; each more is memory held for nothing."""
+    One batch ahead is enough to keep both busy; each more is memory held for nothing. `finish` runs on the
+    worker once every batch is produced, before the consumer sees the end: the writer is then still open,
+    waiting for its last batch, so whatever `finish` commits lands before the writer's own commit."""
     queue: Queue[pa.RecordBatch | BaseException | None] = Queue(maxsize=depth)
 
     def produce() -> None:
         try:
             for batch in batches:
                 queue.put(batch)
+            if finish is not None:
+                finish()
             queue.put(None)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             queue.put(exc)
@@ -196,20 +327,79 @@ def _prefetched(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[p
     worker.join()
 
 
-def replace_partition(
-    path: Path,
+def app_id(day: dt.date) -> str:
+    """The Delta transaction identifier (`txn` app id) of a partition: the load number is its version."""
+    return f"medallion/{PARTITION_COLUMN}={day.isoformat()}"
+
+
+def _writer_properties() -> Any:
+    from deltalake import ColumnProperties, WriterProperties
+
+    # No dictionary pages: most columns are near-unique (ids, emails, times), where the writer pays for a
+    # dictionary it then abandons; ZSTD alone stores the repetitive ones smaller and about a third faster.
+    return WriterProperties(
+        compression="ZSTD", compression_level=1, default_column_properties=ColumnProperties(dictionary_enabled=False)
+    )
+
+
+def _open_table(uri: str, lake: Lake, schema: pa.Schema, description: str) -> DeltaTable:
+    """The Delta table at `uri`, pinned at its current version; created empty (partitioned by date) if absent.
+
+    Creating it apart from the first load lets every load pin a version before it reads its input. Loads
+    that race to create it all end with the one table: the losers' commits of version 0 fail, and they
+    open the winner's."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    options = lake.delta_options()
+    try:
+        return DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        pass
+    try:
+        return DeltaTable.create(
+            uri,
+            schema,
+            mode="ignore",
+            partition_by=[PARTITION_COLUMN],
+            description=description,
+            storage_options=options,
+        )
+    except Exception:
+        try:
+            return DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            raise  # the create failed for a reason of its own; its error is the one chained here
+
+
+def _load_number(table: DeltaTable, day: dt.date) -> int | None:
+    return table.transaction_version(app_id(day))
+
+
+class _Lost(Exception):
+    """An attempt's commit to `table` lost to a concurrent commit of the same partition."""
+
+    def __init__(self, table: str, error: BaseException):
+        super().__init__(f"{table}: {error}")
+        self.table, self.error = table, error
+
+
+def _replace_partition(
+    table: DeltaTable,
+    name: str,
     schema: pa.Schema,
-    batches: Iterable[pa.RecordBatch],
+    batches: Iterator[pa.RecordBatch],
     day: dt.date,
-    *,
-    description: str,
+    metadata: dict[str, Any],
+    load: int,
 ) -> None:
-    """Replace the `day` partition of the Delta table at `path` with `batches`, in one commit.
+    """Replace the `day` partition of `table` (pinned) with `batches`, in one commit carrying `metadata`.
 
     The batches stream into the writer, so memory stays flat. An error raised while producing them (a
-    ContractError naming the file, say) propagates as itself, not wrapped in the writer's DeltaError.
-    """
-    from deltalake import ColumnProperties, WriterProperties, write_deltalake
+    ContractError naming the file, say) propagates as itself, not wrapped in the writer's DeltaError; a
+    lost commit as `_Lost`."""
+    from deltalake import CommitProperties, Transaction, write_deltalake
+    from deltalake.exceptions import CommitFailedError
 
     failures: list[BaseException] = []
 
@@ -222,22 +412,18 @@ def replace_partition(
 
     try:
         write_deltalake(
-            path,
+            table,
             pa.RecordBatchReader.from_batches(schema, watched()),
-            partition_by=[PARTITION_COLUMN],
             mode="overwrite",
             predicate=f"{PARTITION_COLUMN} = '{day.isoformat()}'",  # a date object: nothing to inject
             target_file_size=TARGET_FILE_BYTES,
-            # No dictionary pages: most columns are near-unique (ids, emails, times), where the writer pays
-            # for a dictionary it then abandons; ZSTD alone stores the repetitive ones smaller and about a
-            # third faster.
-            writer_properties=WriterProperties(
-                compression="ZSTD",
-                compression_level=1,
-                default_column_properties=ColumnProperties(dictionary_enabled=False),
+            writer_properties=_writer_properties(),
+            commit_properties=CommitProperties(
+                custom_metadata=metadata, app_transactions=[Transaction(app_id(day), load)]
             ),
-            description=description,
         )
+    except CommitFailedError as exc:
+        raise _Lost(name, exc) from exc
     except Exception:
         if failures:
             raise failures[0] from None
@@ -246,72 +432,247 @@ def replace_partition(
 
 def load_partition(
     spec: SourceSpec,
-    reader: Reader,
+    reader: Reader | OpenReader,
     *,
-    bronze_path: Path,
-    quarantine_path: Path,
+    lake: Lake,
     run_id: str,
+    business_date: dt.date | str | None = None,
     ingested_at: dt.datetime | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    retry: RetryPolicy = RetryPolicy(),
+    on_event: Callable[[LoadEvent], None] | None = None,
 ) -> LoadResult:
-    """Replace the bronze partition of `spec` for the reader's business date (and its quarantine partition)
-    with what `reader` reads."""
+    """Replace the bronze partition of `spec` for a business date, and its quarantine partition, with what
+    the reader reads, on `lake`.
+
+    `reader` is either a function that opens a new reader over what has landed by now (then
+    `business_date` is required), which lets a load that lost to a concurrent commit read its input again
+    and retry; or a reader, read once: a lost commit then raises `ConcurrentLoadError` at once.
+    """
+    if callable(reader):
+        if business_date is None:
+            raise TypeError("load_partition: give the business_date of the partition the reader opener reads")
+        open_reader, reusable = reader, True
+        day = business_date if isinstance(business_date, dt.date) else dt.date.fromisoformat(business_date)
+    else:
+        open_reader, reusable, day = (lambda: nullcontext(reader)), False, reader.business_date
+    uris = {"bronze": lake.table("bronze", spec.name), "quarantine": lake.table("quarantine", spec.name)}
+    rng = random.Random()
+    found: PartitionState | None = None
+
+    for attempt in range(1, retry.attempts + 1):
+        # Pinned before the reader lists the input: see the module docstring.
+        bronze = _open_table(uris["bronze"], lake, bronze_schema(spec), f"{spec.description} Typed, with lineage.")
+        quarantine = _open_table(
+            uris["quarantine"], lake, QUARANTINE_SCHEMA, f"Records of source {spec.name} that broke its contract."
+        )
+        pinned = PartitionState(spec.name, day, _load_number(bronze, day), _load_number(quarantine, day))
+        if found is None:
+            found = pinned
+        load = max(pinned.bronze_load or 0, pinned.quarantine_load or 0) + 1
+
+        def emit(kind: str, **values: Any) -> None:
+            if on_event is not None:
+                on_event(LoadEvent(kind, spec.name, day, attempt, load, **values))  # noqa: B023
+
+        try:
+            with open_reader() as opened:
+                if opened.business_date != day:
+                    raise ValueError(f"{spec.name}: the reader reads {opened.business_date}, not {day}")
+                emit("reading")
+                _load_once(spec, opened, bronze, quarantine, day, load, run_id, ingested_at, batch_rows, emit)
+        except _Lost as lost:
+            table = f"{lost.table}.{spec.name}"
+            if not reusable:
+                raise ConcurrentLoadError(
+                    f"{table} partition {day.isoformat()}: the commit lost to a concurrent load of the same "
+                    "partition, and this reader cannot read its input again; load it with a reader opener"
+                ) from lost.error
+            if attempt == retry.attempts:
+                raise ConcurrentLoadError(
+                    f"{table} partition {day.isoformat()}: all {retry.attempts} attempts lost their commit to "
+                    f"concurrent loads of the same partition (last: {lost.error}); bronze holds the last load "
+                    "that won, and the next load of the partition writes both tables again"
+                ) from lost.error
+            delay = retry.delay(attempt, rng)
+            emit("conflict", table=lost.table, delay=delay, error=str(lost.error).splitlines()[0])
+            retry.sleep(delay)
+            continue
+        return LoadResult(
+            source=spec.name,
+            business_date=day.isoformat(),
+            origins=opened.origins,
+            details=opened.details(),
+            run_id=run_id,
+            load=load,
+            attempts=attempt,
+            bronze_version=bronze.version(),
+            quarantine_version=quarantine.version(),
+            repaired=None if found.consistent else found,
+        )
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _load_once(
+    spec: SourceSpec,
+    reader: Reader,
+    bronze: DeltaTable,
+    quarantine: DeltaTable,
+    day: dt.date,
+    load: int,
+    run_id: str,
+    ingested_at: dt.datetime | None,
+    batch_rows: int,
+    emit: Callable[..., None],
+) -> None:
+    """One attempt: stream the good records into bronze; at the end of the stream, commit the quarantine
+    spool; then let the bronze writer commit."""
     import polars as pl
 
     from dagster_project.lib.bronze.contract import pandera_schema
 
-    day = reader.business_date
     lineage = _Lineage(spec, day, ingested_at or dt.datetime.now(dt.UTC), run_id)
     schema = writer_schema(spec)
     contract = pandera_schema(spec)
+    stamp = {SOURCE_KEY: spec.name, PARTITION_KEY: day.isoformat(), LOAD_KEY: load, RUN_KEY: run_id}
 
     with tempfile.TemporaryDirectory(prefix="medallion-quarantine-") as tmp:
         spool_path = Path(tmp) / "quarantine.arrows"
-        with pa.OSFile(str(spool_path), "wb") as sink, pa.ipc.new_stream(sink, QUARANTINE_SCHEMA) as spool:
+        sink = pa.OSFile(str(spool_path), "wb")
+        spool = pa.ipc.new_stream(sink, QUARANTINE_SCHEMA)
 
-            def checked(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                """Every good batch, validated against the typed contract before the writer sees it.
+        def checked(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            """Every good batch, validated against the typed contract before the writer sees it.
 
-                Batches are validated in groups of at least `batch_rows` rows (a zero-copy polars view of
-                them): a validation costs about the same whatever its size, and readers hand over smaller
-                batches than that."""
-                pending: list[pa.RecordBatch] = []
-                rows = 0
-                for batch in batches:
-                    pending.append(batch)
-                    rows += batch.num_rows
-                    if rows >= batch_rows:
-                        contract.validate(pl.from_arrow(pa.Table.from_batches(pending, schema), rechunk=False))
-                        yield from pending
-                        pending, rows = [], 0
-                if pending:
+            Batches are validated in groups of at least `batch_rows` rows (a zero-copy polars view of
+            them): a validation costs about the same whatever its size, and readers hand over smaller
+            batches than that."""
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            for batch in batches:
+                pending.append(batch)
+                rows += batch.num_rows
+                if rows >= batch_rows:
                     contract.validate(pl.from_arrow(pa.Table.from_batches(pending, schema), rechunk=False))
                     yield from pending
+                    pending, rows = [], 0
+            if pending:
+                contract.validate(pl.from_arrow(pa.Table.from_batches(pending, schema), rechunk=False))
+                yield from pending
 
-            def good_batches() -> Iterator[pa.RecordBatch]:
-                for origin, batch in reader.read(batch_rows):
-                    reasons = batch.column(REASONS)
-                    bad = pc.is_valid(reasons)
-                    n_bad = pc.sum(bad).as_py() or 0
-                    if n_bad:
-                        rejected = batch.filter(bad)
-                        origin.quarantined += rejected.num_rows
-                        origin.reasons.update(pc.list_flatten(rejected.column(REASONS)).to_pylist())
-                        spool.write_batch(lineage.quarantine(rejected))
-                        batch = batch.filter(pc.invert(bad))
-                    if batch.num_rows:
-                        origin.loaded += batch.num_rows
-                        yield lineage.bronze(batch, schema)
+        def good_batches() -> Iterator[pa.RecordBatch]:
+            for origin, batch in reader.read(batch_rows):
+                reasons = batch.column(REASONS)
+                bad = pc.is_valid(reasons)
+                n_bad = pc.sum(bad).as_py() or 0
+                if n_bad:
+                    rejected = batch.filter(bad)
+                    origin.quarantined += rejected.num_rows
+                    origin.reasons.update(pc.list_flatten(rejected.column(REASONS)).to_pylist())
+                    spool.write_batch(lineage.quarantine(rejected))
+                    batch = batch.filter(pc.invert(bad))
+                if batch.num_rows:
+                    origin.loaded += batch.num_rows
+                    yield lineage.bronze(batch, schema)
 
-            replace_partition(
-                bronze_path, schema, _prefetched(checked(good_batches())), day, description=spec.description
-            )
-        with pa.OSFile(str(spool_path), "rb") as source:
-            replace_partition(
-                quarantine_path,
-                QUARANTINE_SCHEMA,
-                pa.ipc.open_stream(source),
+        def commit_quarantine() -> None:
+            """The load's first commit, made once every record is read and checked and before bronze's."""
+            spool.close()
+            sink.close()
+            figures = {
+                "received": sum(o.received for o in reader.origins),
+                "loaded": sum(o.loaded for o in reader.origins),
+                "quarantined": sum(o.quarantined for o in reader.origins),
+                "duplicates": sum(o.duplicates for o in reader.origins),
+            }
+            with pa.OSFile(str(spool_path), "rb") as source:
+                _replace_partition(
+                    quarantine,
+                    "quarantine",
+                    QUARANTINE_SCHEMA,
+                    iter(pa.ipc.open_stream(source)),
+                    day,
+                    {**stamp, **{f"medallion.{k}": v for k, v in figures.items()}},
+                    load,
+                )
+            emit("committed", table="quarantine", version=quarantine.version())
+
+        try:
+            _replace_partition(
+                bronze,
+                "bronze",
+                schema,
+                _prefetched(checked(good_batches()), finish=commit_quarantine),
                 day,
-                description=f"Records of source {spec.name} that broke its contract, with every reason.",
+                stamp,
+                load,
             )
-    return LoadResult(source=spec.name, business_date=day.isoformat(), origins=reader.origins, details=reader.details())
+        finally:
+            if not sink.closed:
+                spool.close()
+                sink.close()
+    emit("committed", table="bronze", version=bronze.version())
+
+
+def partition_state(spec: SourceSpec, lake: Lake, business_date: dt.date) -> PartitionState:
+    """Which load last wrote the partition in bronze and in quarantine.
+
+    Bronze is read first: a load commits quarantine before bronze, so any load seen in bronze has its
+    quarantine commit in the quarantine read after it."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    loads: list[int | None] = []
+    for layer in ("bronze", "quarantine"):
+        try:
+            table = DeltaTable(lake.table(layer, spec.name), storage_options=lake.delta_options())
+        except TableNotFoundError:
+            loads.append(None)
+            continue
+        loads.append(_load_number(table, business_date))
+    return PartitionState(spec.name, business_date, loads[0], loads[1])
+
+
+@dataclass(frozen=True)
+class LoadCommit:
+    """One table's commit of a partition load, as its commit metadata records it."""
+
+    table: str
+    version: int
+    run_id: str | None
+    figures: dict[str, int]  # on the quarantine commit: received, loaded, quarantined, duplicates
+
+
+def find_load_commit(
+    spec: SourceSpec, lake: Lake, layer: str, business_date: dt.date, load: int, *, search: int = LOG_SEARCH_COMMITS
+) -> LoadCommit | None:
+    """The commit of load number `load` of a partition in `layer` (`bronze` or `quarantine`), searched from
+    the newest commit back over at most `search` commits; None if not found there.
+
+    The commit files are read through the lake's object store rather than `DeltaTable.history`, which
+    (deltalake 1.6) holds the GIL through its reads and so stalls every other thread of the process."""
+    import obstore
+    from deltalake import DeltaTable
+    from obstore.exceptions import NotFoundError
+
+    uri = lake.table(layer, spec.name)
+    newest = DeltaTable(uri, storage_options=lake.delta_options()).version()
+    log = f"{lake.relative(uri)}/_delta_log"
+    for version in range(newest, max(-1, newest - search), -1):
+        try:
+            data = bytes(obstore.get(lake.store, f"{log}/{version:020d}.json").bytes())
+        except NotFoundError:
+            return None  # older commits were cleaned up (log retention)
+        info = _commit_info(data)
+        if info.get(PARTITION_KEY) == business_date.isoformat() and info.get(LOAD_KEY) == load:
+            figures = {k: int(info[f"medallion.{k}"]) for k in FIGURES if f"medallion.{k}" in info}
+            return LoadCommit(f"{layer}.{spec.name}", version, info.get(RUN_KEY), figures)
+    return None
+
+
+def _commit_info(data: bytes) -> dict[str, Any]:
+    for line in data.splitlines():
+        action = json.loads(line) if line.strip() else {}
+        if "commitInfo" in action:
+            return action["commitInfo"]
+    return {}

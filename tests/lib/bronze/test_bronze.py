@@ -8,6 +8,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,23 +38,30 @@ VOLATILE = {"_ingested_at", "_run_id"}
 
 @dataclasses.dataclass
 class Lake:
+    """Files landed on `landing`; the bronze and quarantine tables on `tables` (the same lake unless a test
+    wants a second set of tables over the same landed files)."""
+
     landing: LandingLake
-    bronze: Path
-    quarantine: Path
+    tables: LandingLake
+
+    @property
+    def bronze(self) -> str:
+        return self.tables.table("bronze", "customers")
+
+    @property
+    def quarantine(self) -> str:
+        return self.tables.table("quarantine", "customers")
 
     def load(self, business_date: str = DAY, *, spec: SourceSpec = CUSTOMERS, **kwargs: Any) -> LoadResult:
         kwargs.setdefault("run_id", "run-1")
         kwargs.setdefault("ingested_at", INGESTED_AT)
         manifests = kwargs.pop("manifests", None)
-        if manifests is None:
-            manifests = landed_files(self.landing, spec.name, business_date)
-        return load_partition(
-            spec,
-            PartnerFilesReader(spec, manifests, business_date, lake=self.landing),
-            bronze_path=self.bronze,
-            quarantine_path=self.quarantine,
-            **kwargs,
-        )
+
+        def open_reader() -> AbstractContextManager[PartnerFilesReader]:
+            listed = landed_files(self.landing, spec.name, business_date) if manifests is None else manifests
+            return nullcontext(PartnerFilesReader(spec, listed, business_date, lake=self.landing))
+
+        return load_partition(spec, open_reader, lake=self.tables, business_date=business_date, **kwargs)
 
     def bronze_rows(self, business_date: str | None = None) -> list[dict[str, Any]]:
         return _rows(self.bronze, business_date)
@@ -62,7 +70,7 @@ class Lake:
         return _rows(self.quarantine, business_date)
 
 
-def _rows(path: Path, business_date: str | None) -> list[dict[str, Any]]:
+def _rows(path: str, business_date: str | None) -> list[dict[str, Any]]:
     table = DeltaTable(path).to_pyarrow_table()
     rows = table.sort_by([("_source_file", "ascending"), ("_source_row", "ascending")]).to_pylist()
     if business_date is None:
@@ -76,7 +84,7 @@ def _without(rows: list[dict[str, Any]], columns: set[str]) -> list[dict[str, An
 
 @pytest.fixture
 def lake(tmp_path: Path, landing_lake: LandingLake) -> Lake:
-    return Lake(landing_lake, tmp_path / "lake" / "bronze", tmp_path / "lake" / "quarantine")
+    return Lake(landing_lake, landing_lake)
 
 
 def _land_generated(lake: Lake, generated: list[GeneratedFile]) -> None:
@@ -92,7 +100,7 @@ Sample = tuple[Lake, list[GeneratedFile], dict[str, LoadResult]]
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     """Three days of generated partner files, landed and loaded once; read-only for the tests that use it."""
     root = tmp_path_factory.mktemp("sample")
-    lake = Lake(LandingLake.parse(str(root)), root / "bronze", root / "quarantine")
+    lake = Lake(LandingLake.parse(str(root)), LandingLake.parse(str(root)))
     generated = write_customer_files(root / "generated", SAMPLE_DAYS, customers=60, changes_per_day=40, seed=11)
     _land_generated(lake, generated)  # moves the files; each GeneratedFile keeps its name and its truth
     loads = {g.business_date: lake.load(g.business_date) for g in generated}
@@ -317,7 +325,7 @@ def test_small_batches_give_the_same_result_as_one_big_batch(land: Land, lake: L
     big = lake.load(batch_rows=1_000_000)
     big_bronze, big_quarantine = lake.bronze_rows(), lake.quarantine_rows()
 
-    small_lake = Lake(lake.landing, tmp_path / "small" / "bronze", tmp_path / "small" / "quarantine")
+    small_lake = Lake(lake.landing, LandingLake.parse(str(tmp_path / "small")))
     small = small_lake.load(batch_rows=7)
     assert [(f.loaded, f.quarantined, f.reasons) for f in small.origins] == [
         (f.loaded, f.quarantined, f.reasons) for f in big.origins
@@ -387,9 +395,7 @@ def test_batch_breaking_the_typed_contract_is_not_committed(land: Land, lake: La
     manifests = landed_files(lake.landing, "customers", DAY)
     reader = _NullingReader(PartnerFilesReader(CUSTOMERS, manifests, DAY, lake=lake.landing), at=2)
     with pytest.raises(pandera.errors.SchemaError, match="email"):
-        load_partition(
-            CUSTOMERS, reader, bronze_path=lake.bronze, quarantine_path=lake.quarantine, run_id="after", batch_rows=7
-        )
+        load_partition(CUSTOMERS, reader, lake=lake.tables, run_id="after", batch_rows=7)
     assert DeltaTable(lake.bronze).version() == bronze_version
     assert lake.bronze_rows() == before
 
@@ -398,7 +404,7 @@ def test_manifest_of_another_date_is_refused(land: Land, lake: Lake) -> None:
     landed = land(customers_csv([customer(1)]), business_date="2025-11-06")
     with pytest.raises(ValueError, match=f"{landed.manifest.file_name}: belongs to 2025-11-06, not 2025-11-05"):
         lake.load("2025-11-05", manifests=[landed.manifest])
-    assert not lake.bronze.exists()
+    assert lake.bronze_rows() == lake.quarantine_rows() == []
 
 
 def test_ignored_drift_drops_unknown_and_nulls_missing_columns(land: Land, lake: Lake) -> None:

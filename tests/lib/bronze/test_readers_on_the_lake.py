@@ -55,8 +55,7 @@ def test_a_restored_copy_of_the_lake_rebuilds_a_partition_from_itself(tmp_path: 
         load_partition(
             CUSTOMERS,
             PartnerFilesReader(CUSTOMERS, landed_files(lake, "customers", day), day, lake=lake),
-            bronze_path=Path(lake.table("bronze", "customers")),
-            quarantine_path=Path(lake.table("quarantine", "customers")),
+            lake=lake,
             run_id="r",
         )
         rows = DeltaTable(lake.table("bronze", "customers")).to_pyarrow_table().to_pylist()

@@ -18,8 +18,9 @@ from dagster_project.lib.bronze.contract import bronze_schema, pandera_schema
 from dagster_project.lib.bronze.engine import LoadResult, load_partition
 from dagster_project.lib.bronze.readers.webhook_events import WebhookEventsReader
 from dagster_project.lib.intake.inbox import InboundEvent, Inbox, StoredEvent, migrate, sha256_hex
+from dagster_project.lib.lake import Lake as LakeRoot
 from dagster_project.lib.quality.gates import bronze_gate
-from dagster_project.lib.quality.gx_runner import validate_delta
+from dagster_project.lib.quality.gx_runner import validate_lake
 from dagster_project.lib.sources.registry import PAYMENT_EVENTS, SHOP_EVENTS
 from dagster_project.lib.sources.spec import SourceSpec
 
@@ -72,12 +73,12 @@ def inbox(tmp_path: Path) -> Iterator[Inbox]:
 
 class Lake:
     def __init__(self, root: Path, spec: SourceSpec = PAYMENT_EVENTS):
-        self.spec = spec
-        self.bronze, self.quarantine = root / "bronze" / spec.name, root / "quarantine" / spec.name
+        self.spec, self.root = spec, LakeRoot.parse(str(root))
+        self.bronze, self.quarantine = self.root.table("bronze", spec.name), self.root.table("quarantine", spec.name)
 
     def load(self, batches: Any, day: str = DAY) -> LoadResult:
         reader = WebhookEventsReader(self.spec, batches, day)
-        return load_partition(self.spec, reader, bronze_path=self.bronze, quarantine_path=self.quarantine, run_id="r")
+        return load_partition(self.spec, reader, lake=self.root, run_id="r")
 
     def rebuild(self, inbox: Inbox, day: str = DAY, batch_events: int = 5000) -> LoadResult:
         provider = self.spec.webhook.provider
@@ -324,8 +325,9 @@ def test_bronze_gate_derived_from_the_declaration_passes_a_rebuilt_partition(inb
 
     def validate(expected_rows: int):
         gate = bronze_gate(PAYMENT_EVENTS, expected_rows)
-        return validate_delta(
-            lake.bronze,
+        return validate_lake(
+            lake.root,
+            f"bronze.{PAYMENT_EVENTS.name}",
             gate.name,
             gate.expectations,
             predicate_sql="business_date = ?::DATE",
