@@ -2,7 +2,8 @@
 
     uv run python -m benchmarks [--quick]
 
---quick uses 1M rows only and 5,000 webhook events (a smoke run; the targets are for the full sizes).
+--quick uses 1M rows only, 5,000 webhook events and 5 s throughput phases (a smoke run; the targets are for the
+full sizes).
 """
 
 from __future__ import annotations
@@ -97,6 +98,36 @@ def webhooks_section(events: int) -> None:
     print(f"target: acknowledged-but-missing = 0 and duplicates = 0, in the inbox and in bronze: {_verdict(ok)}")
 
 
+def webhooks_throughput_section(seconds: float) -> None:
+    print(
+        f"\n## Webhook receiver throughput: concurrency 32 for {seconds:.0f} s each, beside a no-op endpoint on the "
+        "same server stack, durable commits (SQLite synchronous=FULL, PostgreSQL synchronous_commit)"
+    )
+    r = webhooks_load.throughput(concurrency=32, seconds=seconds)
+    print(f"PostgreSQL synchronous_commit: {r['postgres_synchronous_commit']}")
+    print(f"{'endpoint':<34} {'req/s':>8} {'vs no-op':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7}")
+    for key, label in [
+        ("noop", "no-op endpoint"),
+        ("sqlite", "receiver, SQLite inbox"),
+        ("postgres_1", "receiver, PostgreSQL, 1 process"),
+        ("postgres_2", "receiver, PostgreSQL, 2 processes"),
+    ]:
+        f = r[key]
+        print(
+            f"{label:<34} {f['req_per_s']:>8,.0f} {f['req_per_s'] / r['noop']['req_per_s']:>8.2f} "
+            f"{f['p50_ms']:>7.1f} {f['p99_ms']:>7.1f} {sum(f['errors'].values()):>7}"
+        )
+    noop = r["noop"]["req_per_s"]
+    sqlite, pg1, pg2 = r["sqlite"], r["postgres_1"], r["postgres_2"]
+    print("targets: >= 50% of the no-op's req/s; p99 <= 50 ms (SQLite), <= 100 ms (PostgreSQL); 2 processes >= 1.6x 1")
+    print(f"  SQLite req/s: {_verdict(sqlite['req_per_s'] >= 0.5 * noop)} ({sqlite['req_per_s'] / noop:.0%})")
+    print(f"  SQLite p99: {_verdict(sqlite['p99_ms'] <= 50)} ({sqlite['p99_ms']:.0f} ms)")
+    print(f"  PostgreSQL req/s: {_verdict(pg1['req_per_s'] >= 0.5 * noop)} ({pg1['req_per_s'] / noop:.0%})")
+    print(f"  PostgreSQL p99: {_verdict(pg1['p99_ms'] <= 100)} ({pg1['p99_ms']:.0f} ms)")
+    scale = pg2["req_per_s"] / pg1["req_per_s"]
+    print(f"  2 processes vs 1 on one PostgreSQL inbox: {_verdict(scale >= 1.6)} ({scale:.2f}x)")
+
+
 def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
     """Run the bronze hop of the payment events over the load test's inbox; every event id it wrote."""
     import json
@@ -140,6 +171,7 @@ def main() -> None:
     bronze_section(sizes)
     gates_section(sizes)
     webhooks_section(5_000 if args.quick else 20_000)
+    webhooks_throughput_section(5.0 if args.quick else 20.0)
 
 
 if __name__ == "__main__":

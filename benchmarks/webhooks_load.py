@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from dagster_project.lib.intake.inbox import Inbox, sha256_hex, webhook_events
+from dagster_project.lib.intake.inbox import Inbox, migrate, sha256_hex, webhook_events
 from dagster_project.lib.intake.signatures import sign_stripe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +371,15 @@ def main() -> None:
     parser.add_argument("--duplicate-ratio", type=float, default=0.10)
     parser.add_argument("--no-kill", action="store_true", help="do not kill the receiver half-way")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--noop-port", type=int, default=None, help="serve the no-op endpoint on this port and stay")
+    parser.add_argument("--throughput", action="store_true", help="throughput beside the no-op endpoint instead")
     args = parser.parse_args()
+    if args.noop_port is not None:
+        _serve_noop(args.noop_port)
+        return
+    if args.throughput:
+        _print_table(throughput(concurrency=args.concurrency))
+        return
     result = run(
         args.events,
         concurrency=args.concurrency,
@@ -385,6 +395,180 @@ def main() -> None:
         and result["acknowledged_events"] == result["distinct_events_sent"]
     )
     sys.exit(0 if healthy else 1)
+
+
+# --- throughput beside a no-op endpoint ------------------------------------------------------------------------
+
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+def noop_app() -> Any:
+    """The same server stack (uvicorn, the platform's limits, Starlette) answering at once: what the load client
+    and the HTTP layer cost on this machine, measured beside the receiver in the same run."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def accept(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"status": "stored"})
+
+    async def ready(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ready"})
+
+    return Starlette(
+        routes=[Route("/webhooks/{provider}", accept, methods=["POST"]), Route("/readyz", ready, methods=["GET"])]
+    )
+
+
+def _serve_noop(port: int) -> None:
+    import uvicorn
+
+    from dagster_project.services import http_server
+
+    uvicorn.run(noop_app(), host="127.0.0.1", port=port, **http_server.uvicorn_options())
+
+
+@dataclass
+class _Phase:
+    requests: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": dict(self.errors),
+            "req_per_s": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(_percentile(self.latencies, 0.50) * 1000, 1),
+            "p99_ms": round(_percentile(self.latencies, 0.99) * 1000, 1),
+        }
+
+
+async def _hammer(
+    ports: list[int], bodies: Iterator[tuple[bytes, str]], *, concurrency: int, warmup: float, seconds: float
+) -> _Phase:
+    """`concurrency` clients, spread evenly over `ports`, each posting the next signed body as soon as its last
+    one was answered; only what is answered inside the measured window (after `warmup`) counts."""
+    import aiohttp
+
+    phase = _Phase()
+    cursor = bodies
+    loop = asyncio.get_running_loop()
+    start = loop.time() + warmup
+    end = start + seconds
+
+    async def client(port: int) -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"http://127.0.0.1:{port}/webhooks/stripe"
+            while (now := loop.time()) < end:
+                body, signature = next(cursor)
+                headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
+                sent = now
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                except aiohttp.ClientError as error:
+                    status, kind = 0, type(error).__name__
+                else:
+                    kind = f"http_{status}"
+                done = loop.time()
+                if start <= sent and done <= end:
+                    if 200 <= status < 300:
+                        phase.requests += 1
+                        phase.latencies.append(done - sent)
+                    else:
+                        phase.errors[kind] += 1
+
+    await asyncio.gather(*(client(ports[i % len(ports)]) for i in range(concurrency)))
+    phase.seconds = seconds
+    return phase
+
+
+def _signed_bodies(secret: str, prefix: str) -> Iterator[tuple[bytes, str]]:
+    """Endless distinct events (the load test's bodies, renumbered) with their `Stripe-Signature`, signed when sent."""
+    templates = [body for _, body in make_stripe_events(1000)]
+    for i in itertools.count():
+        body = templates[i % len(templates)].replace(b"evt_load_", f"evt_{prefix}_{i // len(templates)}_".encode())
+        yield body, sign_stripe(body, secret, int(time.time()))
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out)
+    receiver = _Receiver(port=port, env=env, log_path=log, process=process)
+    receiver.wait_ready()
+    return process
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def throughput(
+    *, concurrency: int = 32, seconds: float = 10.0, warmup: float = 2.0, postgres_url: str = POSTGRES_URL
+) -> dict[str, Any]:
+    """Requests per second and latency at `concurrency`, for the no-op endpoint, the receiver on SQLite, and one
+    and two receiver processes on one PostgreSQL inbox, each measured for `seconds` in this one run."""
+    import sqlalchemy as sa
+
+    workdir = Path(tempfile.mkdtemp(prefix="webhooks-throughput-"))
+    secret = "whsec_bench_" + secrets.token_hex(16)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
+    base_env |= {"MEDALLION_DATA_DIR": str(workdir), "MEDALLION_WEBHOOK_SECRETS_STRIPE": secret}
+    receiver = [sys.executable, "-m", "dagster_project.services.webhook_receiver", "--port"]
+
+    def run_phase(name: str, argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
+        ports = [_free_port() for _ in argvs]
+        processes = [
+            _start([*argv, str(port)], env, workdir / f"{name}.log", port)
+            for argv, port in zip(argvs, ports, strict=True)
+        ]
+        try:
+            bodies = _signed_bodies(secret, name)
+            phase = asyncio.run(_hammer(ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds))
+        finally:
+            _stop(processes)
+        return phase.figures()
+
+    results: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds}
+    noop = [sys.executable, "-m", "benchmarks.webhooks_load", "--noop-port"]
+    results["noop"] = run_phase("noop", [noop], base_env)
+    sqlite_env = base_env | {"MEDALLION_WEBHOOK_INBOX_URL": f"sqlite:///{workdir / 'inbox.sqlite'}"}
+    results["sqlite"] = run_phase("sqlite", [receiver], sqlite_env)
+
+    schema = f"bench_webhooks_{secrets.token_hex(4)}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        results["postgres_synchronous_commit"] = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+    separator = "&" if "?" in postgres_url else "?"
+    pg_url = f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    try:
+        migrate(pg_url)
+        pg_env = base_env | {"MEDALLION_WEBHOOK_INBOX_URL": pg_url}
+        results["postgres_1"] = run_phase("postgres_1", [receiver], pg_env)
+        results["postgres_2"] = run_phase("postgres_2", [receiver, receiver], pg_env)
+        with Inbox(pg_url) as inbox:
+            results["postgres_rows"] = inbox.count()
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+    results["workdir"] = str(workdir)
+    return results
 
 
 if __name__ == "__main__":

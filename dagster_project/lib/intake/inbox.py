@@ -432,6 +432,15 @@ class Inbox:
         committed without it. `InboxUnavailable` (nothing stored) when the inbox itself fails. Events later in
         the batch see the earlier ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
         """
+        if not events:
+            return []
+        try:
+            with self._writer.begin() as conn:
+                return list(self._store_batch(conn, events))
+        except _PER_EVENT_ERRORS:
+            pass  # one of them cannot be stored: find which, one statement per event
+        except SQLAlchemyError as error:
+            raise _safe(error) from None
         outcomes: list[StoreOutcome | UnstorableEvent | None] = [None] * len(events)
         pending = list(range(len(events)))
         while pending:
@@ -448,6 +457,78 @@ class Inbox:
                 raise _safe(error) from None
             else:
                 break
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _row(self, event: InboundEvent) -> dict[str, Any]:
+        created, received = _utc(event.event_created_at), _utc(event.received_at)
+        return {
+            "provider": event.provider,
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "event_created_at": created,
+            "event_date": partition_date(created, received),
+            "body": event.body,
+            "body_sha256": event.body_sha256,
+            "headers": dict(event.headers),
+            "received_at": received,
+        }
+
+    def _store_batch(self, conn: Connection, events: Sequence[InboundEvent]) -> list[StoreOutcome]:
+        """`_store_one` for a whole batch in three statements at most: one multi-row insert that skips ids
+        already stored, one read of the stored hashes of those it skipped, one insert of the conflicts."""
+        rows = [self._row(event) for event in events]
+        insert = (
+            self._insert(webhook_events)
+            .values(commit_xid=self._commit_xid())
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(webhook_events.c.provider, webhook_events.c.event_id)
+        )
+        inserted = {(row.provider, row.event_id) for row in conn.execute(insert, rows)}
+        outcomes: list[StoreOutcome | None] = [None] * len(events)
+        skipped: list[int] = []
+        for i, event in enumerate(events):
+            key = (event.provider, event.event_id)
+            if key in inserted:
+                inserted.discard(key)  # a second delivery of the same id in this batch was skipped, not stored
+                outcomes[i] = "stored"
+            else:
+                skipped.append(i)
+        if skipped:
+            keys = sorted({(events[i].provider, events[i].event_id) for i in skipped})
+            stored = dict(
+                ((row.provider, row.event_id), row.body_sha256)
+                for row in conn.execute(
+                    sa.select(webhook_events.c.provider, webhook_events.c.event_id, webhook_events.c.body_sha256).where(
+                        sa.tuple_(webhook_events.c.provider, webhook_events.c.event_id).in_(keys)
+                    )
+                )
+            )
+            conflicts = []
+            for i in skipped:
+                event, row = events[i], rows[i]
+                stored_sha256 = stored[(event.provider, event.event_id)]
+                if stored_sha256 == row["body_sha256"]:
+                    outcomes[i] = "duplicate"
+                    continue
+                outcomes[i] = "conflict"
+                conflicts.append(
+                    {
+                        "provider": event.provider,
+                        "event_id": event.event_id,
+                        "stored_sha256": stored_sha256,
+                        "received_sha256": row["body_sha256"],
+                        "body": event.body,
+                        "headers": row["headers"],
+                        "received_at": row["received_at"],
+                    }
+                )
+            if conflicts:
+                conn.execute(
+                    self._insert(webhook_conflicts)
+                    .values(commit_xid=self._commit_xid())
+                    .on_conflict_do_nothing(index_elements=["provider", "event_id", "received_sha256"]),
+                    conflicts,
+                )
         return [outcome for outcome in outcomes if outcome is not None]
 
     def _store_one(self, conn: Connection, event: InboundEvent) -> StoreOutcome:
