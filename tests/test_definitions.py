@@ -229,6 +229,10 @@ def test_the_daemon_evaluates_automation_sensors_and_freshness_on_a_fresh_instan
         "MEDALLION_PII_HMAC_KEY": "test-only-hmac-key",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    # Create the instance's SQLite storage before any process opens it: the daemon and its code server
+    # initializing a fresh one at the same moment can both stamp its schema version.
+    with dg.DagsterInstance.local_temp(str(home)):
+        pass
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "dagster_project.definitions"],

@@ -155,7 +155,7 @@ def build_alert_sensors(channels: Sequence[str], *, minimum_interval_seconds: in
     @dg.sensor(
         name="freshness_alerts",
         default_status=_status(channels),
-        minimum_interval_seconds=max(minimum_interval_seconds, 30),
+        minimum_interval_seconds=minimum_interval_seconds,
         description=_description(
             "Sends an alert when an asset becomes overdue for its freshness policy, and when it is fresh again.",
             channels,
