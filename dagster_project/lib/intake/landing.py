@@ -178,13 +178,14 @@ def land_file(
         raise RuntimeError(f"{index_key}: written and then not found in the lake {lake.root}")
     key = landed_key(lake, claimed)
     manifest_key = key + MANIFEST_SUFFIX
-    wrote_manifest = False
     try:
         landed = _read_manifest(lake, manifest_key)
+        # Landed by this call: not landed when it looked, landed when it returns (a concurrent delivery of
+        # the same file may have written the manifest meanwhile; for each of them the file landed now).
+        landed_now = landed is None
         if landed is None:
             _put_file(lake, key, staged, digest)
-            wrote_manifest = _write_manifest(lake, manifest_key, claimed)
-            landed = claimed if wrote_manifest else _read_manifest(lake, manifest_key)
+            landed = claimed if _write_manifest(lake, manifest_key, claimed) else _read_manifest(lake, manifest_key)
         if landed is None or landed.sha256 != digest.sha256:
             raise _conflict(key)
     except LandingConflict:
@@ -194,7 +195,7 @@ def land_file(
     staged.unlink(missing_ok=True)
     if landed.file_name != parsed.file_name:
         return LandResult(landed, "duplicate_content", duplicate_of=landed.file_name)
-    if wrote_manifest:
+    if landed_now:
         return LandResult(landed, "landed")
     return LandResult(landed, "already_landed", duplicate_of=landed.file_name)
 
