@@ -3,7 +3,8 @@
 A `SourceSpec` is the one declaration of a source. Everything else derives from it: the file-name contract
 of partner files, the DuckDB SQL that types every record and lists every rule it breaks, the bronze Arrow
 and pandera schemas, the bronze gate, the dbt plugin's schemas, the PII lists, the Dagster assets, checks,
-jobs, sensor routing and freshness policies, and the webhook receiver's provider routing. `registry.py` holds the declarations.
+jobs, sensor routing and freshness policies, and the webhook receiver's provider routing. `registry.py`
+holds the declarations.
 """
 
 from __future__ import annotations
