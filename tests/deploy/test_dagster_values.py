@@ -50,6 +50,16 @@ def test_concurrency_matches_the_production_instance(repo_root: Path, dagster_va
     assert dagster_values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
 
 
+def test_run_monitoring_matches_the_production_instance(repo_root: Path, dagster_values: dict[str, Any]) -> None:
+    instance = yaml.safe_load((repo_root / "infra" / "dagster" / "dagster-postgres.yaml").read_text())
+    monitoring = dagster_values["dagsterDaemon"]["runMonitoring"]
+    # The chart renders these keys into the instance's `run_monitoring` (its configmap-instance.yaml).
+    assert monitoring == _camel_keys(instance["run_monitoring"])
+    assert monitoring["enabled"] is True
+    # 0 turns freeing off: a killed run would keep its pool slots for ever.
+    assert monitoring["freeSlotsAfterRunEndSeconds"] > 0
+
+
 def test_workspace_points_at_our_code_server(
     dagster_values: dict[str, Any], medallion_docs: list[dict[str, Any]]
 ) -> None:
