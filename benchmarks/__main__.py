@@ -100,11 +100,14 @@ def webhooks_section(events: int) -> None:
 
 def webhooks_throughput_section(seconds: float) -> None:
     print(
-        f"\n## Webhook receiver throughput: concurrency 32 for {seconds:.0f} s each, beside a no-op endpoint on the "
+        f"\n## Webhook receiver throughput: concurrency 32, {seconds:.0f} s each, beside a no-op endpoint on the "
         "same server stack, durable commits (SQLite synchronous=FULL, PostgreSQL synchronous_commit)"
     )
-    r = webhooks_load.throughput(concurrency=32, seconds=seconds)
-    print(f"PostgreSQL synchronous_commit: {r['postgres_synchronous_commit']}")
+    r = webhooks_load.throughput(concurrency=32, seconds=seconds, rounds=4)
+    print(
+        f"PostgreSQL synchronous_commit: {r['postgres_synchronous_commit']}; each measured in {r['rounds']} turns "
+        "taken in rotation (req/s: median of the turns; latency: all requests)"
+    )
     print(f"{'endpoint':<34} {'req/s':>8} {'vs no-op':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7}")
     for key, label in [
         ("noop", "no-op endpoint"),

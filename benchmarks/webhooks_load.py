@@ -26,6 +26,7 @@ import random
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -518,55 +519,84 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def throughput(
-    *, concurrency: int = 32, seconds: float = 10.0, warmup: float = 2.0, postgres_url: str = POSTGRES_URL
+    *,
+    concurrency: int = 32,
+    seconds: float = 20.0,
+    rounds: int = 4,
+    warmup: float = 1.0,
+    postgres_url: str = POSTGRES_URL,
 ) -> dict[str, Any]:
-    """Requests per second and latency at `concurrency`, for the no-op endpoint, the receiver on SQLite, and one
-    and two receiver processes on one PostgreSQL inbox, each measured for `seconds` in this one run."""
+    """Requests per second and latency at `concurrency` for the no-op endpoint, the receiver on SQLite, and one
+    and two receiver processes on one PostgreSQL inbox, `seconds` each.
+
+    The four are measured in turn, `rounds` times over (each turn `seconds / rounds` long), so that whatever
+    else the machine does weighs on all of them alike; req/s is the median of the turns, latencies are pooled.
+    """
     import sqlalchemy as sa
 
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-throughput-"))
     secret = "whsec_bench_" + secrets.token_hex(16)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
-    base_env |= {"MEDALLION_DATA_DIR": str(workdir), "MEDALLION_WEBHOOK_SECRETS_STRIPE": secret}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
+    env |= {"MEDALLION_DATA_DIR": str(workdir), "MEDALLION_WEBHOOK_SECRETS_STRIPE": secret}
     receiver = [sys.executable, "-m", "dagster_project.services.webhook_receiver", "--port"]
-
-    def run_phase(name: str, argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
-        ports = [_free_port() for _ in argvs]
-        processes = [
-            _start([*argv, str(port)], env, workdir / f"{name}.log", port)
-            for argv, port in zip(argvs, ports, strict=True)
-        ]
-        try:
-            bodies = _signed_bodies(secret, name)
-            phase = asyncio.run(_hammer(ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds))
-        finally:
-            _stop(processes)
-        return phase.figures()
-
-    results: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds}
     noop = [sys.executable, "-m", "benchmarks.webhooks_load", "--noop-port"]
-    results["noop"] = run_phase("noop", [noop], base_env)
-    sqlite_env = base_env | {"MEDALLION_WEBHOOK_INBOX_URL": f"sqlite:///{workdir / 'inbox.sqlite'}"}
-    results["sqlite"] = run_phase("sqlite", [receiver], sqlite_env)
 
     schema = f"bench_webhooks_{secrets.token_hex(4)}"
     admin = sa.create_engine(postgres_url)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        results["postgres_synchronous_commit"] = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        synchronous_commit = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
     separator = "&" if "?" in postgres_url else "?"
     pg_url = f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str], extra: dict[str, str]) -> int:
+        port = _free_port()
+        processes.append(_start([*argv, str(port)], env | extra, workdir / f"{name}.log", port))
+        return port
+
     try:
         migrate(pg_url)
-        pg_env = base_env | {"MEDALLION_WEBHOOK_INBOX_URL": pg_url}
-        results["postgres_1"] = run_phase("postgres_1", [receiver], pg_env)
-        results["postgres_2"] = run_phase("postgres_2", [receiver, receiver], pg_env)
+        noop_port = start("noop", noop, {})
+        sqlite_port = start(
+            "sqlite", receiver, {"MEDALLION_WEBHOOK_INBOX_URL": f"sqlite:///{workdir / 'inbox.sqlite'}"}
+        )
+        pg_ports = [start(f"postgres_{i}", receiver, {"MEDALLION_WEBHOOK_INBOX_URL": pg_url}) for i in (1, 2)]
+        targets = {
+            "noop": [noop_port],
+            "sqlite": [sqlite_port],
+            "postgres_1": pg_ports[:1],
+            "postgres_2": pg_ports,
+        }
+        turns: dict[str, list[_Phase]] = {name: [] for name in targets}
+        for turn in range(rounds):
+            for name, ports in targets.items():
+                bodies = _signed_bodies(secret, f"{name}_{turn}")
+                phase = _hammer(ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds / rounds)
+                turns[name].append(asyncio.run(phase))
         with Inbox(pg_url) as inbox:
-            results["postgres_rows"] = inbox.count()
+            postgres_rows = inbox.count()
     finally:
+        _stop(processes)
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.dispose()
+
+    results: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds, "rounds": rounds}
+    for name, phases in turns.items():
+        pooled = _Phase(
+            requests=sum(p.requests for p in phases),
+            latencies=[latency for p in phases for latency in p.latencies],
+            seconds=sum(p.seconds for p in phases),
+        )
+        for p in phases:
+            pooled.errors.update(p.errors)
+        figures = pooled.figures()
+        figures["req_per_s"] = round(statistics.median(p.requests / p.seconds for p in phases), 1)
+        figures["req_per_s_turns"] = [round(p.requests / p.seconds) for p in phases]
+        results[name] = figures
+    results["postgres_synchronous_commit"] = synchronous_commit
+    results["postgres_rows"] = postgres_rows
     results["workdir"] = str(workdir)
     return results
 

@@ -205,18 +205,22 @@ class GroupCommitter:
     inbox itself fails, the whole batch fails at once, without hammering it again event by event.
     """
 
-    def __init__(self, inbox: Inbox, *, max_batch: int = 256) -> None:
+    def __init__(self, inbox: Inbox, *, max_batch: int = 256, writers: int | None = None) -> None:
         self._inbox = inbox
         self._max_batch = max_batch
+        # commits in flight at once: one on SQLite (one writer at a time anyway); several on PostgreSQL, whose
+        # transactions run side by side and share WAL flushes, so a batch does not wait for the previous fsync
+        self._writers = writers if writers is not None else getattr(inbox, "concurrent_writers", 1)
         self._pending: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]] = []
         self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def store(self, event: InboundEvent) -> StoreOutcome:
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+        if not self._tasks or any(t.done() or t.get_loop() is not loop for t in self._tasks):
+            await self.close()
             self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._run(self._wakeup))
+            self._tasks = [loop.create_task(self._run(self._wakeup)) for _ in range(self._writers)]
         assert self._wakeup is not None
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         self._pending.append((event, future))
@@ -224,11 +228,12 @@ class GroupCommitter:
         return await future
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
 
     async def _run(self, wakeup: asyncio.Event) -> None:
         while True:
@@ -603,9 +608,17 @@ def create_app_from_settings() -> Starlette:
     )
 
 
+def _tune_thread_switching() -> None:
+    # Commits run in a worker thread beside the event loop. With CPython's default 5 ms switch interval, a
+    # thread that has waited for fsync can wait up to 5 ms more for the interpreter while the loop parses
+    # requests, and every delivery of the batch waits with it; 1 ms keeps that handoff short.
+    sys.setswitchinterval(0.001)
+
+
 def worker_app() -> Starlette:
     """The app as one of several worker processes builds it (they log like the single-process receiver)."""
     configure_logging()
+    _tune_thread_switching()
     return create_app_from_settings()
 
 
@@ -619,6 +632,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     configure_logging()
+    _tune_thread_switching()
     workers = settings.webhook_workers()
     options = http_server.uvicorn_options() | {"timeout_graceful_shutdown": 10}
     if workers > 1:

@@ -312,6 +312,11 @@ class Inbox:
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
 
+    @property
+    def concurrent_writers(self) -> int:
+        """How many transactions writing events can usefully run at once: SQLite has a single writer."""
+        return 1 if self._is_sqlite else 2
+
     def dispose(self) -> None:
         self.engine.dispose()
 
