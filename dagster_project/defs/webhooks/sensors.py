@@ -43,40 +43,51 @@ class _Cursor:
 def _pending_partitions(
     context: dg.SensorEvaluationContext, store: "Inbox", cursor: _Cursor
 ) -> dict[tuple[str, str, str], int]:
-    """(source, partition, why) -> newest inbox id (or conflict id) for what was committed since `cursor`,
-    which moves past it. A page holding an event filed under a date this clock has not reached yet (the
-    receiver's clock runs ahead) is read again next tick instead, so that event is not passed over."""
+    """(source, partition, why) -> newest inbox id, or conflict id, among what was committed since `cursor`,
+    which moves past it."""
     newest: dict[tuple[str, str, str], int] = defaultdict(int)
+    _new_events(context, store, cursor, newest)
+    _new_conflicts(context, store, cursor, newest)
+    return newest
+
+
+def _new_events(
+    context: dg.SensorEvaluationContext, store: "Inbox", cursor: _Cursor, newest: dict[tuple[str, str, str], int]
+) -> None:
+    """New events, by source and partition. Stops before an event filed under a date this clock has not reached
+    yet (the receiver's clock runs ahead), so that event is read again next tick rather than passed over."""
     for _ in range(MAX_PAGES_PER_TICK):
         page, position = store.read_page(cursor.events, PAGE_SIZE)
-        not_yet = False
         for event in page:
             spec = source_for_provider(event.provider)
+            day = event.event_date.isoformat()
             if spec is None:
                 # The receiver only accepts declared providers; an event of another one was stored by an older
                 # deployment or by hand and has no bronze table to go to.
                 context.log.warning(f"inbox event {event.id}: provider {event.provider!r} is not a source")
-                continue
-            day = event.event_date.isoformat()
-            if not daily_partitions.has_partition_key(day):
+            elif not daily_partitions.has_partition_key(day):
                 if FIRST_BUSINESS_DATE <= event.event_date <= event.received_at.date():
-                    not_yet = True  # the day it was received has not begun on this clock yet
-                else:
-                    # stored before the inbox filed every event within the partitions (see `partition_date`)
-                    context.log.warning(f"inbox event {event.id} ({spec.name}): date {day} has no partition")
-                continue
-            if event.redated:
-                context.log.warning(
-                    f"inbox event {event.id} ({spec.name}): created on {event.event_created_at.date()}, a date "
-                    f"outside the partitions; filed under {day}, the day it was received"
-                )
-            key = (spec.name, day, "events")
-            newest[key] = max(newest[key], event.id)
-        if not_yet:
-            break
+                    # the day it was received has not begun on this clock yet: stop before it, read it next tick
+                    return
+                # stored before the inbox filed every event within the partitions (see `partition_date`)
+                context.log.warning(f"inbox event {event.id} ({spec.name}): date {day} has no partition")
+            else:
+                if event.redated:
+                    context.log.warning(
+                        f"inbox event {event.id} ({spec.name}): created on {event.event_created_at.date()}, a date "
+                        f"outside the partitions; filed under {day}, the day it was received"
+                    )
+                key = (spec.name, day, "events")
+                newest[key] = max(newest[key], event.id)
+            cursor.events = event.position
         cursor.events = position
         if len(page) < PAGE_SIZE:
-            break
+            return
+
+
+def _new_conflicts(
+    context: dg.SensorEvaluationContext, store: "Inbox", cursor: _Cursor, newest: dict[tuple[str, str, str], int]
+) -> None:
     for _ in range(MAX_PAGES_PER_TICK):
         conflicts, position = store.read_conflicts_page(cursor.conflicts, PAGE_SIZE)
         for conflict in conflicts:
@@ -91,8 +102,7 @@ def _pending_partitions(
             newest[key] = max(newest[key], conflict.id)
         cursor.conflicts = position
         if len(conflicts) < PAGE_SIZE:
-            break
-    return newest
+            return
 
 
 @dg.sensor(

@@ -162,6 +162,11 @@ class StoredEvent:
     body_sha256: str
     headers: dict[str, Any] = field(repr=False)
     received_at: datetime
+    commit_xid: int = 0  # with `id`, the event's commit position
+
+    @property
+    def position(self) -> Position:
+        return Position(self.commit_xid, self.id)
 
     @property
     def redated(self) -> bool:
@@ -596,6 +601,7 @@ class Inbox:
             body_sha256=row.body_sha256,
             headers=dict(row.headers),
             received_at=_utc(row.received_at),
+            commit_xid=row.commit_xid,
         )
 
     def _select(self, query: sa.Select[Any]) -> list[StoredEvent]:

@@ -16,7 +16,7 @@ from dagster_project import settings
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.defs.webhooks.sensors import webhook_events_sensor
-from dagster_project.lib.intake.inbox import InboundEvent, Inbox, migrate
+from dagster_project.lib.intake.inbox import InboundEvent, Inbox, Position, migrate, webhook_events
 from dagster_project.lib.intake.signatures import sign_standard, sign_stripe
 
 from .conftest import SHOP_SECRET, STRIPE_SECRET, Platform
@@ -31,10 +31,21 @@ def _tick(cursor: str | None) -> dg.SensorResult:
     return webhook_events_sensor(context)
 
 
-def _assert_the_daemon_accepts(requests: list[dg.RunRequest]) -> None:
-    # what the daemon checks before it submits a run, and a sensor function called directly does not
-    for request in requests:
-        assert daily_partitions.has_partition_key(request.partition_key), request.partition_key
+def _tick_as_the_daemon(platform: Platform) -> list[dg.RunRequest]:
+    """A tick evaluated the way the code server evaluates it for the daemon (`evaluate_tick`): run requests are
+    resolved against their job, so a partition key the job does not have fails the tick, as it does there."""
+    name = "webhook_events_sensor"
+    context = dg.build_sensor_context(
+        instance=platform.instance,
+        cursor=platform.cursors.get(name),
+        definitions=platform.defs,
+        resources={"inbox": InboxResource(url=settings.webhook_inbox_url())},
+    )
+    data = platform.defs.resolve_sensor_def(name).evaluate_tick(context)
+    platform.cursors[name] = data.cursor
+    requests = list(data.run_requests or [])
+    assert all(daily_partitions.has_partition_key(r.partition_key) for r in requests)
+    return requests
 
 
 def test_sensor_requests_one_run_per_touched_date_and_never_the_same_twice(inbox_url: str):
@@ -103,8 +114,7 @@ def test_events_dated_outside_the_partitions_reach_bronze_under_the_day_they_wer
     headers = sign_standard(body, SHOP_SECRET, "msg_far", int(time.time()))
     assert httpx.post(f"{receiver}/webhooks/shop", content=body, headers=headers, timeout=10).status_code == 200
 
-    requests = platform.tick("webhook_events_sensor")
-    _assert_the_daemon_accepts(requests)
+    requests = _tick_as_the_daemon(platform)
     with Inbox(inbox_url) as inbox:
         received_on = {e.event_id: e.received_at.date().isoformat() for e in inbox.read_since(0)}
     assert sorted((r.job_name, r.partition_key) for r in requests) == sorted(
@@ -125,15 +135,14 @@ def test_a_same_id_different_body_conflict_fails_the_partitions_conflicts_check(
     platform = Platform(platform_env / "lake", platform_env / "sftp")
     created = int(dt.datetime(2025, 11, 5, 9, tzinfo=dt.UTC).timestamp())
     assert _post_stripe(receiver, _charge("evt_1", created)).json()["status"] == "stored"
-    [first] = platform.tick("webhook_events_sensor")
+    [first] = _tick_as_the_daemon(platform)
     run = platform.run(first)
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["inbox_conflicts"].passed
 
     # the same event id again, with another amount: acknowledged, the first body kept, and shown in Dagster
     assert _post_stripe(receiver, _charge("evt_1", created, amount=9999)).json()["status"] == "conflict"
-    [again] = platform.tick("webhook_events_sensor")
-    _assert_the_daemon_accepts([again])
+    [again] = _tick_as_the_daemon(platform)
     assert (again.partition_key, again.run_key) == ("2025-11-05", "payment_events:2025-11-05:conflict:1")
     run = platform.run(again)
     [conflicts] = [c for c in run.get_asset_check_evaluations() if c.check_name == "inbox_conflicts"]
@@ -141,4 +150,40 @@ def test_a_same_id_different_body_conflict_fails_the_partitions_conflicts_check(
     assert conflicts.metadata["conflicts"].value == 1
     assert conflicts.metadata["event_ids"].value == ["evt_1"]
     assert [r["amount_minor"] for r in platform.table("bronze", "payment_events")] == [2500]
-    assert platform.tick("webhook_events_sensor") == []
+    assert _tick_as_the_daemon(platform) == []
+
+
+@pytest.mark.slow
+def test_rows_whose_date_has_no_partition_never_fail_a_tick(parsed_manifest: Path, platform_env: Path, inbox_url: str):
+    platform = Platform(platform_env / "lake", platform_env / "sftp")
+    migrate(inbox_url)
+    today = dt.datetime.now(dt.UTC)
+    with Inbox(inbox_url) as inbox:
+        inbox.store(InboundEvent("stripe", "evt_before", "charge.succeeded", today, b"{}"))
+        # rows as an inbox filed them before every event had a partition, and one the receiver dated by a clock
+        # a day ahead of this one: written directly, since the inbox no longer writes them
+        with inbox.engine.begin() as conn:
+            for event_id, event_date, received in [
+                ("evt_legacy", dt.date(2024, 6, 1), today),
+                ("evt_ahead", (today + dt.timedelta(days=1)).date(), today + dt.timedelta(days=1)),
+            ]:
+                conn.execute(
+                    webhook_events.insert().values(
+                        provider="stripe",
+                        event_id=event_id,
+                        event_type="charge.succeeded",
+                        event_created_at=received,
+                        event_date=event_date,
+                        body=b"{}",
+                        body_sha256="0" * 64,
+                        headers={},
+                        received_at=received,
+                    )
+                )
+    requests = _tick_as_the_daemon(platform)  # raises, as the daemon's tick would, if any key is unknown
+    assert [r.partition_key for r in requests] == [today.date().isoformat()]
+    # the row dated ahead is read again on later ticks, until its day exists here: the cursor stays before it
+    position = json.loads(platform.cursors["webhook_events_sensor"])["events"]
+    with Inbox(inbox_url) as inbox:
+        assert [e.event_id for e in inbox.read_page(Position.parse(position))[0]] == ["evt_ahead"]
+    assert _tick_as_the_daemon(platform) == []
