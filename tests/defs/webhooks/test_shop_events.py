@@ -47,7 +47,10 @@ def test_signed_shop_events_reach_bronze_and_silver(
     assert run.success
     metadata = run.asset_materializations_for_node("bronze_shop_events")[0].metadata
     assert (metadata["received"].value, metadata["loaded"].value, metadata["quarantined"].value) == (3, 2, 1)
-    assert [(c.check_name, c.passed) for c in run.get_asset_check_evaluations()] == [("gx_bronze_gate", True)]
+    assert {c.check_name: c.passed for c in run.get_asset_check_evaluations()} == {
+        "gx_bronze_gate": True,
+        "inbox_conflicts": True,
+    }
     [rejected] = platform.table("quarantine", "shop_events")
     assert (rejected["_reasons"], rejected["_source"]) == (["data: required object missing"], "webhook:shop")
 
