@@ -391,6 +391,7 @@ def test_a_run_that_died_with_dagster_dev_is_ended_by_its_max_runtime_and_frees_
         assert killed in _slot_holders(instance)
 
         second = start_dagster_dev()
+        deadline = time.monotonic() + TIMEOUT_SECONDS
         waiting = _submit_next(second, deadline)
         assert _run(instance, killed).status == dg.DagsterRunStatus.STARTED
 
