@@ -324,3 +324,70 @@ def test_an_unpadded_standard_webhooks_secret_is_accepted_at_start_up(server: tu
     with httpx.Client(base_url=base_url, timeout=SAFETY) as client:
         assert _post_shop(client, "msg_1", "2025-11-05T10:00:00Z").status_code == 200
     assert [e.event_id for e in app.state.inbox.read_since(0)] == ["msg_1"]
+
+
+# --- the receiver as `medallion webhooks serve` runs it -----------------------------------------------------
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned under `pid` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return [c for c in pids if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_serve_runs_worker_processes_on_one_port_with_the_limits_from_settings(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'inbox.sqlite'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")} | {
+        "MEDALLION_DATA_DIR": str(tmp_path),
+        "MEDALLION_WEBHOOK_INBOX_URL": url,
+        "MEDALLION_WEBHOOK_SECRETS_STRIPE": STRIPE_SECRET,
+        "MEDALLION_WEBHOOK_WORKERS": "2",
+        "MEDALLION_WEBHOOK_MAX_HEADER_BYTES": "4096",
+    }
+    log = (tmp_path / "receiver.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_project.services.webhook_receiver", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base_url, timeout=SAFETY) as client:
+            while True:  # until both workers serve (each creates the SQLite inbox, one at a time)
+                assert process.poll() is None, (tmp_path / "receiver.log").read_text()
+                try:
+                    if client.get("/readyz").status_code == 200 and len(_workers(process.pid)) >= 2:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            bodies = [_stripe_event(f"evt_{i}") for i in range(40)]
+            statuses = {
+                client.post("/webhooks/stripe", content=b, headers=_stripe_headers(b)).status_code for b in bodies
+            }
+            assert statuses == {200}
+            big = client.post("/webhooks/stripe", content=b"{}", headers={"X-Padding": "a" * 5000})
+            assert (big.status_code, big.json()) == (431, {"error": "headers_too_large"})
+        assert len(_workers(process.pid)) == 2
+        with httpx.Client(base_url=base_url, timeout=SAFETY) as client:
+            assert client.get("/healthz").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(SAFETY)
+        log.close()
+    from dagster_project.lib.intake.inbox import Inbox
+
+    with Inbox(url) as inbox:
+        assert inbox.count() == 40
+    lines = [json.loads(line) for line in (tmp_path / "receiver.log").read_text().splitlines() if line.startswith("{")]
+    assert sum(1 for line in lines if line.get("msg") == "webhook delivery") == 40  # JSON lines from both workers
