@@ -1,9 +1,10 @@
 """`make bench`: every benchmark, each against a baseline measured in the same run, with its target.
 
-    uv run python -m benchmarks [--quick]
+    uv run python -m benchmarks [--quick] [--large] [section ...]
 
 --quick uses 1M rows only, 5,000 webhook events and 5 s throughput phases (a smoke run; the targets are for the
-full sizes).
+full sizes). Sections (all by default): load, bronze, gates, webhooks, lakehouse. --large adds the lakehouse
+section's 10M-row partition (peak memory).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import bronze, gates, load, webhooks_load
+from benchmarks import bronze, gates, lakehouse, load, webhooks_load
 
 WORK = Path(".bench")
 
@@ -165,16 +166,35 @@ def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:
     return ids
 
 
+def lakehouse_section(quick: bool, large: bool) -> None:
+    lakehouse.section(WORK, quick=quick, large=large)
+
+
+SECTIONS = ("load", "bronze", "gates", "webhooks", "lakehouse")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true", help="lakehouse: peak memory at 10M rows a partition too")
+    parser.add_argument("sections", nargs="*", metavar="section", help=f"any of {', '.join(SECTIONS)} (default: all)")
     args = parser.parse_args()
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    run = set(args.sections or SECTIONS)
     sizes = [1_000_000] if args.quick else [1_000_000, 10_000_000]
-    load_section()
-    bronze_section(sizes)
-    gates_section(sizes)
-    webhooks_section(5_000 if args.quick else 20_000)
-    webhooks_throughput_section(5.0 if args.quick else 20.0)
+    if "load" in run:
+        load_section()
+    if "bronze" in run:
+        bronze_section(sizes)
+    if "gates" in run:
+        gates_section(sizes)
+    if "webhooks" in run:
+        webhooks_section(5_000 if args.quick else 20_000)
+        webhooks_throughput_section(5.0 if args.quick else 20.0)
+    if "lakehouse" in run:
+        lakehouse_section(args.quick, args.large)
 
 
 if __name__ == "__main__":
