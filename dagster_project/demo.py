@@ -123,12 +123,17 @@ class DemoSummary:
 
 def prepare_instance_home() -> Path:
     """The embedded instance's folder (DAGSTER_HOME of the platform's processes), with the platform's
-    dagster.yaml."""
+    dagster.yaml (refreshed when the repository's changed) and its storage created.
+
+    The storage is created here, before any Dagster process starts: the daemon and its code server would
+    otherwise both create the SQLite schema of a new instance at the same moment, and one of them fail."""
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        shutil.copy(settings.project_root() / "infra" / "dagster" / "dagster.yaml", config)
+    platform_config = (settings.project_root() / "infra" / "dagster" / "dagster.yaml").read_text()
+    if not config.exists() or config.read_text() != platform_config:
+        config.write_text(platform_config)
+    dg.DagsterInstance.from_config(str(home)).dispose()
     return home
 
 

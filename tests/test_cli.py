@@ -118,3 +118,17 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
             raise
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{webhooks_port}/healthz", timeout=2)
+
+
+def test_the_embedded_instance_gets_the_platform_config_and_its_storage_before_any_process_starts(
+    platform_env: Path,
+) -> None:
+    from dagster_project.demo import prepare_instance_home
+
+    home = platform_env / "dagster"
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # a stale copy from an older checkout
+
+    assert prepare_instance_home() == home
+    assert (home / "dagster.yaml").read_text() == (settings.project_root() / "infra/dagster/dagster.yaml").read_text()
+    assert (home / "history" / "runs.db").exists()  # created here, not raced for by the daemon and its code server
