@@ -20,7 +20,6 @@ import datetime as dt
 import os
 import pickle
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
