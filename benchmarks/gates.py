@@ -6,9 +6,9 @@ SQL per kind of rule (`yardstick_sql`): the column rules of a gate in one aggreg
 and row-query rule in a statement of its own; every statement returns one row of violation counts, all
 zero when the gate passes.
 
-Bronze is a Delta table with two business dates, validated one partition at a time; silver and gold are
-tables of a DuckDB warehouse file. Both sides open their input from scratch on every run, GX and SQL runs
-alternate (so both see the same machine load), and each figure is the best of `repeat` runs. Tables are
+Every layer is a Delta table in a local lake, read in place by DuckDB (`delta_scan`): bronze has two
+business dates and is validated one partition at a time. Both sides open their input from scratch on every
+run, GX and SQL runs alternate (so both see the same machine load), and each figure is the best of `repeat` runs. Tables are
 clean, so every gate passes (a passing gate is the common case, and a failing one additionally fetches
 PII-free samples).
 
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import write_deltalake
 
 from dagster_project import settings
 from dagster_project.lib.bronze.contract import bronze_schema
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import dbt_rules, gates
-from dagster_project.lib.quality.gx_runner import GateResult, validate_delta, validate_duckdb_file
+from dagster_project.lib.quality.gx_runner import GateResult, validate_lake
 from dagster_project.lib.quality.rules import BATCH, Rule
 from dagster_project.lib.sources.registry import CUSTOMERS
 
@@ -158,28 +159,27 @@ def warehouse_gates() -> dict[str, gates.Gate]:
     return {g.relation: g.gate for g in dbt_rules.model_gates(manifest)}
 
 
-def build(work: Path, rows: int) -> tuple[Path, Path]:
-    """A bronze Delta table (`rows` rows on BUSINESS_DATE, a tenth as many the day before) and a warehouse."""
-    lake = work / "bronze_customers"
+def build(work: Path, rows: int) -> Lake:
+    """A lake with bronze customers (`rows` rows on BUSINESS_DATE, a tenth as many the day before), silver
+    customers and gold dim_customers."""
+    lake = Lake.parse(str(work / "lake"))
     con = duckdb.connect()
     schema = bronze_schema(CUSTOMERS)
     for day, n in ((BUSINESS_DATE - dt.timedelta(days=1), max(rows // 10, 1)), (BUSINESS_DATE, rows)):
         reader = con.execute(BRONZE_SQL, {"business_date": day, "rows": n}).to_arrow_reader(1_000_000)
         batches = (pa.Table.from_batches([b]).cast(schema).to_batches()[0] for b in reader)
         write_deltalake(
-            lake,
+            lake.table("bronze", "customers"),
             pa.RecordBatchReader.from_batches(schema, batches),
             partition_by=["business_date"],
             mode="append",
         )
-    con.close()
-
-    warehouse = work / "warehouse.duckdb"
-    con = duckdb.connect(str(warehouse))
     con.execute(SILVER_SQL, {"rows": rows})
     con.execute(GOLD_SQL, {"customers": rows // 2})
+    for relation in (SILVER, GOLD):
+        write_deltalake(lake.table(*relation.split(".")), con.execute(f"select * from {relation}").to_arrow_table())
     con.close()
-    return lake, warehouse
+    return lake
 
 
 def _best_of_pairs(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple:
@@ -198,20 +198,12 @@ def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[i
     return [int(v or 0) for s in statements for v in con.execute(s).fetchone()]
 
 
-def _bronze_sql(lake: Path, gate: gates.Gate) -> list[int]:
+def _lake_sql(lake: Lake, relation: str, gate: gates.Gate, where: str = "") -> list[int]:
     con = duckdb.connect()
     try:
-        partition = [("business_date", "=", BUSINESS_DATE.isoformat())]
-        con.register("bronze_partition", DeltaTable(str(lake)).to_pyarrow_dataset(partitions=partition))
-        return _sql_counts(con, yardstick_sql(gate, "bronze_partition"))
-    finally:
-        con.close()
-
-
-def _warehouse_sql(warehouse: Path, relation: str, gate: gates.Gate) -> list[int]:
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        return _sql_counts(con, yardstick_sql(gate, relation))
+        lake.configure_duckdb(con)
+        con.execute(f"create view batch as select * from {lake.duckdb_scan(lake.table(*relation.split('.')))} {where}")
+        return _sql_counts(con, yardstick_sql(gate, "batch"))
     finally:
         con.close()
 
@@ -219,7 +211,7 @@ def _warehouse_sql(warehouse: Path, relation: str, gate: gates.Gate) -> list[int
 def run(rows: int, repeat: int = 3) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="gates-bench-") as tmp:
-        lake, warehouse = build(Path(tmp), rows)
+        lake = build(Path(tmp), rows)
         bronze = gates.bronze_gate(CUSTOMERS, expected_rows=rows)
         warehouse_gate = warehouse_gates()
         silver, gold = warehouse_gate[SILVER], warehouse_gate[GOLD]
@@ -227,31 +219,30 @@ def run(rows: int, repeat: int = 3) -> list[dict]:
             (
                 "bronze",
                 bronze,
-                lambda: validate_delta(
+                lambda: validate_lake(
                     lake,
+                    "bronze.customers",
                     bronze.name,
                     bronze.expectations,
                     predicate_sql="business_date = ?",
                     params=[BUSINESS_DATE],
                     sample_columns=bronze.sample_columns,
                 ),
-                lambda: _bronze_sql(lake, bronze),
+                lambda: _lake_sql(lake, "bronze.customers", bronze, f"where business_date = '{BUSINESS_DATE}'"),
             ),
             (
                 "silver",
                 silver,
-                lambda: validate_duckdb_file(
-                    warehouse, SILVER, silver.name, silver.expectations, sample_columns=silver.sample_columns
+                lambda: validate_lake(
+                    lake, SILVER, silver.name, silver.expectations, sample_columns=silver.sample_columns
                 ),
-                lambda: _warehouse_sql(warehouse, SILVER, silver),
+                lambda: _lake_sql(lake, SILVER, silver),
             ),
             (
                 "gold",
                 gold,
-                lambda: validate_duckdb_file(
-                    warehouse, GOLD, gold.name, gold.expectations, sample_columns=gold.sample_columns
-                ),
-                lambda: _warehouse_sql(warehouse, GOLD, gold),
+                lambda: validate_lake(lake, GOLD, gold.name, gold.expectations, sample_columns=gold.sample_columns),
+                lambda: _lake_sql(lake, GOLD, gold),
             ),
         ]
         for layer, gate, gx_fn, sql_fn in cases:
