@@ -8,8 +8,8 @@ zero when the gate passes.
 
 Every layer is a Delta table in a local lake, read in place by DuckDB (`delta_scan`): bronze has two
 business dates and is validated one partition at a time. Both sides open their input from scratch on every
-run, GX and SQL runs alternate (so both see the same machine load), and each figure is the best of `repeat` runs. Tables are
-clean, so every gate passes (a passing gate is the common case, and a failing one additionally fetches
+run, GX and SQL runs alternate (so both see the same machine load), and each figure is the best of `repeat`
+runs. Tables are clean, so every gate passes (a passing gate is the common case, and a failing one additionally fetches
 PII-free samples).
 
     uv run python -m benchmarks.gates [rows]
