@@ -45,6 +45,20 @@ PLATFORM_VARIABLES = {
     "MEDALLION_AIRBYTE_CLIENT_SECRET",
     "MEDALLION_AIRBYTE_CONNECTION_ID",
 }
+# The alert channels' variables: optional, so each comes from .env with an empty default.
+ALERT_VARIABLES = {
+    "MEDALLION_ALERT_WEBHOOK_URL",
+    "MEDALLION_ALERT_SLACK_WEBHOOK_URL",
+    "MEDALLION_ALERT_SMTP_HOST",
+    "MEDALLION_ALERT_SMTP_PORT",
+    "MEDALLION_ALERT_SMTP_STARTTLS",
+    "MEDALLION_ALERT_SMTP_USER",
+    "MEDALLION_ALERT_SMTP_PASSWORD",
+    "MEDALLION_ALERT_EMAIL_FROM",
+    "MEDALLION_ALERT_EMAIL_TO",
+    "MEDALLION_DAGSTER_UI_URL",
+}
+PLATFORM_VARIABLES |= ALERT_VARIABLES
 # The object store's standard variables .env.example documents for a lake outside compose.
 LAKE_VARIABLES = {
     "AWS_ENDPOINT_URL",
@@ -232,6 +246,85 @@ def test_code_location_gets_every_platform_setting(services: dict[str, dict[str,
         "MEDALLION_SFTP_PRIVATE_KEY",
         "AWS_SECRET_ACCESS_KEY",
     } & set(receiver)
+
+
+def test_alerts_are_configured_from_env_in_the_code_location_only(services: dict[str, dict[str, Any]]) -> None:
+    # The alert sensors are evaluated in the code location; runs execute there too.
+    for variable in sorted(ALERT_VARIABLES):
+        value = str(services["user-code"]["environment"].get(variable))
+        assert value == f"${{{variable}:-}}", f"user-code: {variable} must be ${{{variable}:-}} (optional, from .env)"
+    for name, service in services.items():
+        if name != "user-code":
+            assert not ALERT_VARIABLES & set(service.get("environment") or {}), f"{name} gets alert settings"
+
+
+def alert_settings_under_compose(
+    services: dict[str, dict[str, Any]], dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The code location's environment as compose would give it, applied to this process for settings.py."""
+    environment = {k: interpolate(str(v), dotenv) for k, v in services["user-code"]["environment"].items()}
+    for variable in ALERT_VARIABLES:
+        monkeypatch.setenv(variable, environment[variable])
+    return environment
+
+
+def test_alerts_stay_off_with_the_env_example_as_it_is(
+    services: dict[str, dict[str, Any]], dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    environment = alert_settings_under_compose(services, dotenv, monkeypatch)
+    assert {v: environment[v] for v in ALERT_VARIABLES} == dict.fromkeys(ALERT_VARIABLES, "")
+    assert settings.alert_channels() == []
+    assert settings.alert_email() is None
+
+
+def test_alert_channels_set_in_env_reach_the_code_location(
+    services: dict[str, dict[str, Any]], dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from dagster_project import settings
+    from dagster_project.defs.alerts.resources import alerts_from_settings
+
+    webhook = "https://alerts.example.com/hooks/medallion?token=change-me-webhook-token"
+    slack = "https://hooks.slack.com/services/T000/B000/change-me-slack-token"
+    dotenv = {
+        **dotenv,
+        "MEDALLION_ALERT_WEBHOOK_URL": webhook,
+        "MEDALLION_ALERT_SLACK_WEBHOOK_URL": slack,
+        "MEDALLION_ALERT_SMTP_HOST": "smtp.example.com",
+        "MEDALLION_ALERT_SMTP_PORT": "2525",
+        "MEDALLION_ALERT_SMTP_STARTTLS": "false",
+        "MEDALLION_ALERT_SMTP_USER": "medallion",
+        "MEDALLION_ALERT_SMTP_PASSWORD": "change-me-smtp-password",
+        "MEDALLION_ALERT_EMAIL_FROM": "medallion@example.com",
+        "MEDALLION_ALERT_EMAIL_TO": "oncall@example.com, data@example.com",
+        "MEDALLION_DAGSTER_UI_URL": "https://dagster.example.com/",
+    }
+    environment = alert_settings_under_compose(services, dotenv, monkeypatch)
+    assert environment["MEDALLION_ALERT_WEBHOOK_URL"] == webhook
+    assert settings.alert_channels() == ["webhook", "slack", "email"]
+    email = settings.alert_email()
+    assert email is not None
+    assert (email.host, email.port, email.starttls, email.username, email.sender) == (
+        "smtp.example.com",
+        2525,
+        False,
+        "medallion",
+        "medallion@example.com",
+    )
+    assert email.recipients == ("oncall@example.com", "data@example.com")
+    assert settings.dagster_ui_url() == "https://dagster.example.com"
+    # What the code location builds from it: the tokens and the password by reference only.
+    resource = alerts_from_settings()
+    for field, variable in (
+        ("webhook_url", "MEDALLION_ALERT_WEBHOOK_URL"),
+        ("slack_webhook_url", "MEDALLION_ALERT_SLACK_WEBHOOK_URL"),
+        ("smtp_password", "MEDALLION_ALERT_SMTP_PASSWORD"),
+    ):
+        bound = getattr(resource, field)
+        assert isinstance(bound, dg.EnvVar) and bound == variable, f"{field} is not bound by reference"
 
 
 # --------------------------------------------------------------------------------------------------
