@@ -22,6 +22,7 @@ from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import CUSTOMERS
 from dagster_project.samples.partner_files import write_customer_files
 from dagster_project.services.sftp_server import EmbeddedSftpServer
+from tests.lib.customer_files import same_crc32
 
 pytestmark = pytest.mark.sftp
 
@@ -87,9 +88,12 @@ class Intake:
 @pytest.fixture
 def intake(sftp_env: EmbeddedSftpServer, platform_env: Path, request: pytest.FixtureRequest) -> Intake:
     """The intake with the lake in the test's folder, or on an S3 bucket when parametrized with "s3"."""
-    if getattr(request, "param", "local") == "s3":
+    on_s3 = getattr(request, "param", "local") == "s3"
+    if on_s3:
         request.getfixturevalue("s3_lake")  # MEDALLION_LAKE_ROOT=s3://<new bucket>/lake and the AWS variables
-    return Intake(sftp_env, settings.lake())
+    lake = settings.lake()
+    assert lake.is_local != on_s3
+    return Intake(sftp_env, lake)
 
 
 def _files(tmp_path: Path):
@@ -170,6 +174,35 @@ def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
     assert len(intake.bronze()) == f.good
     assert len(intake.landed()) == 1
     assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted([f.path.name, again])
+
+
+@pytest.mark.parametrize("intake", ["local", "s3"], indirect=True)
+def test_other_bytes_resent_under_a_landed_name_are_quarantined_and_landing_is_unchanged(
+    intake: Intake, tmp_path: Path
+):
+    f = _files(tmp_path)[0]
+    data = f.path.read_bytes()
+    (intake.inbox / f.path.name).write_bytes(data)
+    assert [r.success for r in intake.take_all()] == [True]
+    before = intake.bronze()
+    # The partner re-sends the name with other bytes that still match the CRC32 in the name (and stay text).
+    candidates = (same_crc32(data, data.replace(b"@", b"%d@" % i, 1)) for i in range(10_000))
+    resent = next(c for c in candidates if all(32 <= b < 127 and b not in b'",' for b in c[-4:]))
+    (intake.inbox / f.path.name).write_bytes(resent)
+
+    [run] = intake.take_all()
+
+    [check] = [c for c in run.get_asset_check_evaluations() if c.check_name == "files_accepted"]
+    assert not check.passed and f"{f.path.name}: already landed with different content" in check.description
+    reason = (intake.server.root / "quarantine" / f"{f.path.name}.reason.txt").read_text()
+    assert "landing is immutable" in reason
+    [manifest] = landed_files(intake.lake, "customers", f.business_date)
+    assert bytes(obstore.get(intake.lake.store, manifest.landed_path).bytes()) == data
+
+    def lineage(rows: list[dict]) -> list[tuple]:
+        return sorted((r["_source_file"], r["_source_row"], r["_checksum_sha256"]) for r in rows)
+
+    assert lineage(intake.bronze()) == lineage(before)  # the partition is rebuilt from the landed bytes only
 
 
 def test_broken_name_is_quarantined_with_its_reason(intake: Intake, tmp_path: Path):

@@ -8,7 +8,6 @@ import datetime as dt
 import hashlib
 import json
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from dagster_project.lib.intake.landing import (
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
-from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv
+from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv, same_crc32
 
 Land = Callable[..., LandResult]
 CONTENT = customers_csv([customer(1), customer(2)]).encode()
@@ -65,30 +64,6 @@ def _stage(tmp_path: Path, data: bytes, *, business_date: str = "2025-11-05", se
 
 def _land_staged(lake: Lake, staged: Path, received_at: dt.datetime = RECEIVED_AT) -> LandResult:
     return land_file(lake, parse_file_name(staged.name), staged, source="sftp", source_uri="u", received_at=received_at)
-
-
-def _same_crc32(data: bytes, other: bytes) -> bytes:
-    """`other` with four bytes appended so that its CRC32 equals that of `data`: a different file the naming
-    contract cannot tell apart (CRC32 is linear, so the four bytes are found by walking its table back)."""
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table.append(c)
-    by_top_byte = {t >> 24: i for i, t in enumerate(table)}
-    state, wanted = zlib.crc32(other) ^ 0xFFFFFFFF, zlib.crc32(data) ^ 0xFFFFFFFF
-    indexes = []
-    for _ in range(4):
-        indexes.append(by_top_byte[wanted >> 24])
-        wanted = ((wanted ^ table[indexes[-1]]) << 8) & 0xFFFFFFFF
-    tail = bytearray()
-    for k in reversed(indexes):
-        tail.append((state ^ k) & 0xFF)
-        state = (state >> 8) ^ table[k]
-    forged = other + bytes(tail)
-    assert crc32_hex(forged) == crc32_hex(data) and forged != data
-    return forged
 
 
 def test_landed_file_keeps_the_bytes_under_its_partition(land: Land, landing_lake: Lake) -> None:
@@ -186,7 +161,7 @@ def test_other_bytes_under_a_landed_name_are_refused_and_the_landed_file_stays(
 ) -> None:
     first = land(CONTENT)
     before = {key: _read(landing_lake, key) for key in _objects(landing_lake)}
-    other = _same_crc32(CONTENT, customers_csv([customer(3)]).encode())
+    other = same_crc32(CONTENT, customers_csv([customer(3)]).encode())
     staged = _stage(tmp_path, other)
     assert staged.name == first.manifest.file_name  # same name, same declared CRC32, other bytes
 
