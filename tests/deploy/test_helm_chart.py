@@ -135,6 +135,27 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "persistence": {"enabled": True, "existingClaim": "lake-nfs"},
         "serviceAccount": {"create": True, "name": "platform-runs", "annotations": {"example.com/team": "data"}},
     },
+    "alerts": {
+        **MINIMAL,
+        "config": {
+            "lake": {"root": LAKE},
+            "alerts": {
+                "uiUrl": "https://dagster.acme.example",
+                "smtp": {"host": "smtp.acme.example", "port": 465, "starttls": False, "user": "medallion"},
+                "email": {
+                    "from": "Medallion <medallion@acme.example>",
+                    "to": ["oncall@acme.example", "data@acme.example"],
+                },
+            },
+        },
+        "secrets": {
+            "alerts": {
+                "MEDALLION_ALERT_WEBHOOK_URL": {"key": "alert-webhook-url"},
+                "MEDALLION_ALERT_SLACK_WEBHOOK_URL": {"key": "webhook-url", "secretName": "slack-alerts"},
+                "MEDALLION_ALERT_SMTP_PASSWORD": {"key": "alert-smtp-password"},
+            }
+        },
+    },
     "lean": {
         **MINIMAL,
         "persistence": {"enabled": False},
@@ -165,7 +186,9 @@ RESTRICTED_VOLUME_TYPES = {
     "projected",
     "secret",
 }
-SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|HMAC|INBOX_URL|REVERSE_ETL_URL|CREDENTIAL")
+SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|HMAC|INBOX_URL|REVERSE_ETL_URL|ALERT_.*WEBHOOK_URL|CREDENTIAL")
+# The alert channels that are secrets: webhook URLs carry tokens, and the SMTP password.
+ALERT_SECRETS = {"MEDALLION_ALERT_WEBHOOK_URL", "MEDALLION_ALERT_SLACK_WEBHOOK_URL", "MEDALLION_ALERT_SMTP_PASSWORD"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,6 +422,45 @@ def test_templates_are_named_by_kind(chart_dir: Path, chart: helm_python.Chart) 
             "Azure annotation that is no client id",
         ),
         (merged({"serviceAccount": {"annotations": {"not a key": "x"}}}), "invalid annotation key"),
+        (merged({"config": {"alerts": {"smtp": {"port": "587"}}}}), "SMTP port as a string"),
+        (merged({"config": {"alerts": {"smtp": {"port": 587.5}}}}), "SMTP port not an integer"),
+        (merged({"config": {"alerts": {"smtp": {"port": 0}}}}), "SMTP port out of range"),
+        (merged({"config": {"alerts": {"smtp": {"starttls": "yes"}}}}), "STARTTLS not a boolean"),
+        (merged({"config": {"alerts": {"smtp": {"password": SENTINEL}}}}), "SMTP password in config"),
+        (merged({"config": {"alerts": {"webhookUrl": f"https://hooks.example.com/{SENTINEL}"}}}), "webhook in config"),
+        (
+            merged({"config": {"alerts": {"uiUrl": f"https://admin:{SENTINEL}@dagster.example.com"}}}),
+            "credentials in the UI URL",
+        ),
+        (
+            merged({"config": {"alerts": {"smtp": {"host": "smtp.example.com"}, "email": {"from": "m@example.com"}}}}),
+            "SMTP host without recipients",
+        ),
+        (
+            merged({"config": {"alerts": {"smtp": {"host": "smtp.example.com"}, "email": {"to": ["a@example.com"]}}}}),
+            "SMTP host without a sender",
+        ),
+        (merged({"config": {"alerts": {"email": {"to": ["a@example.com"]}}}}), "recipients without an SMTP host"),
+        (merged({"config": {"alerts": {"email": {"to": "a@example.com, b@example.com"}}}}), "recipients not a list"),
+        (merged({"config": {"alerts": {"email": {"to": ["on call"]}}}}), "recipient that is no address"),
+        (
+            merged({"secrets": {"alerts": {"MEDALLION_ALERT_WEBHOOK_URL": {"key": "k", "value": SENTINEL}}}}),
+            "alert webhook value",
+        ),
+        (merged({"secrets": {"alerts": {"MEDALLION_ALERT_SMTP_HOST": {"key": "k"}}}}), "non-secret alert setting"),
+        (
+            merged({"secrets": {"userCode": {"MEDALLION_ALERT_SLACK_WEBHOOK_URL": {"key": "k"}}}}),
+            "alert secret outside secrets.alerts",
+        ),
+        (
+            merged({"config": {"extraEnv": {"MEDALLION_ALERT_WEBHOOK_URL": f"https://x/{SENTINEL}"}}}),
+            "alert webhook in ConfigMap",
+        ),
+        (
+            merged({"config": {"extraEnv": {"MEDALLION_ALERT_SMTP_HOST": "smtp"}}}),
+            "alert setting outside config.alerts",
+        ),
+        (merged({"config": {"extraEnv": {"MEDALLION_DAGSTER_UI_URL": "http://x"}}}), "UI URL outside config.alerts"),
         (merged({"serviceAccount": {"annotations": {"example.com/replicas": 3}}}), "annotation value not a string"),
     ],
 )
@@ -492,6 +554,9 @@ def test_run_pods_launched_for_the_code_location_follow_the_same_policies(
             assert volume == server_volumes[volume["name"]], volume["name"]
     code_server_secrets = {k: v for k, v in env_of(code_server["containers"][0]).items() if "valueFrom" in v}
     code_server_secrets.pop("DAGSTER_PG_PASSWORD")
+    # Alerts are sent by the code server's sensors; a run never needs the channels' tokens.
+    assert not ALERT_SECRETS & set(env_of(container))
+    code_server_secrets = {k: v for k, v in code_server_secrets.items() if k not in ALERT_SECRETS}
     assert {k: v for k, v in env_of(container).items() if k in code_server_secrets} == code_server_secrets
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400
 
@@ -660,6 +725,107 @@ def test_config_map_carries_the_platform_settings(chart: helm_python.Chart) -> N
     assert data["MEDALLION_SFTP_KNOWN_HOSTS"] == "/etc/medallion/sftp/known_hosts"
     assert data["MEDALLION_LOG_LEVEL"] == "debug"
     assert all(isinstance(v, str) for v in data.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# alerts: the settings in the ConfigMap, the channels' tokens and password by Secret reference
+# --------------------------------------------------------------------------------------------------
+
+
+def settings_env_of(docs: list[dict[str, Any]], secret_values: dict[str, str]) -> dict[str, str]:
+    """The code server's environment as the kubelet builds it: the ConfigMap, then env (Secrets resolved)."""
+    data = dict(one(docs, "ConfigMap", f"{RELEASE}-config")["data"])
+    container = one(docs, "Deployment", f"{RELEASE}-user-code")["spec"]["template"]["spec"]["containers"][0]
+    for var in container["env"]:
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            data[var["name"]] = secret_values[f"{ref['name']}/{ref['key']}"]
+    return data
+
+
+def test_alert_urls_and_password_reach_only_the_code_server_and_only_as_secret_references(
+    chart: helm_python.Chart,
+) -> None:
+    rendered = render(chart, VALUE_SETS["alerts"])
+    docs = manifests(rendered)
+    container = one(docs, "Deployment", f"{RELEASE}-user-code")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    assert {name: env[name] for name in ALERT_SECRETS} == {
+        "MEDALLION_ALERT_WEBHOOK_URL": {
+            "name": "MEDALLION_ALERT_WEBHOOK_URL",
+            "valueFrom": {"secretKeyRef": {"name": "medallion", "key": "alert-webhook-url"}},
+        },
+        "MEDALLION_ALERT_SLACK_WEBHOOK_URL": {
+            "name": "MEDALLION_ALERT_SLACK_WEBHOOK_URL",
+            "valueFrom": {"secretKeyRef": {"name": "slack-alerts", "key": "webhook-url"}},
+        },
+        "MEDALLION_ALERT_SMTP_PASSWORD": {
+            "name": "MEDALLION_ALERT_SMTP_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "medallion", "key": "alert-smtp-password"}},
+        },
+    }
+    # Named nowhere else in the release: not in the ConfigMap, not in the run pods' container context,
+    # not in the receiver or the migration Job.
+    text = "\n".join(rendered.values())
+    for name in ALERT_SECRETS:
+        assert text.count(name) == 1, f"{name} is rendered outside the code server's secretKeyRef"
+    data = one(docs, "ConfigMap", f"{RELEASE}-config")["data"]
+    assert not {k for k in data if k.startswith("MEDALLION_ALERT_") and SECRETISH.search(k)}
+
+
+def test_the_platform_reads_the_rendered_alert_settings_as_the_chart_meant(
+    chart: helm_python.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    docs = manifests(render(chart, VALUE_SETS["alerts"]))
+    environment = settings_env_of(
+        docs,
+        {
+            "medallion/alert-webhook-url": "https://alerts.acme.example/hooks/medallion",
+            "slack-alerts/webhook-url": "https://hooks.slack.com/services/T0/B0/x",
+            "medallion/alert-smtp-password": "smtp-password",
+            "medallion/airbyte-client-id": "",
+            "medallion/airbyte-client-secret": "",
+            "medallion/pii-hmac-key": "k" * 64,
+            "medallion/reverse-etl-url": "postgresql+psycopg2://u:p@db/crm",
+            "medallion/webhook-inbox-url": "postgresql+psycopg2://u:p@db/inbox",
+            "dagster-postgresql-secret/postgresql-password": "p",
+        },
+    )
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    assert settings.alert_channels() == ["webhook", "slack", "email"]
+    email = settings.alert_email()
+    assert email == settings.AlertEmailSettings(
+        host="smtp.acme.example",
+        port=465,
+        username="medallion",
+        starttls=False,
+        sender="Medallion <medallion@acme.example>",
+        recipients=("oncall@acme.example", "data@acme.example"),
+    )
+    assert settings.dagster_ui_url() == "https://dagster.acme.example"
+
+
+def test_alerts_are_off_by_default_and_the_notes_say_how_to_turn_them_on(
+    chart: helm_python.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    rendered = render(chart, MINIMAL)
+    docs = manifests(rendered)
+    container = one(docs, "Deployment", f"{RELEASE}-user-code")["spec"]["template"]["spec"]["containers"][0]
+    assert not ALERT_SECRETS & set(env_of(container))
+    for variable in (*ALERT_SECRETS, "MEDALLION_DAGSTER_UI_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in one(docs, "ConfigMap", f"{RELEASE}-config")["data"].items():
+        monkeypatch.setenv(variable, value)
+    assert settings.alert_channels() == []
+    [notes] = [text for path, text in rendered.items() if path.endswith("NOTES.txt")]
+    assert "Alerts (failed runs and checks, overdue assets): off" in notes
+    [notes] = [text for path, text in render(chart, VALUE_SETS["alerts"]).items() if path.endswith("NOTES.txt")]
+    assert "Alerts (failed runs and checks, overdue assets): sent to webhook, slack, email" in notes
 
 
 def test_policy_check_catches_a_non_compliant_pod(chart: helm_python.Chart) -> None:
