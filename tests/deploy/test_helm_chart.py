@@ -141,7 +141,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "lake": {"root": LAKE},
             "alerts": {
                 "uiUrl": "https://dagster.acme.example",
-                "smtp": {"host": "smtp.acme.example", "port": 465, "starttls": False, "user": "medallion"},
+                "smtp": {"host": "smtp.acme.example", "port": 2525, "starttls": False, "user": "medallion"},
                 "email": {
                     "from": "Medallion <medallion@acme.example>",
                     "to": ["oncall@acme.example", "data@acme.example"],
@@ -799,7 +799,7 @@ def test_the_platform_reads_the_rendered_alert_settings_as_the_chart_meant(
     email = settings.alert_email()
     assert email == settings.AlertEmailSettings(
         host="smtp.acme.example",
-        port=465,
+        port=2525,
         username="medallion",
         starttls=False,
         sender="Medallion <medallion@acme.example>",
