@@ -12,7 +12,9 @@ retry after a crash at any point finishes the landing instead of repeating it:
 1. The claim, `landing/<feed>/_sha256/<sha256>.json`: the manifest the content's first landing means to
    write. It is the content index (a duplicate is found with one read, not by listing the feed), and it
    fixes the file name, date and receipt time of that content: a retry, or the same bytes delivered again
-   under another name, finishes the claimed landing instead of starting another.
+   under another name, finishes the claimed landing instead of starting another. Files landed before the
+   index existed are indexed by the first landing of their feed (`index_feed`; a marker object then says
+   the feed's index is complete).
 2. The raw file: streamed to `landing/_uploads/<random>` (a multipart upload holding a few chunks in
    memory) and copied to its place only if nothing is there (a hard link on a local lake, a multipart copy
    completed with If-None-Match on S3, a generation or ETag precondition on GCS and Azure). Measured against
