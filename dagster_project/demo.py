@@ -242,8 +242,9 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
         ) as server,
         webhook_receiver() as receiver_url,
     ):
-        # The configured port may be 0 (any free port): the runs get the one the server bound.
-        sftp = SftpResource.from_settings(dataclasses.replace(sftp_settings, port=server.port))
+        # The configured port may be 0 (any free port): the runs get the one the server bound. The demo uploads
+        # whole files (`.part`, then renamed) and looks twice at once: no stability window to wait out.
+        sftp = SftpResource.from_settings(dataclasses.replace(sftp_settings, port=server.port, stable_seconds=0))
         # The PSP signs its webhooks and posts them to the receiver (duplicates, a refund before its
         # capture and one tampered event included); its payout files go to the SFTP inbox.
         payments = build_payments_sample(samples / "payments", business_days[-3:], secret=signing_secret(PSP))

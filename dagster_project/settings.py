@@ -113,6 +113,8 @@ class SftpSettings:
     archive_dir: str
     quarantine_dir: str
     stable_seconds: float
+    intake_attempts: int
+    intake_backoff_seconds: float
 
 
 def sftp_keys_dir() -> Path:
@@ -137,12 +139,15 @@ def sftp() -> SftpSettings:
         archive_dir=_env("MEDALLION_SFTP_ARCHIVE", "archive"),
         quarantine_dir=_env("MEDALLION_SFTP_QUARANTINE", "quarantine"),
         stable_seconds=sftp_stable_seconds(),
+        intake_attempts=int(_env("MEDALLION_SFTP_INTAKE_ATTEMPTS", "5")),
+        intake_backoff_seconds=float(_env("MEDALLION_SFTP_INTAKE_BACKOFF_SECONDS", "30")),
     )
 
 
 def sftp_stable_seconds() -> float:
-    """How long a remote file's size and mtime must stay unchanged before it is taken."""
-    return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "0"))
+    """How long a remote file's size and mtime must stay unchanged (on this side's clock, from the first look
+    that saw them) before it is taken: an upload that stalls for less is not taken half-written."""
+    return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "30"))
 
 
 def is_configured(variable: str) -> bool:

@@ -59,6 +59,10 @@ def sftp_env(
     monkeypatch.setenv("MEDALLION_SFTP_USER", sftp_server.username)
     monkeypatch.setenv("MEDALLION_SFTP_PRIVATE_KEY", str(sftp_server.client_key_path))
     monkeypatch.setenv("MEDALLION_SFTP_KNOWN_HOSTS", str(sftp_server.known_hosts_path))
+    # Files are taken on the second look and a failed run is asked for again at once: tests that are about
+    # the waits set their own.
+    monkeypatch.setenv("MEDALLION_SFTP_STABLE_SECONDS", "0")
+    monkeypatch.setenv("MEDALLION_SFTP_INTAKE_BACKOFF_SECONDS", "0")
     return sftp_server
 
 

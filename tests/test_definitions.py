@@ -19,6 +19,7 @@ from dagster_project.lib.sources.registry import SOURCES
 from tests.fakes.alert_receivers import wait_for
 
 EXPECTED_ASSETS = {
+    "landing/sftp_inbox": "landing",
     "landing/customers": "landing",
     "bronze/customers": "bronze",
     "quarantine/customers": "bronze",

@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from dagster_project import settings
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib.intake.landing import landed_files
-from dagster_project.lib.intake.sftp_inbox import IntakeOutcome, take_file
+from dagster_project.lib.intake.sftp_inbox import IntakeOutcome, quarantine_remote, take_file
 from dagster_project.lib.sources.naming import NamingError, parse_file_name
-from dagster_project.lib.sources.registry import partner_file_sources
+from dagster_project.lib.sources.registry import partner_file_sources, source_for_file
 from dagster_project.lib.sources.spec import SourceSpec
 
 if TYPE_CHECKING:
@@ -24,8 +25,33 @@ def landing_key(spec: SourceSpec) -> dg.AssetKey:
     return dg.AssetKey(["landing", spec.name])
 
 
+# The inbox itself: what intake leaves there (reported) and what it moves to quarantine without a partition to
+# put it in (a broken name, a date outside the partitions), as observations.
+INBOX_KEY = dg.AssetKey(["landing", "sftp_inbox"])
+inbox = dg.AssetSpec(
+    INBOX_KEY,
+    group_name="landing",
+    kinds={"sftp"},
+    description="The partner's SFTP inbox: entries left there and files quarantined from it, with the reason.",
+)
+
+
+def _retry_policy() -> dg.RetryPolicy:
+    """A failed step is tried again in its run, after the configured backoff (doubling, with jitter)."""
+    backoff = settings.sftp().intake_backoff_seconds
+    return dg.RetryPolicy(max_retries=2, delay=backoff, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+class ListedFile(dg.Config):
+    name: str
+    size: int
+    mtime: int
+
+
 class LandingConfig(dg.Config):
     files: list[str] = []  # inbox file names to take; empty takes every file of the partition's date
+    # The files as the sensor listed them: one that is no longer that size and mtime is left alone.
+    listed: list[ListedFile] = []
 
 
 def _files_for_date(names: list[str], spec: SourceSpec, business_date: str) -> list[str]:
@@ -47,41 +73,72 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         key=key,
         group_name="landing",
         partitions_def=daily_partitions,
+        deps=[INBOX_KEY],
         description=f"{spec.files.system} {spec.files.entity} files from the SFTP inbox, kept byte for byte.",
         kinds={"sftp", "csv"},
         owners=list(spec.owners),
-        check_specs=[dg.AssetCheckSpec("files_accepted", asset=key, description="Every taken file was landed.")],
+        retry_policy=_retry_policy(),
+        check_specs=[
+            dg.AssetCheckSpec("files_accepted", asset=key, description="Every taken file was landed."),
+            dg.AssetCheckSpec(
+                "sequence_gaps", asset=key, description="No sequence number is missing below the highest landed."
+            ),
+        ],
     )
     def _landing(context: dg.AssetExecutionContext, config: LandingConfig, sftp: SftpResource, lake: LakeResource):
+        from dagster_project.lib.intake import sequences
+
         business_date = context.partition_key
         layout = sftp.layout()
         the_lake = lake.lake
         staging = lake.staging_dir(context.run.run_id)
+        listed = {f.name: (f.size, f.mtime) for f in config.listed}
         outcomes: list[IntakeOutcome] = []
+        failed: dict[str, str] = {}
         with sftp.client() as client:
             names = config.files or _files_for_date(
                 [f.name for f in client.list_dir(layout.inbox)], spec, business_date
             )
             for name in names:
-                outcome = take_file(
-                    client,
-                    layout,
-                    name,
-                    lake=the_lake,
-                    staging_dir=staging,
-                    source_uri=sftp.uri(f"{layout.inbox}/{name}"),
-                )
-                log = context.log.info if outcome.accepted else context.log.error
+                try:
+                    outcome = take_file(
+                        client,
+                        layout,
+                        name,
+                        lake=the_lake,
+                        staging_dir=staging,
+                        source_uri=sftp.uri(f"{layout.inbox}/{name}"),
+                        listed=listed.get(name),
+                    )
+                except Exception as exc:  # one file's failure does not stop the others; the run fails after
+                    context.log.exception(f"{name}: not taken ({type(exc).__name__}: {exc})")
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                log = {"changed": context.log.warning}.get(outcome.status, context.log.info)
+                if not outcome.accepted and outcome.status != "changed":
+                    log = context.log.error
                 log(f"{name}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
                 outcomes.append(outcome)
         shutil.rmtree(staging, ignore_errors=True)  # the run's downloads, each landed or quarantined by now
+        if failed:
+            # Raised before anything is reported, so that the step's retry takes the files again; the ones
+            # taken already are no longer in the inbox by then.
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(names)} file(s) could not be taken: "
+                + "; ".join(f"{n}: {e}" for n, e in failed.items()),
+                metadata={"failed_files": dg.MetadataValue.json(failed)},
+            )
         landed = landed_files(the_lake, spec.name, business_date)
-        rejected = {o.file_name: o.reason for o in outcomes if not o.accepted}
+        rejected = {o.file_name: o.reason for o in outcomes if o.status == "quarantined"}
+        left = {o.file_name: o.reason for o in outcomes if o.status == "changed"}
+        numbers = sequences.claimed(the_lake, spec.name)
+        gaps = sequences.gaps(numbers)
         yield dg.MaterializeResult(
             metadata={
                 "files_taken": len(outcomes),
                 "files_landed_now": sum(o.status == "landed" for o in outcomes),
                 "duplicates_skipped": sum(o.status in ("already_landed", "duplicate_content") for o in outcomes),
+                "files_left_in_inbox": dg.MetadataValue.json(left),
                 "files_in_partition": len(landed),
                 "files": dg.MetadataValue.json(
                     [{"file": m.file_name, "size": m.size, "sha256": m.sha256, "crc32": m.crc32} for m in landed]
@@ -94,10 +151,90 @@ def build_landing_asset(spec: SourceSpec) -> dg.AssetsDefinition:
             passed=not rejected,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"rejected_files": dg.MetadataValue.json(rejected)},
-            description="; ".join(rejected.values()) or None,
+            description="; ".join(r or "" for r in rejected.values()) or None,
+        )
+        yield dg.AssetCheckResult(
+            check_name="sequence_gaps",
+            passed=not gaps,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "highest_sequence": max(numbers, default=0),
+                "missing": len(gaps),
+                "missing_sequences": dg.MetadataValue.json(gaps[:100]),
+            },
+            description=(
+                f"{len(gaps)} sequence number(s) of {spec.name} not delivered below {max(numbers):05d}: "
+                + ", ".join(f"{n:05d}" for n in gaps[:20])
+                + (" ..." if len(gaps) > 20 else "")
+            )
+            if gaps
+            else None,
         )
 
     return _landing
+
+
+class QuarantinedFile(dg.Config):
+    name: str
+    size: int
+    mtime: int
+    reason: str
+
+
+class QuarantineConfig(dg.Config):
+    files: list[QuarantinedFile] = []
+
+
+QUARANTINE_JOB = "sftp_quarantine"
+
+
+def build_quarantine_job() -> dg.JobDefinition:
+    """The job that moves inbox files that cannot be taken to quarantine, one run per file."""
+
+    @dg.op(
+        name="quarantine_inbox_files",
+        retry_policy=_retry_policy(),
+        description="Moves inbox files that cannot be taken to quarantine/, each with a .reason.txt beside it.",
+    )
+    def quarantine_inbox_files(context: dg.OpExecutionContext, config: QuarantineConfig, sftp: SftpResource) -> None:
+        layout = sftp.layout()
+        failed: dict[str, str] = {}
+        with sftp.client() as client:
+            for f in config.files:
+                try:
+                    outcome = quarantine_remote(client, layout, f.name, f.reason, listed=(f.size, f.mtime))
+                except Exception as exc:  # one file's failure does not stop the others; the run fails after
+                    context.log.exception(f"{f.name}: not quarantined ({type(exc).__name__}: {exc})")
+                    failed[f.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                spec = source_for_file(f.name)
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=INBOX_KEY,
+                        metadata={
+                            "file": f.name,
+                            "outcome": outcome.status,
+                            "reason": outcome.reason or "",
+                            "feed": spec.name if spec is not None else "",
+                        },
+                    )
+                )
+                if outcome.status == "quarantined":
+                    context.log.error(f"{f.name}: quarantined ({f.reason})")
+                else:
+                    context.log.warning(f"{f.name}: {outcome.status} ({outcome.reason}); left for the next look")
+        if failed:
+            raise dg.Failure(
+                description=f"{len(failed)} file(s) could not be quarantined: "
+                + "; ".join(f"{n}: {e}" for n, e in failed.items()),
+                metadata={"failed_files": dg.MetadataValue.json(failed)},
+            )
+
+    @dg.job(name=QUARANTINE_JOB, description="Move inbox files that cannot be taken to quarantine, with the reason.")
+    def quarantine_job() -> None:
+        quarantine_inbox_files()
+
+    return quarantine_job
 
 
 def _open_landed_files(context: dg.AssetExecutionContext, spec: SourceSpec) -> "AbstractContextManager[Reader]":
@@ -132,8 +269,17 @@ bronze = {
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    # Built here, when the code location loads, and not at import: the retry policies come from settings.
+    from dagster_project.defs.sftp.sensors import build_inbox_sensor
+
+    jobs = [*intake_jobs, build_quarantine_job()]
     return dg.Definitions(
-        assets=[*(build_landing_asset(spec) for spec in partner_file_sources()), *(a for a, _ in bronze.values())],
+        assets=[
+            inbox,
+            *(build_landing_asset(spec) for spec in partner_file_sources()),
+            *(a for a, _ in bronze.values()),
+        ],
         asset_checks=[gate for _, gate in bronze.values()],
-        jobs=intake_jobs,
+        jobs=jobs,
+        sensors=[build_inbox_sensor(jobs)],
     )

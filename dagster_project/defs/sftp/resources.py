@@ -27,9 +27,17 @@ class SftpResource(dg.ConfigurableResource):
     archive_dir: str = "archive"
     quarantine_dir: str = "quarantine"
     stable_seconds: float = Field(
-        default=0.0, description="How long a file's size and mtime must hold still before it is taken."
+        default=30.0,
+        description="How long a file's size and mtime must hold still (from the first look that saw them) "
+        "before it is taken.",
     )
-    retries: int = 3
+    intake_attempts: int = Field(
+        default=5, description="Runs asked for one file before it is quarantined with the reason."
+    )
+    intake_backoff_seconds: float = Field(
+        default=30.0, description="Wait after a file's first failed run before the next; doubles with each."
+    )
+    retries: int = Field(default=3, description="Retries of one SFTP operation after a network failure.")
     backoff_seconds: float = 0.5
 
     @classmethod
@@ -44,6 +52,8 @@ class SftpResource(dg.ConfigurableResource):
             archive_dir=s.archive_dir,
             quarantine_dir=s.quarantine_dir,
             stable_seconds=s.stable_seconds,
+            intake_attempts=s.intake_attempts,
+            intake_backoff_seconds=s.intake_backoff_seconds,
         )
 
     def layout(self) -> RemoteLayout:

@@ -45,6 +45,28 @@ class RemoteFile:
     mtime: int
 
 
+@dataclass(frozen=True)
+class RemoteEntry:
+    """Anything in a remote folder, as the server lists it (a symbolic link as a link, not followed)."""
+
+    name: str
+    kind: str  # "file" | "directory" | "symlink" | "other" (a device, a socket, a pipe)
+    size: int
+    mtime: int
+
+
+def _kind(mode: int | None) -> str:
+    if mode is None:
+        return "other"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
 class HostKeyRefused(Exception):
     """The server presented a host key that the pinned known_hosts file does not hold for it."""
 
@@ -232,6 +254,32 @@ class SftpClient:
             )
 
         return self._call(f"list {path}", op)
+
+    def list_entries(self, path: str) -> list[RemoteEntry]:
+        """Everything directly in `path`, sorted by name, with its kind; symbolic links are not followed."""
+
+        def op(sftp: paramiko.SFTPClient) -> list[RemoteEntry]:
+            return sorted(
+                (
+                    RemoteEntry(a.filename, _kind(a.st_mode), int(a.st_size or 0), int(a.st_mtime or 0))
+                    for a in sftp.listdir_attr(path)
+                ),
+                key=lambda e: e.name,
+            )
+
+        return self._call(f"list {path}", op)
+
+    def stat(self, path: str) -> RemoteEntry | None:
+        """What is at `path` now (a link as a link), or None when nothing is."""
+
+        def op(sftp: paramiko.SFTPClient) -> RemoteEntry | None:
+            try:
+                a = sftp.lstat(path)
+            except FileNotFoundError:
+                return None
+            return RemoteEntry(path.rsplit("/", 1)[-1], _kind(a.st_mode), int(a.st_size or 0), int(a.st_mtime or 0))
+
+        return self._call(f"stat {path}", op)
 
     def exists(self, path: str) -> bool:
         return self._call(f"stat {path}", lambda sftp: _exists(sftp, path))
