@@ -267,9 +267,9 @@ bronze = {
 }
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
-    # Built here, when the code location loads, and not at import: the retry policies come from settings.
+def sftp_definitions(*, sensor_interval_seconds: int = 30) -> dg.Definitions:
+    """Every partner feed's landing, bronze and gate, the intake and quarantine jobs, and the inbox sensor."""
+    # Built when the code location loads, not at import: the retry policies come from settings.
     from dagster_project.defs.sftp.sensors import build_inbox_sensor
 
     jobs = [*intake_jobs, build_quarantine_job()]
@@ -281,5 +281,10 @@ def defs() -> dg.Definitions:
         ],
         asset_checks=[gate for _, gate in bronze.values()],
         jobs=jobs,
-        sensors=[build_inbox_sensor(jobs)],
+        sensors=[build_inbox_sensor(jobs, minimum_interval_seconds=sensor_interval_seconds)],
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return sftp_definitions()

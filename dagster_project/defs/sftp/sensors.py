@@ -63,14 +63,17 @@ def _run_request(request: Request) -> dg.RunRequest:
 
 
 def build_inbox_sensor(
-    jobs: Sequence[dg.JobDefinition | dg.UnresolvedAssetJobDefinition], *, clock: Callable[[], float] = time.time
+    jobs: Sequence[dg.JobDefinition | dg.UnresolvedAssetJobDefinition],
+    *,
+    clock: Callable[[], float] = time.time,
+    minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
     """The sensor over the inbox, asking for runs of `jobs`; `clock` gives the time (tests give their own)."""
 
     @dg.sensor(
         name="sftp_inbox_sensor",
         jobs=list(jobs),
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="One outcome per SFTP inbox entry: a run that takes or quarantines each complete file, "
         "a report for what is left there.",
