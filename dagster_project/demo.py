@@ -105,14 +105,14 @@ class DemoSummary:
         lines.append("gates (Great Expectations, blocking) and intake checks:")
         tally = Counter(self.gates)
         for (asset, check, passed), count in tally.items():
-            if check.startswith("gx_") or check == "files_accepted":
+            if check.startswith("gx_") or check in ("files_accepted", "sequence_gaps"):
                 times = f" (x{count})" if count > 1 else ""
                 lines.append(f"  {'PASS' if passed else 'FAIL'}  {asset} :: {check}{times}")
         dbt_tests = [
             passed
             for (_, check, passed), n in tally.items()
             for _ in range(n)
-            if not check.startswith("gx_") and check != "files_accepted"
+            if not check.startswith("gx_") and check not in ("files_accepted", "sequence_gaps")
         ]
         lines.append(f"dbt tests as asset checks: {sum(dbt_tests)} passed, {len(dbt_tests) - sum(dbt_tests)} failed")
         for run in self.failed_runs:

@@ -149,7 +149,7 @@ def test_payout_files_go_through_the_sftp_intake_as_a_declared_feed(platform: Pl
     for run in runs:
         assert run.dagster_run.job_name == "psp_payouts_intake"
         gates = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
-        assert gates == {"files_accepted": True, "gx_bronze_gate": True}
+        assert gates == {"files_accepted": True, "sequence_gaps": True, "gx_bronze_gate": True}
     bronze = platform.table("bronze", "psp_payouts")
     assert len(bronze) == sum(f.good for f in sample.payout_files) + 1
     line = next(r for r in bronze if r["charge_id"] == "ch_X1")

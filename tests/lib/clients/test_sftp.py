@@ -9,7 +9,7 @@ import paramiko
 import pytest
 
 from dagster_project import settings
-from dagster_project.lib.clients.sftp import AuthenticationRefused, HostKeyRefused, RemoteFile, SftpClient
+from dagster_project.lib.clients.sftp import AuthenticationRefused, HostKeyRefused, RemoteEntry, RemoteFile, SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
 pytestmark = pytest.mark.sftp
@@ -276,3 +276,21 @@ def test_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert (client.host, client.port, client.username, client.retries) == ("sftp.partner.example", 2022, "acme", 1)
     assert client.private_key_path == tmp_path / "client_ed25519"
     assert client.known_hosts_path == tmp_path / "known_hosts"
+
+
+def test_entries_are_listed_with_their_kind_and_links_are_not_followed(
+    sftp_server: EmbeddedSftpServer, sftp_client: SftpClient
+) -> None:
+    inbox = sftp_server.root / "inbox"
+    (inbox / "f.csv").write_bytes(b"abc")
+    (inbox / "sub").mkdir()
+    (inbox / "link.csv").symlink_to("f.csv")
+    kinds = {e.name: (e.kind, e.size) for e in sftp_client.list_entries("inbox")}
+    assert kinds == {"f.csv": ("file", 3), "sub": ("directory", kinds["sub"][1]), "link.csv": ("symlink", 5)}
+    assert sftp_client.stat("inbox/link.csv").kind == "symlink"  # type: ignore[union-attr]
+    assert sftp_client.stat("inbox/f.csv") == RemoteEntry("f.csv", "file", 3, kinds_mtime(sftp_client))
+    assert sftp_client.stat("inbox/missing.csv") is None
+
+
+def kinds_mtime(client: SftpClient) -> int:
+    return next(e.mtime for e in client.list_entries("inbox") if e.name == "f.csv")
