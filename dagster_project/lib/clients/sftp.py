@@ -337,6 +337,17 @@ class SftpClient:
 
         self._call(f"move {src} -> {dst}", op)
 
+    def remove(self, path: str) -> None:
+        """Delete the file at `path`; nothing there is not an error (a retry may find it gone)."""
+
+        def op(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.remove(path)
+            except FileNotFoundError:
+                pass
+
+        self._call(f"remove {path}", op)
+
     def _put(self, f: IO[bytes], remote_path: str, progress: Progress | None) -> int:
         part = remote_path + PART_SUFFIX
 

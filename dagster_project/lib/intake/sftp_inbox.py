@@ -58,7 +58,7 @@ class RemoteLayout:
 @dataclass(frozen=True)
 class IntakeOutcome:
     file_name: str
-    status: str  # landed | already_landed | duplicate_content | quarantined | missing | changed
+    status: str  # landed | already_landed | duplicate_content | quarantined | missing | changed (left as it is)
     reason: str | None = None
     manifest: Manifest | None = None
 
@@ -69,6 +69,10 @@ class IntakeOutcome:
 
 class Changed(Exception):
     """The remote file is not the one that was listed (or downloaded): it is left where it is."""
+
+    def __init__(self, message: str, *, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 def reason_file_name(file_name: str) -> str:
@@ -87,7 +91,7 @@ def _unchanged(client: SftpClient, path: str, listed: RemoteEntry | tuple[int, i
     """What is at `path`, after checking it is the file that was listed; `Changed` otherwise."""
     now = client.stat(path)
     if now is None:
-        raise Changed("no longer in the inbox")
+        raise Changed("no longer in the inbox", missing=True)
     if listed is not None:
         size, mtime = (listed.size, listed.mtime) if not isinstance(listed, tuple) else listed
         if (now.size, now.mtime) != (size, mtime):
@@ -109,14 +113,18 @@ def quarantine_remote(
     otherwise it is left for the next look (`changed`)."""
     remote = posixpath.join(layout.inbox, file_name)
     try:
-        _unchanged(client, remote, listed)
+        now = _unchanged(client, remote, listed)
     except Changed as exc:
-        return IntakeOutcome(file_name, "missing" if "no longer" in str(exc) else "changed", reason=str(exc))
-    client.write_bytes(posixpath.join(layout.quarantine, reason_file_name(file_name)), (reason + "\n").encode())
+        return IntakeOutcome(file_name, "missing" if exc.missing else "changed", reason=str(exc))
+    if now.kind != "file":
+        return IntakeOutcome(file_name, "changed", reason=f"not a regular file (a {now.kind}): left as it is")
+    reason_path = posixpath.join(layout.quarantine, reason_file_name(file_name))
+    client.write_bytes(reason_path, (reason + "\n").encode())
     try:
         _unchanged(client, remote, listed)
     except Changed as exc:
-        return IntakeOutcome(file_name, "changed", reason=str(exc))
+        client.remove(reason_path)  # the file stays in the inbox, to be looked at again: no reason for it yet
+        return IntakeOutcome(file_name, "missing" if exc.missing else "changed", reason=str(exc))
     client.move(remote, posixpath.join(layout.quarantine, file_name))
     return IntakeOutcome(file_name, "quarantined", reason=reason)
 
@@ -147,8 +155,9 @@ def take_file(
     try:
         before = _unchanged(client, remote, listed)
     except Changed as exc:
-        status = "missing" if "no longer" in str(exc) else "changed"
-        return IntakeOutcome(file_name, status, reason=str(exc))
+        return IntakeOutcome(file_name, "missing" if exc.missing else "changed", reason=str(exc))
+    if before.kind != "file":  # named in a run's config: a link or a folder is never taken, nor moved
+        return IntakeOutcome(file_name, "changed", reason=f"not a regular file (a {before.kind}): left as it is")
     try:
         parsed = parse_file_name(file_name)
     except NamingError as exc:

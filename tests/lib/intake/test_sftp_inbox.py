@@ -184,3 +184,37 @@ def test_sequence_numbers_landed_before_the_claims_existed_are_claimed_from_thei
     assert sequences.gaps([1, 2, 5]) == [3, 4]
     reused = _put(sftp_server, customers_csv([customer(9)]).encode(), sequence=2)
     assert _take(sftp_client, lake, tmp_path, reused).status == "quarantined"
+
+
+def test_a_file_that_changes_while_its_reason_is_written_stays_without_a_reason(
+    sftp_server: EmbeddedSftpServer, sftp_client: SftpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _put(sftp_server, b"half an upload", name="acme_customers_latest.csv")
+    listed = _listed(sftp_client, name)
+    write_bytes = sftp_client.write_bytes
+
+    def write_while_the_partner_writes(path: str, data: bytes) -> int:
+        written = write_bytes(path, data)
+        with (sftp_server.root / "inbox" / name).open("ab") as partner:
+            partner.write(b" and the rest")
+        return written
+
+    monkeypatch.setattr(sftp_client, "write_bytes", write_while_the_partner_writes)
+    outcome = quarantine_remote(sftp_client, LAYOUT, name, "r", listed=listed)
+
+    assert outcome.status == "changed"
+    assert (sftp_server.root / "inbox" / name).read_bytes() == b"half an upload and the rest"
+    assert list((sftp_server.root / "quarantine").iterdir()) == []
+
+
+def test_a_link_or_a_folder_named_in_a_run_is_left_as_it_is(
+    sftp_server: EmbeddedSftpServer, sftp_client: SftpClient, lake: Lake, tmp_path: Path
+) -> None:
+    target = _put(sftp_server, customers_csv([customer(1)]).encode())
+    link = CUSTOMERS.files.file_name(DAY, 2, "00000000")
+    (sftp_server.root / "inbox" / link).symlink_to(target)
+    (sftp_server.root / "inbox" / "folder").mkdir()
+    assert _take(sftp_client, lake, tmp_path, link, listed=None).status == "changed"
+    assert quarantine_remote(sftp_client, LAYOUT, "folder", "r").status == "changed"
+    assert (sftp_server.root / "inbox" / link).is_symlink() and (sftp_server.root / "inbox" / "folder").is_dir()
+    assert landed_files(lake, "customers", DAY) == []
