@@ -165,7 +165,7 @@ def partner_file(folder: Path, day_number: int, day: dt.date, rows: int) -> Path
 @dataclass
 class Measured:
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mib: float
     returncode: int
     output: str
     timings: dict[str, float] = field(default_factory=dict)  # model name (or "tests") -> seconds
@@ -294,7 +294,7 @@ def pruning(
         result = {
             "days": days,
             "seconds": run.seconds,
-            "peak_rss_mb": run.peak_rss_mb,
+            "peak_rss_mib": run.peak_rss_mib,
             "timings": run.timings,
             "history_seconds": history.seconds,
             "silver_versions_rows": _count(lake, "silver.stg_acme__customer_versions"),
@@ -310,7 +310,7 @@ def pruning(
 def _pod_result(run: Measured) -> dict[str, Any]:
     return {
         "seconds": run.seconds,
-        "peak_rss_mb": run.peak_rss_mb,
+        "peak_rss_mib": run.peak_rss_mib,
         "ok": run.returncode == 0,
         "error": None if run.returncode == 0 else _first_error(run.output),
     }
@@ -401,7 +401,7 @@ def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
         attempt += 1
         run = dbt(["build", "--select", job.dbt_select, "--vars", window], lake_root=job.lake_root, target=scratch)
         if run.returncode == 0:
-            return {"ok": True, "dbt_attempts": attempt, "dbt_errors": errors, "dbt_peak_rss_mb": run.peak_rss_mb}
+            return {"ok": True, "dbt_attempts": attempt, "dbt_errors": errors, "dbt_peak_rss_mib": run.peak_rss_mib}
         errors.append(_first_error(run.output))
         (scratch / f"dbt-attempt-{attempt}.out").write_text(run.output)
         if retry is None:
@@ -668,9 +668,9 @@ def memory(work: Path, sizes: Sequence[int] = MEMORY_SIZES, *, pod_limit: str | 
             "rows": rows,
             "file_mb": csv.stat().st_size / 1e6,
             "hop_seconds": hop.seconds,
-            "hop_peak_rss_mb": hop.peak_rss_mb,
+            "hop_peak_rss_mib": hop.peak_rss_mib,
             "dbt_seconds": run.seconds,
-            "dbt_peak_rss_mb": run.peak_rss_mb,
+            "dbt_peak_rss_mib": run.peak_rss_mib,
         }
         if pod_limit:
             # The same build from scratch: the first one created every table, this one must too.
@@ -718,12 +718,12 @@ def _model_reads(target: Path) -> dict[str, str]:
 def _pod_columns(pod: dict[str, Any] | None, limit: tuple[str, int] | None) -> str:
     if pod is None or limit is None:
         return ""
-    fits = pod["ok"] and pod["peak_rss_mb"] * 2**20 <= limit[1]
-    return f" {pod['seconds']:>7.1f} {pod['peak_rss_mb']:>10.0f} {'yes' if fits else 'NO':>4}"
+    fits = pod["ok"] and pod["peak_rss_mib"] * 2**20 <= limit[1]
+    return f" {pod['seconds']:>7.1f} {pod['peak_rss_mib']:>11.0f} {'yes' if fits else 'NO':>4}"
 
 
 def _pod_header(limit: tuple[str, int] | None) -> str:
-    return "" if limit is None else f" {'pod s':>7} {'pod RSS MB':>10} {'fits':>4}"
+    return "" if limit is None else f" {'pod s':>7} {'pod RSS MiB':>11} {'fits':>4}"
 
 
 def _pod_footer(results: list[dict[str, Any]], limit: tuple[str, int] | None) -> None:
@@ -739,12 +739,12 @@ def _pod_footer(results: list[dict[str, Any]], limit: tuple[str, int] | None) ->
 def print_pruning(results: list[dict[str, Any]], work: Path, pod: tuple[str, int] | None = None) -> None:
     base = results[0]
     print(
-        f"{'history':>8} {'one-day build s':>15} {'peak RSS MB':>11} {'vs 1 day':>8} {'silver versions':>15} "
+        f"{'history':>8} {'one-day build s':>15} {'peak RSS MiB':>12} {'vs 1 day':>8} {'silver versions':>15} "
         f"{'history build s':>15}" + _pod_header(pod)
     )
     for r in results:
         print(
-            f"{r['days']:>6} d {r['seconds']:>15.1f} {r['peak_rss_mb']:>11.0f} "
+            f"{r['days']:>6} d {r['seconds']:>15.1f} {r['peak_rss_mib']:>12.0f} "
             f"{r['seconds'] / base['seconds']:>8.2f} {r['silver_versions_rows']:>15,} {r['history_seconds']:>15.1f}"
             + _pod_columns(r.get("pod"), pod)
         )
@@ -815,13 +815,13 @@ def print_fan_out(result: dict[str, Any]) -> None:
 
 def print_memory(results: list[dict[str, Any]], pod: tuple[str, int] | None = None) -> None:
     print(
-        f"{'rows':>11} {'file MB':>8} {'hop s':>7} {'hop RSS MB':>10} {'dbt s':>7} {'dbt RSS MB':>10}"
+        f"{'rows':>11} {'file MB':>8} {'hop s':>7} {'hop RSS MiB':>11} {'dbt s':>7} {'dbt RSS MiB':>11}"
         + _pod_header(pod)
     )
     for r in results:
         print(
-            f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['hop_seconds']:>7.1f} {r['hop_peak_rss_mb']:>10.0f} "
-            f"{r['dbt_seconds']:>7.1f} {r['dbt_peak_rss_mb']:>10.0f}" + _pod_columns(r.get("pod"), pod)
+            f"{r['rows']:>11,} {r['file_mb']:>8.0f} {r['hop_seconds']:>7.1f} {r['hop_peak_rss_mib']:>11.0f} "
+            f"{r['dbt_seconds']:>7.1f} {r['dbt_peak_rss_mib']:>11.0f}" + _pod_columns(r.get("pod"), pod)
         )
     print("hop: land one partner file and load its partition; dbt: the customers slice's build of that one partition")
     _pod_footer(results, pod)
