@@ -19,6 +19,7 @@ from dagster_project.lib.sources.spec import SourceSpec
 
 if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
     from dagster_project.lib.bronze.engine import LoadEvent, LoadResult, PartitionState, Reader
+    from dagster_project.lib.lake import Lake
 
 # Opens the reader of one partition with the run's resources (an inbox connection, the lake's landing zone).
 # Called once per attempt of a load: a retry reads what has landed by then.
@@ -156,16 +157,19 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
         from dagster_project.lib.quality import gates
         from dagster_project.lib.quality.gx_runner import validate_lake
 
-        day = dt.date.fromisoformat(context.partition_key)
+        day, root = dt.date.fromisoformat(context.partition_key), lake.lake
         # A load of the partition committing while the gate reads gives a count from one load and rows from
         # another: read the load number again after validating, and check again if it moved.
         for _ in range(3):
-            state = engine.partition_state(spec, lake.lake, day)
-            refused = _pair_refused(context, spec, lake, state)
+            state = engine.partition_state(spec, root, day)
+            if state.bronze_load is None:
+                return _failed(
+                    f"bronze.{spec.name} {day} holds no load of the engine: materialize the partition", state
+                )
+            refused = _pair_refused(context, spec, root, state)
             if refused is not None:
                 return refused
-            assert state.bronze_load is not None
-            commit = engine.find_load_commit(spec, lake.lake, "quarantine", day, state.bronze_load)
+            commit = engine.find_load_commit(spec, root, "quarantine", day, state.bronze_load)
             if commit is None or "loaded" not in commit.figures:
                 return _failed(
                     f"bronze.{spec.name} {day}: the figures of load {state.bronze_load} are not in the last "
@@ -174,7 +178,7 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
                 )
             suite = gates.bronze_gate(spec, commit.figures["loaded"])
             result = validate_lake(
-                lake.lake,
+                root,
                 f"bronze.{spec.name}",
                 suite.name,
                 suite.expectations,
@@ -182,7 +186,7 @@ def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:
                 params=[context.partition_key],
                 sample_columns=list(suite.sample_columns),
             )
-            if engine.partition_state(spec, lake.lake, day).bronze_load == state.bronze_load:
+            if engine.partition_state(spec, root, day).bronze_load == state.bronze_load:
                 break
         checked = gate_check_result(result)
         return checked.with_metadata(
@@ -202,19 +206,16 @@ def _failed(description: str, state: "PartitionState") -> dg.AssetCheckResult:
 
 
 def _pair_refused(
-    context: dg.AssetCheckExecutionContext, spec: SourceSpec, lake: LakeResource, state: "PartitionState"
+    context: dg.AssetCheckExecutionContext, spec: SourceSpec, lake: "Lake", state: "PartitionState"
 ) -> dg.AssetCheckResult | None:
-    """A failed result when the partition was never loaded, or when its bronze and quarantine come from two
-    loads and the newer one is not still running (it then stopped between its two commits)."""
+    """A failed result when the partition's bronze and quarantine come from two loads and the newer one is not
+    still running (it then stopped between its two commits)."""
     from dagster_project.lib.bronze import engine
 
-    day = state.business_date.isoformat()
-    if state.bronze_load is None:
-        return _failed(f"bronze.{spec.name} {day} holds no load of the engine: materialize the partition", state)
     if state.consistent:
         return None
     ahead = (
-        engine.find_load_commit(spec, lake.lake, "quarantine", state.business_date, state.quarantine_load)
+        engine.find_load_commit(spec, lake, "quarantine", state.business_date, state.quarantine_load)
         if state.quarantine_load is not None
         else None
     )
