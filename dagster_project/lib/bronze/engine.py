@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 # Rows a reader hands over at most, and per typed-contract validation: large enough that a validation's fixed
-# cost is small, small enough that what is in flight (reader, queue, validation, writer) stays well in memory.
+# cost is small, small enough that what is in flight (a reader's batch, a validation group) stays well in memory.
 DEFAULT_BATCH_ROWS = 128 * 1024
 # Bytes of compressed data the Delta writer holds before it closes a file: what it buffers stays bounded
 # whatever the partition's size.
@@ -204,6 +204,10 @@ class RetryPolicy:
     first_delay: float = 0.2
     max_delay: float = 10.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy: attempts must be at least 1, not {self.attempts}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.max_delay, self.first_delay * 2 ** (attempt - 1)))
