@@ -78,7 +78,7 @@ class Plugin(BasePlugin):
         mode = options.get("mode", "overwrite")
         cursor = self._conn.cursor()
         try:
-            rows = cursor.execute(f"SELECT * FROM {target_config.relation}").fetch_record_batch(BATCH_ROWS)
+            rows = cursor.execute(f"SELECT * FROM {target_config.relation}").to_arrow_reader(BATCH_ROWS)
             partition_by = [c for c in options.get("partition_by") or []]
             exists = DeltaTable.is_deltatable(uri, storage_options=storage)
             if mode == "merge" and exists:

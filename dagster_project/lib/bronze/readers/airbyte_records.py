@@ -136,7 +136,8 @@ class AirbyteRecordsReader:
             for batch in bad.to_batches():
                 yield self.origin, batch
             key = ", ".join(f'"{name}"' for name in self.spec.key)
-            good = con.sql(f"{select} AND len(_all_reasons) = 0 ORDER BY {key}", params=[business_date])
+            # `execute(...).to_arrow_reader` streams (a relation's reader materializes the whole result).
+            good = con.execute(f"{select} AND len(_all_reasons) = 0 ORDER BY {key}", [business_date])
             for batch in good.to_arrow_reader(batch_rows):
                 yield self.origin, batch
         finally:
