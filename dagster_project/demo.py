@@ -292,7 +292,8 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
         requests += [dg.RunRequest(partition_key=day) for day in order_days]
 
         # What the automation daemon does under `make dev`: silver and gold for the partitions that moved.
-        partitions = sorted({r.partition_key for r in requests})
+        # (Unpartitioned requests, such as moving a refused file to the partner's quarantine, move no data.)
+        partitions = sorted({r.partition_key for r in requests if r.partition_key})
         downstream = dg.AssetSelection.groups("silver", "gold").resolve(defs.resolve_asset_graph())
         if downstream and partitions:
             run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
