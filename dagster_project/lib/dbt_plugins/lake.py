@@ -18,6 +18,13 @@ table `<lake>/<schema>/<name>` in one commit, then points the model's view at it
   model): `write_deltalake(mode="overwrite", predicate=...)`, so rows that left bronze leave silver too;
 - `merge`: rows whose unique key is in the new rows are replaced, the others inserted (`DeltaTable.merge`).
 
+Why DuckDB's delta extension (`delta_scan`) reads, and not dbt-duckdb's own `delta` plugin: that plugin hands
+DuckDB a pyarrow dataset, which only lives on the cursor that registered it, so a source must be copied into
+the database (`materialization: table`) for every model to see it: all of bronze, on every run. A
+`delta_scan` view is plain SQL: every cursor and thread sees it, it prunes files by partition and by column
+statistics (a filter on business_date read 1 of 28 files), and it reads object stores through DuckDB's own
+S3/GCS/Azure support with the lake's credentials. Writes go through deltalake, which the extension cannot do.
+
 A commit that loses to a concurrent writer raises; the Dagster step's retry policy runs the models again
 from fresh inputs (retrying the same rows could commit a result computed before the other writer's).
 """
