@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import duckdb
 import pytest
 
 from dagster_project import settings
-from tests.dbt.support import PII_KEY, Dbt
+from tests.dbt.support import PII_KEY, Dbt, dbt_command
 
 
 @pytest.fixture(scope="session")
@@ -35,23 +34,10 @@ def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def dbt(lake: Path, workdir: Path) -> Dbt:
     """Run the dbt CLI on the project as a subprocess, as Dagster does."""
-    project_dir = settings.dbt_project_dir()
-    executable = Path(sys.executable).with_name("dbt")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [
-            str(executable),
-            *args,
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-            "--target-path",
-            str(workdir / "target"),
-            "--log-path",
-            str(workdir / "logs"),
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=project_dir)
+        cmd = dbt_command(workdir, *args)
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=settings.dbt_project_dir())
         if check and result.returncode != 0:
             raise AssertionError(f"dbt {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result

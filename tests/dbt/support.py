@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 from deltalake import write_deltalake
+
+from dagster_project import settings
 
 PII_KEY = "test-only-hmac-key-0123456789abcdef"
 
@@ -94,3 +97,14 @@ def write_bronze_partition(lake_root: Path, business_date: str, rows: Sequence[M
 
 class Dbt(Protocol):
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+
+def dbt_command(workdir: Path, *args: str) -> list[str]:
+    """The dbt CLI on the project, with the session's target and log folders."""
+    project_dir = str(settings.dbt_project_dir())
+    return [
+        str(Path(sys.executable).with_name("dbt")),
+        *args,
+        *("--project-dir", project_dir, "--profiles-dir", project_dir),
+        *("--target-path", str(workdir / "target"), "--log-path", str(workdir / "logs")),
+    ]

@@ -17,8 +17,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dagster_project import settings
 from dagster_project.lib.masking import pii_token
-from tests.dbt.support import PII_KEY, Dbt, customer, write_bronze_partition
+from tests.dbt.support import PII_KEY, Dbt, customer, dbt_command, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
@@ -384,7 +385,6 @@ def test_a_killed_dbt_run_leaves_no_raw_pii_outside_bronze(lake: Path, dbt: Dbt,
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     emails = [f"killed-run-{i}@example.com" for i in range(50_000)]
@@ -394,23 +394,10 @@ def test_a_killed_dbt_run_leaves_no_raw_pii_outside_bronze(lake: Path, dbt: Dbt,
     log = workdir / "logs" / "dbt.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    project_dir = Path(__file__).resolve().parents[2] / "dbt_project"
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's DuckDB may spill
     run = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dbt")),
-            "build",
-            *CUSTOMERS,
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-            "--target-path",
-            str(workdir / "target"),
-            "--log-path",
-            str(workdir / "logs"),
-        ],
-        cwd=project_dir,
+        dbt_command(workdir, "build", *CUSTOMERS),
+        cwd=settings.dbt_project_dir(),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -423,7 +410,7 @@ def test_a_killed_dbt_run_leaves_no_raw_pii_outside_bronze(lake: Path, dbt: Dbt,
     assert run.wait() == -signal.SIGKILL, "dbt finished before it could be killed mid-run"
 
     # No database file anywhere: compute was in memory and died with the process.
-    searched = [workdir, project_dir, tmp_path]
+    searched = [workdir, settings.dbt_project_dir(), tmp_path]
     files = [p for root in searched for p in root.rglob("*") if p.is_file() and "bronze" not in p.parts]
     assert not [p for p in files if p.suffix in (".duckdb", ".wal", ".tmp", ".block")]
     needles = [e.encode() for e in emails[::5_000]]
