@@ -636,35 +636,23 @@ class Inbox:
         A reader that always continues from the returned position sees every event exactly once, however
         many receivers write at once and in whatever order their transactions commit.
         """
-        query = (
-            sa.select(webhook_events)
-            .where(*self._committed_before(webhook_events, after))
-            .order_by(webhook_events.c.commit_xid, webhook_events.c.id)
-            .limit(limit)
-        )
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as error:
-            raise _safe(error) from None
-        position = Position(rows[-1].commit_xid, rows[-1].id) if rows else after
+        rows, position = self._page(sa.select(webhook_events), webhook_events, after, limit)
         return [self._to_event(row) for row in rows], position
 
     def read_conflicts_page(self, after: Position, limit: int = 1000) -> tuple[list[Conflict], Position]:
         """Conflicts recorded past `after`, in commit order, with the partition of the event each concerns."""
-        query = (
-            self._conflicts_query()
-            .where(*self._committed_before(webhook_conflicts, after))
-            .order_by(webhook_conflicts.c.commit_xid, webhook_conflicts.c.id)
-            .limit(limit)
-        )
+        rows, position = self._page(self._conflicts_query(), webhook_conflicts, after, limit)
+        return [self._to_conflict(row) for row in rows], position
+
+    def _page(self, query: sa.Select, table: sa.Table, after: Position, limit: int) -> tuple[list, Position]:
+        """The rows of `query` on `table` committed past `after`, in commit order, and the next position."""
+        query = query.where(*self._committed_before(table, after)).order_by(table.c.commit_xid, table.c.id).limit(limit)
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
         except SQLAlchemyError as error:
             raise _safe(error) from None
-        position = Position(rows[-1].commit_xid, rows[-1].id) if rows else after
-        return [self._to_conflict(row) for row in rows], position
+        return rows, Position(rows[-1].commit_xid, rows[-1].id) if rows else after
 
     def conflicts_for_dates(self, provider: str, dates: Iterable[date]) -> list[Conflict]:
         """Conflicts about events of `provider` filed under one of `dates` (what a bronze partition holds)."""
