@@ -30,15 +30,3 @@ def gate_check_result(result: GateResult) -> dg.AssetCheckResult:
         },
     )
 
-
-def latest_partition_metadata(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_key: str
-) -> dict[str, object]:
-    """The metadata values of an asset partition's latest materialization (empty if never materialized)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
-    ).records
-    if not records:
-        return {}
-    materialization = records[0].asset_materialization
-    return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
