@@ -43,7 +43,6 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data = tmp_path / "data"
     monkeypatch.setenv("MEDALLION_DATA_DIR", str(data))
     monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(data / "lake"))
-    monkeypatch.setenv("MEDALLION_WAREHOUSE_PATH", str(data / "warehouse.duckdb"))
     monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))
     monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", "test-only-hmac-key")
     return data
@@ -148,7 +147,7 @@ def parsed_manifest() -> Path:
     with (project_dir / "target" / ".parse.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _manifest_is_current(manifest, project_dir):
-            env = {k: v for k, v in os.environ.items() if k not in ("MEDALLION_LAKE_ROOT", "MEDALLION_WAREHOUSE_PATH")}
+            env = {k: v for k, v in os.environ.items() if k != "MEDALLION_LAKE_ROOT"}
             subprocess.run(
                 [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"]
                 + ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir)],
