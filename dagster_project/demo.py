@@ -132,7 +132,12 @@ def prepare_instance_home() -> Path:
     platform_config = (settings.project_root() / "infra" / "dagster" / "dagster.yaml").read_text()
     if not config.exists() or config.read_text() != platform_config:
         config.write_text(platform_config)
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    # In a child: the instance config names its folder by DAGSTER_HOME, which this process need not have.
+    subprocess.run(
+        [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"],
+        env=settings.child_environment({"DAGSTER_HOME": str(home)}),
+        check=True,
+    )
     return home
 
 

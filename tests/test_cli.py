@@ -121,9 +121,11 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
 
 
 def test_the_embedded_instance_gets_the_platform_config_and_its_storage_before_any_process_starts(
-    platform_env: Path,
+    platform_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dagster_project.demo import prepare_instance_home
+
+    monkeypatch.delenv("DAGSTER_HOME")  # as under `make demo`: the folder comes from MEDALLION_DATA_DIR
 
     home = platform_env / "dagster"
     home.mkdir(parents=True)
