@@ -3,14 +3,12 @@ import base64
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from starlette.applications import Starlette
 
 from dagster_project.lib.intake.inbox import InboundEvent, InboxUnavailable, UnstorableEvent, migrate, sha256_hex
@@ -23,10 +21,10 @@ from dagster_project.services.webhook_receiver import (
     create_app_from_settings,
     provider_schemes,
 )
+from tests.postgres import postgres_schema
 
 pytestmark = pytest.mark.anyio
 
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 STRIPE_SECRET = "whsec_stripe_current_secret"
 STRIPE_OLD_SECRET = "whsec_stripe_previous_secret"
 STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-receiver-key-32").decode()
@@ -48,18 +46,9 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         migrate(url)
         yield url
         return
-    schema = f"test_receiver_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with postgres_schema("test_receiver") as url:
         migrate(url)
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
 
 
 def _app(inbox_url: str, **overrides) -> Starlette:

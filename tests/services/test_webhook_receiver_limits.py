@@ -26,8 +26,8 @@ from dagster_project.lib.intake.signatures import sign_standard, sign_stripe
 from dagster_project.services.http_server import ServerLimits
 from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import create_app
+from tests.postgres import POSTGRES_URL, postgres_schema
 
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 STRIPE_SECRET = "whsec_limits_test"
 SHOP_SECRET = "whsec_" + base64.b64encode(b"limits-test-standard-webhooks-k").decode()  # 31 bytes: one `=`
 HEAD_LIMIT = 8 * 1024
@@ -41,18 +41,9 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         migrate(url)
         yield url
         return
-    schema = f"test_limits_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with postgres_schema("test_limits") as url:
         migrate(url)
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
 
 
 def _app(inbox_url: str, **overrides) -> Starlette:

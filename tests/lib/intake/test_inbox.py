@@ -1,7 +1,6 @@
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -21,9 +20,9 @@ from dagster_project.lib.intake.inbox import (
     partition_date,
     sha256_hex,
 )
+from tests.postgres import postgres_schema
 
 # trust auth on loopback, as on the build machines and in CI; an unreachable server fails these tests
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -32,33 +31,16 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'webhooks' / 'inbox.sqlite'}"
         return
-    schema = f"test_inbox_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
+    with postgres_schema("test_inbox") as url:
+        yield url
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A migrated PostgreSQL schema of its own, for what only PostgreSQL does (locks, concurrent writers)."""
-    schema = f"test_inbox_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with postgres_schema("test_inbox") as url:
         migrate(url)
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
 
 
 @pytest.fixture
