@@ -44,7 +44,7 @@ def platform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MEDALLION_DATA_DIR", str(data))
     monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(data / "lake"))
     monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))
-    monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", "test-only-hmac-key")
+    monkeypatch.setenv("MEDALLION_PII_HMAC_KEY", "test-only-hmac-key-0123456789abcdef")
     return data
 
 

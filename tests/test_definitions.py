@@ -227,7 +227,7 @@ def test_the_daemon_evaluates_automation_sensors_and_freshness_on_a_fresh_instan
     env |= {
         "DAGSTER_HOME": str(home),
         "MEDALLION_DATA_DIR": str(tmp_path / "data"),
-        "MEDALLION_PII_HMAC_KEY": "test-only-hmac-key",
+        "MEDALLION_PII_HMAC_KEY": "test-only-hmac-key-0123456789abcdef",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     # Create the instance's SQLite storage before any process opens it: the daemon and its code server

@@ -299,6 +299,12 @@ def _normalise(record: dict[str, Any], file: str, line: int) -> dict[str, Any]:
     return record
 
 
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
 def _extracted_at(value: Any, file: str, line: int) -> datetime:
     if isinstance(value, bool) or value is None:
         raise AirbyteRecordError(file, line, f"missing {EXTRACTED_AT}")
@@ -308,9 +314,9 @@ def _extracted_at(value: Any, file: str, line: int) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not a timestamp: {value!r}") from exc
+            raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not an ISO 8601 timestamp") from exc
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not a timestamp: {value!r}")
+    raise AirbyteRecordError(file, line, f"{EXTRACTED_AT} is not an ISO 8601 timestamp")
 
 
 def _meta(value: Any, file: str, line: int) -> dict[str, Any] | None:
@@ -379,7 +385,8 @@ def _to_batch(
                 raise AirbyteRecordError(
                     row[SOURCE_FILE],
                     row[SOURCE_ROW],
-                    f"column {field.name!r} expects {field.type}, got {row.get(field.name)!r} ({exc})",
+                    # the value's JSON type, never the value: errors reach logs and run metadata
+                    f"column {field.name!r} expects {field.type}, got a JSON {_json_type(row.get(field.name))}",
                 ) from exc
             if row.get(field.name) is None and not field.nullable:
                 raise AirbyteRecordError(row[SOURCE_FILE], row[SOURCE_ROW], f"column {field.name!r} is required")
