@@ -233,22 +233,35 @@ def index_feed(lake: Lake, feed: str) -> int:
 @contextmanager
 def local_copy(lake: Lake, key: str, *, sha256: str | None = None, scratch: Path | None = None) -> Iterator[Path]:
     """A local file holding the object `key`: the file itself on a local lake; on an object store, a
-    temporary copy streamed in chunks (deleted on exit) and checked against `sha256` when given."""
+    temporary copy streamed in chunks (deleted on exit).
+
+    With `sha256`, the bytes are checked against it before the path is given (ValueError naming the key and
+    both digests otherwise): on an object store while the copy is written, on a local lake by one read of
+    the file first. A caller that reads every byte anyway can check them there instead and pass no digest."""
+
+    def check(actual: str) -> None:
+        if sha256 is not None and actual != sha256:
+            raise ValueError(
+                f"{key}: the landed bytes changed since the file landed: they hash to sha256 {actual}, its "
+                f"manifest records {sha256}"
+            )
+
     if lake.is_local:
-        yield Path(lake.uri(key))
+        path = Path(lake.uri(key))
+        if sha256 is not None:
+            check(digest_file(path).sha256)
+        yield path
         return
     with tempfile.TemporaryDirectory(prefix="medallion-landed-", dir=scratch) as tmp:
         path = Path(tmp) / key.rsplit("/", 1)[-1]
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if sha256 is not None else None
         with path.open("wb") as out:
             for chunk in obstore.get(lake.store, key).stream(min_chunk_size=CHUNK):
-                digest.update(chunk)
+                if digest is not None:
+                    digest.update(chunk)
                 out.write(chunk)
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise ValueError(
-                f"{lake.uri(key)}: sha256 of the landed object is {digest.hexdigest()}, its manifest records "
-                f"{sha256}; the landed bytes changed"
-            )
+        if digest is not None:
+            check(digest.hexdigest())
         yield path
 
 
