@@ -150,6 +150,50 @@ def sftp_stable_seconds() -> float:
     return float(_env("MEDALLION_SFTP_STABLE_SECONDS", "30"))
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long each layer keeps what it holds, applied by the daily `retention` job. None keeps it for ever
+    (the variable set to 0)."""
+
+    landing_days: int | None  # landed files by business date; for ever by default: bronze is rebuilt from them
+    quarantine_days: int | None  # quarantine rows by business date (a bronze re-run quarantines them again)
+    delta_versions_hours: int | None  # old files and log entries of every Delta table: how far time travel reaches
+    run_history_days: int | None  # finished Dagster runs and their event logs
+    sftp_archive_days: int | None  # the SFTP server's archive/ (copies of files already landed)
+    sftp_quarantine_days: int | None  # its quarantine/ (rejected files: the only copy of their bytes)
+    uploads_hours: int | None  # leftovers of interrupted landings under landing/_uploads
+    cron: str  # when the job runs, in UTC
+
+
+def _kept_for(name: str, default: int) -> int | None:
+    """A retention span from `name`: a whole number of days or hours, 0 for ever (None)."""
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"{name}={raw!r}: give a whole number (of days or hours, as its name says), 0 to keep for ever"
+        )
+    return value or None
+
+
+def retention() -> RetentionSettings:
+    return RetentionSettings(
+        landing_days=_kept_for("MEDALLION_RETENTION_LANDING_DAYS", 0),
+        quarantine_days=_kept_for("MEDALLION_RETENTION_QUARANTINE_DAYS", 90),
+        # deltalake's own default vacuum retention (delta.deletedFileRetentionDuration, a week); the tables'
+        # log retention is set to the same (instead of Delta's 30 days), so old versions leave entirely.
+        delta_versions_hours=_kept_for("MEDALLION_RETENTION_DELTA_VERSIONS_HOURS", 168),
+        run_history_days=_kept_for("MEDALLION_RETENTION_RUN_HISTORY_DAYS", 30),
+        sftp_archive_days=_kept_for("MEDALLION_RETENTION_SFTP_ARCHIVE_DAYS", 30),
+        sftp_quarantine_days=_kept_for("MEDALLION_RETENTION_SFTP_QUARANTINE_DAYS", 90),
+        uploads_hours=_kept_for("MEDALLION_RETENTION_UPLOADS_HOURS", 24),
+        cron=_env("MEDALLION_RETENTION_CRON", "30 3 * * *"),
+    )
+
+
 def is_configured(variable: str) -> bool:
     """Whether a variable is set, without reading it here (secrets go by reference, see above)."""
     return bool(os.environ.get(variable, "").strip())
