@@ -17,6 +17,11 @@ state is bad. A record with no usable business date (or no key) belongs to the U
 
 Records stream from the files into DuckDB in batches (each file's sha256 taken on the way) and out of it in
 batches; DuckDB holds the working set and spills to disk beyond its memory limit.
+
+`_checksum_sha256` is that digest: of the very bytes the records were parsed from, every one of them, taken
+before any record is handed over. The destination writes its files without a manifest, so there is no
+digest recorded at landing to check them against (as partner files are checked); a file changed after an
+earlier load shows as a new digest on the rows it gives, never as the old one.
 """
 
 from __future__ import annotations
