@@ -20,7 +20,10 @@ final as (
         valid_from,
         valid_to,
         valid_to is null as is_current,
+        -- Lineage: the bronze customers row of the version (docs/lineage.md), one join from its landing file.
+        business_date as _source_business_date,
         _source_file,
+        _source_row,
 
     from history
 
