@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dagster_project.lib.bronze.contract import LINEAGE_COLUMNS, PARTITION_COLUMN, QUARANTINE_SCHEMA, bronze_schema
+from dagster_project.lib.erasure import ForgetList
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.spec import SourceSpec
 
@@ -84,7 +85,13 @@ SOURCE_KEY = "medallion.source"
 PARTITION_KEY = "medallion.partition"
 LOAD_KEY = "medallion.load"
 RUN_KEY = "medallion.run_id"
-FIGURES = ("received", "loaded", "quarantined", "duplicates")  # on the quarantine commit, as medallion.<name>
+FIGURES = (
+    "received",
+    "loaded",
+    "quarantined",
+    "duplicates",
+    "forgotten",
+)  # on the quarantine commit, as medallion.<name>
 # Commits searched back from the newest for the one of a given load (each is one small read).
 LOG_SEARCH_COMMITS = 1000
 
@@ -98,11 +105,13 @@ class OriginLoad:
     loaded: int = 0
     quarantined: int = 0
     duplicates: int = 0  # records the reader dropped as an older or repeated delivery of a key
+    forgotten: int = 0  # records naming an erased subject: dropped or redacted (`lib/erasure.py`)
+    dropped_as_forgotten: int = 0  # of those, the ones a `delete` source dropped (neither loaded nor quarantined)
     reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def received(self) -> int:
-        return self.loaded + self.quarantined + self.duplicates
+        return self.loaded + self.quarantined + self.duplicates + self.dropped_as_forgotten
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,10 @@ class LoadResult:
     @property
     def duplicates(self) -> int:
         return sum(o.duplicates for o in self.origins)
+
+    @property
+    def forgotten(self) -> int:
+        return sum(o.forgotten for o in self.origins)
 
     @property
     def received(self) -> int:
@@ -320,7 +333,20 @@ def _writer_properties() -> Any:
     )
 
 
-def _open_table(uri: str, lake: Lake, schema: pa.Schema, description: str) -> DeltaTable:
+def stats_configuration(schema: pa.Schema, personal: set[str]) -> dict[str, str]:
+    """Table properties that keep column statistics (min/max in the Delta log) for every column but the
+    personal ones: the log would otherwise hold raw values of them, out of reach of a row delete."""
+    return {"delta.dataSkippingStatsColumns": ",".join(f.name for f in schema if f.name not in personal)}
+
+
+def table_configuration(spec: SourceSpec, layer: str) -> dict[str, str]:
+    """The Delta table properties of a source's bronze or quarantine table."""
+    if layer == "quarantine":
+        return stats_configuration(QUARANTINE_SCHEMA, {RAW_RECORD})
+    return stats_configuration(bronze_schema(spec), set(spec.pii_columns))
+
+
+def _open_table(uri: str, lake: Lake, schema: pa.Schema, description: str, configuration: dict[str, str]) -> DeltaTable:
     """The Delta table at `uri`, pinned at its current version; created empty (partitioned by date) if absent.
 
     Creating it apart from the first load lets every load pin a version before it reads its input. Loads
@@ -342,6 +368,7 @@ def _open_table(uri: str, lake: Lake, schema: pa.Schema, description: str) -> De
             mode="ignore",
             partition_by=[PARTITION_COLUMN],
             description=description,
+            configuration=configuration,
             storage_options=options,
             commit_properties=CommitProperties(max_commit_retries=0),
         )
@@ -399,6 +426,7 @@ def load_partition(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     retry: RetryPolicy = RetryPolicy(),
     on_event: Callable[[LoadEvent], None] | None = None,
+    forget: ForgetList | None = None,
 ) -> LoadResult:
     """Replace the bronze partition of `spec` for a business date, and its quarantine partition, with what
     the reader reads, on `lake`.
@@ -406,6 +434,8 @@ def load_partition(
     `reader` is either a function that opens a new reader over what has landed by now (then
     `business_date` is required), which lets a load that lost to a concurrent commit read its input again
     and retry; or a reader, read once: a lost commit then raises `ConcurrentLoadError` at once.
+    `forget`, the lake's forget list: records naming an erased subject are dropped or redacted
+    (`lib/erasure.py`), in bronze and in quarantine, and counted as `forgotten`.
     """
     if callable(reader):
         if business_date is None:
@@ -420,9 +450,19 @@ def load_partition(
 
     for attempt in range(1, retry.attempts + 1):
         # Pinned before the reader lists the input: see the module docstring.
-        bronze = _open_table(uris["bronze"], lake, bronze_schema(spec), f"{spec.description} Typed, with lineage.")
+        bronze = _open_table(
+            uris["bronze"],
+            lake,
+            bronze_schema(spec),
+            f"{spec.description} Typed, with lineage.",
+            table_configuration(spec, "bronze"),
+        )
         quarantine = _open_table(
-            uris["quarantine"], lake, QUARANTINE_SCHEMA, f"Records of source {spec.name} that broke its contract."
+            uris["quarantine"],
+            lake,
+            QUARANTINE_SCHEMA,
+            f"Records of source {spec.name} that broke its contract.",
+            table_configuration(spec, "quarantine"),
         )
         pinned = PartitionState(spec.name, day, _load_number(bronze, day), _load_number(quarantine, day))
         if found is None:
@@ -438,7 +478,7 @@ def load_partition(
                 if opened.business_date != day:
                     raise ValueError(f"{spec.name}: the reader reads {opened.business_date}, not {day}")
                 emit("reading")
-                _load_once(spec, opened, bronze, quarantine, day, load, run_id, ingested_at, batch_rows, emit)
+                _load_once(spec, opened, bronze, quarantine, day, load, run_id, ingested_at, batch_rows, emit, forget)
         except _Lost as lost:
             table = f"{lost.table}.{spec.name}"
             if not reusable:
@@ -482,6 +522,7 @@ def _load_once(
     ingested_at: dt.datetime | None,
     batch_rows: int,
     emit: Callable[..., None],
+    forget: ForgetList | None = None,
 ) -> None:
     """One attempt: read and check every record into two local spools (good, quarantined), then commit the
     quarantine spool, then the bronze spool.
@@ -519,6 +560,11 @@ def _load_once(
 
     def good_batches(quarantined: pa.ipc.RecordBatchStreamWriter) -> Iterator[pa.RecordBatch]:
         for origin, batch in reader.read(batch_rows):
+            if forget:
+                before = batch.num_rows
+                batch, forgotten = forget.apply(spec, batch)
+                origin.forgotten += forgotten
+                origin.dropped_as_forgotten += before - batch.num_rows
             reasons = batch.column(REASONS)
             bad = pc.is_valid(reasons)
             n_bad = pc.sum(bad).as_py() or 0
@@ -547,6 +593,7 @@ def _load_once(
             "loaded": sum(o.loaded for o in reader.origins),
             "quarantined": sum(o.quarantined for o in reader.origins),
             "duplicates": sum(o.duplicates for o in reader.origins),
+            "forgotten": sum(o.forgotten for o in reader.origins),
         }
         # Read with plain file reads, not a memory map: mapped pages the writer has passed stay in the
         # process's resident memory, which then grows with the partition (10M rows: about 1.5 GB).

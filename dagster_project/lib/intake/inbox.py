@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -610,6 +610,45 @@ class Inbox:
                 return [self._to_event(row) for row in conn.execute(query)]
         except SQLAlchemyError as error:
             raise _safe(error) from None
+
+    def redact_bodies(
+        self, provider: str, redact: Callable[[str], tuple[str, int]], *, batch_size: int = 1000
+    ) -> dict[date, int]:
+        """Rewrite the stored bodies of `provider`'s events, and of its conflicting deliveries, through
+        `redact` (text -> redacted text, values removed); returns how many events changed per event date.
+
+        The one change the inbox allows to a stored event (erasure): the body and its checksum are replaced
+        in place, the id, dates and commit position stay, so bronze reloads the event from the same partition."""
+        changed: dict[date, int] = {}
+        for table, date_of in ((webhook_events, "event_date"), (webhook_conflicts, None)):
+            cursor = 0
+            while True:
+                query = (
+                    sa.select(table.c.id, table.c.body, *([table.c[date_of]] if date_of else []))
+                    .where(table.c.provider == provider, table.c.id > cursor)
+                    .order_by(table.c.id)
+                    .limit(batch_size)
+                )
+                try:
+                    with self._writer.begin() as conn:
+                        rows = conn.execute(query).all()
+                        for row in rows:
+                            text, count = redact(bytes(row.body).decode("utf-8", errors="surrogateescape"))
+                            if not count:
+                                continue
+                            body = text.encode("utf-8", errors="surrogateescape")
+                            # a conflict keeps the checksum it was recorded under (part of its unique key)
+                            values = {"body": body, "body_sha256": sha256_hex(body)} if date_of else {"body": body}
+                            conn.execute(sa.update(table).where(table.c.id == row.id).values(**values))
+                            if date_of:
+                                day = row[2]
+                                changed[day] = changed.get(day, 0) + 1
+                except SQLAlchemyError as error:
+                    raise _safe(error) from None
+                if not rows:
+                    break
+                cursor = rows[-1].id
+        return changed
 
     def read_since(self, cursor: int, limit: int = 1000, *, provider: str | None = None) -> list[StoredEvent]:
         """Events with ``id > cursor`` in id order, at most `limit`; the last id is the next cursor."""

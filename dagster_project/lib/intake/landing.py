@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,9 +83,20 @@ class Manifest:
     source_uri: str  # where it was taken from (no credentials)
     received_at: str  # ISO 8601 UTC
     landed_path: str  # relative to the lake root (manifests written before URIs: an absolute local path)
+    # Erasures that rewrote the file, oldest first: each names the erasure request and the checksum of the
+    # bytes it replaced (`lib/erase.py`). Landing is immutable except for this.
+    redactions: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def sha256s(self) -> set[str]:
+        """Every content this landing has held: its bytes now, and those an erasure rewrote."""
+        return {self.sha256, *(str(r["sha256_before"]) for r in self.redactions)}
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2).encode()
+        fields = asdict(self)
+        if not self.redactions:  # a file no erasure touched has the manifest it always had
+            del fields["redactions"]
+        return json.dumps(fields, indent=2).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
@@ -141,7 +152,7 @@ def find_by_sha256(lake: Lake, feed: str, sha256: str) -> Manifest | None:
     if claimed is None:
         return None
     landed = _read_manifest(lake, landed_key(lake, claimed) + MANIFEST_SUFFIX)
-    return landed if landed is not None and landed.sha256 == sha256 else None
+    return landed if landed is not None and sha256 in landed.sha256s else None
 
 
 def land_file(
@@ -188,7 +199,7 @@ def land_file(
         if landed is None:
             _put_file(lake, key, staged, digest)
             landed = claimed if _write_manifest(lake, manifest_key, claimed) else _read_manifest(lake, manifest_key)
-        if landed is None or landed.sha256 != digest.sha256:
+        if landed is None or digest.sha256 not in landed.sha256s:  # an erased file delivered again: landed
             raise _conflict(key)
     except LandingConflict:
         if claimed_now:  # this content did not land: leave no claim pointing at another file's place
@@ -213,16 +224,54 @@ def landed_files(lake: Lake, feed: str, business_date: str) -> list[Manifest]:
     return sorted((m for m in manifests if m is not None), key=lambda m: (m.sequence, m.file_name))
 
 
-def index_feed(lake: Lake, feed: str) -> int:
-    """Add every landed file of `feed` to the content index (for landings older than the index); returns
-    how many entries were added. Idempotent, and safe beside landings in progress."""
-    added = 0
-    for batch in obstore.list(lake.store, f"{LANDING}/{feed}/"):  # a prefix of whole path segments
+def all_landed_files(lake: Lake, feed: str) -> Iterator[Manifest]:
+    """Every file landed for `feed`, whatever its date (one listing of the feed's folder)."""
+    for batch in obstore.list(lake.store, f"{LANDING}/{feed}/"):
         for meta in batch:
             if meta["path"].endswith(MANIFEST_SUFFIX) and "/business_date=" in meta["path"]:
                 manifest = _read_manifest(lake, meta["path"])
                 if manifest is not None:
-                    added += _put_if_absent(lake, _index_key(feed, manifest.sha256), manifest.to_json())
+                    yield manifest
+
+
+def rewrite_landed(lake: Lake, manifest: Manifest, redacted: Path, *, request_id: str, records: int) -> Manifest:
+    """Replace a landed file's bytes with `redacted` (the file less an erased subject's records), and its
+    manifest with one that records the redaction: the request, how many records, the checksum before. The
+    only write that replaces landed bytes; the content index then finds the file by both checksums."""
+    digest = digest_file(redacted)
+    key = landed_key(lake, manifest)
+    upload = f"{UPLOADS}/{uuid.uuid4().hex}"
+    with redacted.open("rb") as fh:
+        obstore.put(lake.store, upload, fh, chunk_size=UPLOAD_CHUNK_BYTES, max_concurrency=UPLOAD_CONCURRENCY)
+    try:
+        obstore.copy(lake.store, upload, key, overwrite=True)
+    finally:
+        obstore.delete(lake.store, upload)
+    redaction = {
+        "request_id": request_id,
+        "records": records,
+        "sha256_before": manifest.sha256,
+        "size_before": manifest.size,
+    }
+    rewritten = replace(
+        manifest,
+        size=digest.size,
+        crc32=digest.crc32,
+        sha256=digest.sha256,
+        landed_path=key,
+        redactions=[*manifest.redactions, redaction],
+    )
+    obstore.put(lake.store, key + MANIFEST_SUFFIX, rewritten.to_json())
+    _put_if_absent(lake, _index_key(manifest.feed, digest.sha256), rewritten.to_json())
+    return rewritten
+
+
+def index_feed(lake: Lake, feed: str) -> int:
+    """Add every landed file of `feed` to the content index (for landings older than the index); returns
+    how many entries were added. Idempotent, and safe beside landings in progress."""
+    added = 0
+    for manifest in all_landed_files(lake, feed):
+        added += _put_if_absent(lake, _index_key(feed, manifest.sha256), manifest.to_json())
     _put_if_absent(lake, f"{LANDING}/{feed}/{_INDEX}/{_INDEXED_MARKER}", b"")
     return added
 

@@ -14,6 +14,7 @@ from dagster_project.lib.sources.spec import (
     Column,
     DailyDeadline,
     MaxAge,
+    OnErasure,
     PartnerFiles,
     SourceSpec,
     WebhookEvents,
@@ -31,8 +32,10 @@ CUSTOMERS = SourceSpec(
     owners=("team:crm-data",),
     freshness=DailyDeadline("08:00", days="mon-fri"),  # the CRM exports each business day before 08:00
     columns=(
-        Column("customer_id", "int64", nullable=False, min_value=1, description="CRM customer id"),
-        Column("email", "string", nullable=False, pattern=EMAIL_PATTERN, pii=True),
+        Column(
+            "customer_id", "int64", nullable=False, min_value=1, description="CRM customer id", identifies="customer_id"
+        ),
+        Column("email", "string", nullable=False, pattern=EMAIL_PATTERN, pii=True, identifies="email"),
         Column("first_name", "string", pii=True),
         Column("last_name", "string", pii=True),
         Column("country_code", "string", pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2"),
@@ -73,7 +76,9 @@ CONSENTS = SourceSpec(
     owners=("team:crm-data",),
     freshness=DailyDeadline("08:00", days="mon-fri"),
     columns=(
-        Column("customer_id", "int64", nullable=False, min_value=1, description="CRM customer id"),
+        Column(
+            "customer_id", "int64", nullable=False, min_value=1, description="CRM customer id", identifies="customer_id"
+        ),
         Column("channel", "string", nullable=False, allowed=("email", "sms", "phone", "post")),
         Column("consent_status", "string", nullable=False, allowed=("granted", "withdrawn")),
         Column("changed_at", "timestamp", nullable=False, description="When the customer changed it, ISO 8601"),
@@ -93,9 +98,17 @@ ORDERS = SourceSpec(
     owners=("team:commerce-data",),
     # Synced hourly; a quiet night may bring no new orders, a day without any means the sync stopped.
     freshness=MaxAge(hours=24, warn_hours=6),
+    # An erased customer's orders stay (they are the shop's books) as guest orders.
+    on_erasure=OnErasure.REDACT,
     columns=(
         Column("order_id", "int64", nullable=False, min_value=1, description="Shop order id"),
-        Column("customer_id", "int64", min_value=1, description="CRM customer id; null for a guest order"),
+        Column(
+            "customer_id",
+            "int64",
+            min_value=1,
+            description="CRM customer id; null for a guest order",
+            identifies="customer_id",
+        ),
         Column("order_date", "date", nullable=False, description="Business date of the order (shop time zone)"),
         Column("ordered_at", "timestamp", nullable=False, description="When the order was placed, ISO 8601"),
         Column("total_amount", "decimal", nullable=False, precision=12, scale=2, min_value=0),
@@ -115,6 +128,7 @@ PAYMENT_EVENTS = SourceSpec(
     owners=("team:payments-data",),
     # The PSP sends charges around the clock; a day without a single event means deliveries stopped.
     freshness=MaxAge(hours=24, warn_hours=12),
+    on_erasure=OnErasure.REDACT,  # the event stays (revenue does not change); the subject's address goes
     columns=(
         Column("event_id", "string", nullable=False, description="PSP event id"),
         Column("event_type", "string", nullable=False, description="e.g. charge.succeeded, payout.paid"),
@@ -129,7 +143,15 @@ PAYMENT_EVENTS = SourceSpec(
         Column("currency", "string", pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case"),
         Column("status", "string"),
         Column("is_known_type", "boolean", nullable=False, description="false for types the platform does not know"),
-        Column("body", "string", nullable=False, pii=True, description="The event body exactly as received"),
+        Column(
+            "body",
+            "string",
+            nullable=False,
+            pii=True,
+            description="The event body as received (erased subjects' e-mail addresses redacted)",
+            identifies="email",
+            free_text=True,
+        ),
     ),
 )
 
@@ -143,12 +165,21 @@ SHOP_EVENTS = SourceSpec(
     unique_key=True,
     owners=("team:commerce-data",),
     freshness=MaxAge(hours=24, warn_hours=12),
+    on_erasure=OnErasure.REDACT,
     columns=(
         Column("event_id", "string", nullable=False, description="Standard Webhooks message id (webhook-id)"),
         Column("event_type", "string", nullable=False, description="The body's `type`, e.g. order.shipped"),
         Column("event_created_at", "timestamp", nullable=False, description="The body's `timestamp`"),
         Column("subject_id", "string", description="data.id: the object the event is about"),
-        Column("body", "string", nullable=False, pii=True, description="The event body exactly as received"),
+        Column(
+            "body",
+            "string",
+            nullable=False,
+            pii=True,
+            description="The event body as received (erased subjects' e-mail addresses redacted)",
+            identifies="email",
+            free_text=True,
+        ),
     ),
 )
 

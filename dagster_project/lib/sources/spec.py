@@ -16,6 +16,13 @@ from typing import ClassVar, Literal, TypeVar
 
 ColumnType = Literal["string", "int64", "decimal", "date", "timestamp", "boolean"]
 SignatureScheme = Literal["stripe", "standard"]
+# How a data subject is named (`medallion erase`): a CRM customer id, or an e-mail address.
+SubjectKind = Literal["customer_id", "email"]
+
+
+class OnErasure(StrEnum):
+    DELETE = "delete"  # a record naming an erased subject is removed (the subject's own data)
+    REDACT = "redact"  # the record stays; its identifying values are removed (a transaction, an event)
 
 
 class OnSchemaDrift(StrEnum):
@@ -36,6 +43,10 @@ class Column:
     scale: int = 2  # decimals only
     pii: bool = False  # raw value never leaves bronze; silver keeps only a keyed token
     description: str = ""
+    # The data subject this column's value names (erasure finds a subject's records by it); for a free-text
+    # column (a webhook body), the e-mail addresses found in the text.
+    identifies: SubjectKind | None = None
+    free_text: bool = False
 
 
 # --- how a source is read: one kind per input format, each with a reader in lib/bronze/readers ------------
@@ -165,6 +176,8 @@ class SourceSpec:
     on_missing_column: OnSchemaDrift = OnSchemaDrift.FAIL
     # When new data is due in bronze; None: no expectation (the asset carries no freshness policy).
     freshness: Freshness | None = None
+    # What erasing a data subject does to a record that names it (columns with `identifies`).
+    on_erasure: OnErasure = OnErasure.DELETE
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -179,6 +192,11 @@ class SourceSpec:
     @property
     def pii_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.pii)
+
+    @property
+    def subject_columns(self) -> tuple[Column, ...]:
+        """The columns that name a data subject (see `Column.identifies`)."""
+        return tuple(c for c in self.columns if c.identifies is not None)
 
     @property
     def lineage_source(self) -> str:

@@ -297,7 +297,7 @@ def test_a_load_killed_between_its_two_commits_is_detected_and_the_next_load_rep
     assert not state.consistent
     ahead = find_load_commit(CUSTOMERS, lake, "quarantine", day, state.quarantine_load)
     assert ahead is not None and ahead.run_id == "killed"
-    assert ahead.figures == {"received": 22, "loaded": 20, "quarantined": 2, "duplicates": 0}
+    assert ahead.figures == {"received": 22, "loaded": 20, "quarantined": 2, "duplicates": 0, "forgotten": 0}
     # Bronze is still the first load, whole: a reader of bronze never sees half a load.
     assert sorted(r["customer_id"] for r in rows(lake, "bronze")) == list(range(1, 11))
     assert {r["_run_id"] for r in rows(lake, "bronze")} == {"first"}

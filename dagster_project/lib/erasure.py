@@ -1,0 +1,331 @@
+"""Erasure of data subjects: a forget list of keyed hashes, and the rules that remove a subject's records.
+
+A subject is named by a CRM customer id or an e-mail address. The request is kept durably in the lake's
+forget list (`governance/forget_list`, a Delta table) as a keyed hash of the identifier only: HMAC-SHA256
+under the PII key of `medallion/forget/<kind>:<normalised value>`. That message differs from the one silver
+tokenises, so the list holds neither a raw identifier nor a token found anywhere else in the lake, and
+without the key nobody can test a guessed address against it. Everything else works from the hashes: a
+record names a forgotten subject when the hash of one of its identifying columns (`Column.identifies`) is in
+the list, and a free-text column (a webhook body) names one when an e-mail address found in it does.
+
+What erasure does to such a record is declared per source (`SourceSpec.on_erasure`): `delete` removes it
+(the subject's own records: customers, consents), `redact` keeps it without what identifies the subject (an
+order becomes a guest order, an event body loses the address). The same rules serve the erase job, which
+rewrites what has landed (`lib/intake/landing.py`), the inbox and the lake's history, and the bronze engine,
+which applies the list to every load: a replay, a backfill or a file delivered late never brings an erased
+subject back into bronze.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import hmac
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dagster_project.lib.lake import Lake
+from dagster_project.lib.sources.spec import Column, OnErasure, SourceSpec, SubjectKind
+
+FORGET_LIST = ("governance", "forget_list")
+FORGET_LIST_SCHEMA = pa.schema(
+    [
+        pa.field("subject_hash", pa.string(), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("requested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+# What replaces an erased e-mail address inside free text.
+REDACTED = "[erased]"
+# An e-mail address inside free text (a JSON body): the registry's e-mail rule, unanchored.
+EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+SUBJECT_KINDS: tuple[SubjectKind, ...] = ("customer_id", "email")
+
+
+class ErasureError(ValueError):
+    """An erasure request that cannot be carried out as given. The message never quotes the identifier."""
+
+
+def normalise(kind: SubjectKind, value: object) -> str:
+    """The form of an identifier that is hashed: a customer id as its decimal integer, an e-mail address
+    trimmed and lower-cased (as silver tokenises it)."""
+    if kind == "customer_id":
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ErasureError("a customer id must be a whole number") from None
+        if number < 1:
+            raise ErasureError("a customer id is a positive number")
+        return str(number)
+    if kind == "email":
+        text = str(value).strip().lower()
+        if not EMAIL_IN_TEXT.fullmatch(text):
+            raise ErasureError("an e-mail address to erase must look like name@domain.tld")
+        return text
+    raise ErasureError(f"unknown subject kind {kind!r}: one of {', '.join(SUBJECT_KINDS)}")
+
+
+def subject_hash(kind: SubjectKind, value: object, key: bytes) -> str:
+    """The forget list's keyed hash of an identifier."""
+    message = f"medallion/forget/{kind}:{normalise(kind, value)}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Subject:
+    kind: SubjectKind
+    value: str = field(repr=False)  # kept out of repr: an identifier must not reach a log line
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", normalise(self.kind, self.value))
+
+
+@dataclass(frozen=True)
+class ForgetList:
+    """The hashes of every subject erased so far, with the key that makes them."""
+
+    key: bytes = field(repr=False)
+    hashes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+    def names(self, kind: SubjectKind, value: object) -> bool:
+        """Whether `value`, an identifier of `kind`, is a forgotten subject's (an invalid one never is)."""
+        if value is None or not self.hashes:
+            return False
+        try:
+            return subject_hash(kind, value, self.key) in self.hashes
+        except ErasureError:
+            return False
+
+    def redact_text(self, text: str) -> tuple[str, int]:
+        """`text` with every forgotten subject's e-mail address replaced by REDACTED; and how many were."""
+        count = 0
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal count
+            if self.names("email", match.group(0)):
+                count += 1
+                return REDACTED
+            return match.group(0)
+
+        return (EMAIL_IN_TEXT.sub(replace, text), count) if self.hashes and "@" in text else (text, 0)
+
+    def record_names_subject(self, spec: SourceSpec, values: Mapping[str, Any]) -> bool:
+        """Whether a record (column name -> value as received) names a forgotten subject."""
+        for column in spec.subject_columns:
+            value = values.get(column.name)
+            if column.free_text:
+                if isinstance(value, str) and self.redact_text(value)[1]:
+                    return True
+            elif self.names(column.identifies, value):  # type: ignore[arg-type]
+                return True
+        return False
+
+    def redacted_record(self, spec: SourceSpec, values: dict[str, Any]) -> dict[str, Any]:
+        """A record of a `redact` source without what identifies a forgotten subject."""
+        out = dict(values)
+        for column in spec.subject_columns:
+            value = out.get(column.name)
+            if column.free_text and isinstance(value, str):
+                out[column.name] = self.redact_text(value)[0]
+            elif self.names(column.identifies, value):  # type: ignore[arg-type]
+                out[column.name] = None
+        return out
+
+    # -- Arrow batches (the bronze engine) ----------------------------------------------------------------
+
+    def apply(self, spec: SourceSpec, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+        """The batch as erasure leaves it, and how many of its records named a forgotten subject: removed
+        (`delete`) or stripped of the identifying values (`redact`). Columns the batch lacks are skipped; a
+        `_raw_record` column (quarantine) is matched and redacted as free text."""
+        if not self.hashes or batch.num_rows == 0:
+            return batch, 0
+        hits: list[pa.Array] = []
+        replaced: dict[str, pa.Array] = {}
+        for column in [*spec.subject_columns, Column("_raw_record", "string", identifies="email", free_text=True)]:
+            if column.name not in batch.schema.names:
+                continue
+            values = batch.column(column.name).to_pylist()
+            if column.free_text:
+                redacted = [self.redact_text(v) if isinstance(v, str) else (v, 0) for v in values]
+                hit = [n > 0 for _, n in redacted]
+                new_values = [text for text, _ in redacted]
+            else:
+                hit = [self.names(column.identifies, v) for v in values]  # type: ignore[arg-type]
+                new_values = [None if h else v for v, h in zip(values, hit, strict=True)]
+            if any(hit):
+                hits.append(pa.array(hit, pa.bool_()))
+                replaced[column.name] = pa.array(new_values, batch.schema.field(column.name).type)
+        if not hits:
+            return batch, 0
+        named = hits[0]
+        for more in hits[1:]:
+            named = pc.or_(named, more)
+        count = pc.sum(named).as_py() or 0
+        if spec.on_erasure == OnErasure.DELETE:
+            return batch.filter(pc.invert(named)), count
+        arrays = [replaced.get(name, batch.column(name)) for name in batch.schema.names]
+        return pa.RecordBatch.from_arrays(arrays, schema=batch.schema), count
+
+
+# -- the forget list in the lake ------------------------------------------------------------------------------
+
+
+def load_forget_list(lake: Lake, key: bytes) -> ForgetList:
+    """The lake's forget list (empty when nobody was erased yet)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(lake.table(*FORGET_LIST), storage_options=lake.delta_options())
+    except TableNotFoundError:
+        return ForgetList(key)
+    hashes = table.to_pyarrow_table(columns=["subject_hash"]).column("subject_hash").to_pylist()
+    return ForgetList(key, frozenset(hashes))
+
+
+def record_requests(
+    lake: Lake, key: bytes, subjects: Iterable[Subject], *, request_id: str, requested_at: dt.datetime
+) -> ForgetList:
+    """Add the subjects to the lake's forget list (before anything is erased: a crash after this point leaves
+    a request that the next erase run, or the next load, carries out); returns the whole list."""
+    from deltalake import write_deltalake
+
+    current = load_forget_list(lake, key)
+    new = sorted({subject_hash(s.kind, s.value, key) for s in subjects} - current.hashes)
+    if new:
+        rows = pa.table(
+            {
+                "subject_hash": new,
+                "request_id": [request_id] * len(new),
+                "requested_at": pa.array([requested_at] * len(new), pa.timestamp("us", tz="UTC")),
+            },
+            schema=FORGET_LIST_SCHEMA,
+        )
+        write_deltalake(
+            lake.table(*FORGET_LIST),
+            rows,
+            mode="append",
+            storage_options=lake.delta_options(),
+            description="Erased data subjects: keyed hashes of their identifiers, never the identifiers.",
+        )
+    return ForgetList(key, current.hashes | frozenset(new))
+
+
+# -- rewriting what landed ----------------------------------------------------------------------------------------
+
+
+def redact_delimited(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: ForgetList) -> int:
+    """Copy a partner file (delimited text with a header) from `src` to `dst` without what names a forgotten
+    subject; returns how many records named one. Untouched lines are copied byte for byte; a redacted
+    record is written again with the file's delimiter. Bytes that are not UTF-8 pass through unchanged."""
+    delimiter = spec.files.delimiter
+    text_in = io.TextIOWrapper(src, encoding="utf-8", errors="surrogateescape", newline="")
+    text_out = io.TextIOWrapper(dst, encoding="utf-8", errors="surrogateescape", newline="")
+    consumed: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for line in text_in:
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    header: list[str] | None = None
+    changed = 0
+    for row in reader:
+        raw = "".join(consumed)
+        consumed.clear()
+        if header is None:
+            header = [name.strip().lstrip("\ufeff") for name in row]  # a byte order mark is not a name
+            text_out.write(raw)
+            continue
+        values = dict(zip(header, row, strict=False))
+        if not forget.record_names_subject(spec, values):
+            text_out.write(raw)
+            continue
+        changed += 1
+        if spec.on_erasure == OnErasure.DELETE:
+            continue
+        redacted = forget.redacted_record(spec, values)
+        ending = "\r\n" if raw.endswith("\r\n") else "\n"
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=delimiter, lineterminator=ending).writerow(
+            ["" if redacted.get(name) is None else redacted[name] for name in header]
+        )
+        text_out.write(buffer.getvalue())
+    text_out.write("".join(consumed))  # an unterminated quote at the end: kept as it was
+    text_out.flush()
+    text_out.detach()
+    text_in.detach()
+    return changed
+
+
+def redact_json_lines(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: ForgetList) -> int:
+    """Copy a file of Airbyte records (JSON Lines, gzip or not) without what names a forgotten subject;
+    returns how many records named one. A record's data is its `_airbyte_data` object when it has one,
+    else the record itself. Untouched lines are copied byte for byte."""
+    head = src.read(2)
+    src = io.BufferedReader(_Prefixed(head, src))  # type: ignore[arg-type]
+    compressed = head == b"\x1f\x8b"
+    reader: IO[bytes] = gzip.GzipFile(fileobj=src, mode="rb") if compressed else src
+    writer: IO[bytes] = gzip.GzipFile(fileobj=dst, mode="wb") if compressed else dst
+    changed = 0
+    for line in reader:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            writer.write(line)  # the reader reports it; erasure leaves it as it is
+            continue
+        if not isinstance(record, dict):
+            writer.write(line)
+            continue
+        nested = record.get("_airbyte_data")
+        data = json.loads(nested) if isinstance(nested, str) else nested if isinstance(nested, dict) else record
+        if not forget.record_names_subject(spec, data):
+            writer.write(line)
+            continue
+        changed += 1
+        if spec.on_erasure == OnErasure.DELETE:
+            continue
+        redacted = forget.redacted_record(spec, data)
+        if isinstance(nested, str):
+            record["_airbyte_data"] = json.dumps(redacted)
+        elif isinstance(nested, dict):
+            record["_airbyte_data"] = redacted
+        else:
+            record = redacted
+        ending = b"\r\n" if line.endswith(b"\r\n") else b"\n"
+        writer.write(json.dumps(record, separators=(",", ":")).encode() + ending)
+    if compressed:
+        writer.close()
+    return changed
+
+
+class _Prefixed(io.RawIOBase):
+    """`head` followed by the rest of `inner`: a stream whose first bytes were read to sniff its format."""
+
+    def __init__(self, head: bytes, inner: IO[bytes]):
+        self._head, self._inner = head, inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
