@@ -895,6 +895,28 @@ def test_the_platform_reads_the_rendered_lake_settings_as_the_chart_meant(
         assert options["AZURE_STORAGE_ACCOUNT_NAME"] == lake_values["azure"]["storageAccountName"]
 
 
+def test_the_platform_reads_the_rendered_retention_settings_as_the_chart_meant(
+    chart: helm_python.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    values = {**VALUE_SETS["lean"], "config": {**VALUE_SETS["lean"]["config"], "retention": {"quarantineDays": 30}}}
+    data = one(manifests(render(chart, values)), "ConfigMap", f"{RELEASE}-config")["data"]
+    for variable, value in data.items():
+        monkeypatch.setenv(variable, value)
+    # The chart's defaults are the platform's, landing kept for ever; one value changed reaches the runs.
+    assert settings.retention() == settings.RetentionSettings(
+        landing_days=None,
+        quarantine_days=30,
+        delta_versions_hours=168,
+        run_history_days=30,
+        sftp_archive_days=30,
+        sftp_quarantine_days=90,
+        uploads_hours=24,
+        cron="30 3 * * *",
+    )
+
+
 def test_local_path_mode_mounts_its_claim_in_every_pod_that_opens_the_lake(chart: helm_python.Chart) -> None:
     docs = manifests(render(chart, VALUE_SETS["local-path"]))
     [claim] = by_kind(docs, "PersistentVolumeClaim")
