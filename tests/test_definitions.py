@@ -191,6 +191,14 @@ def test_with_airbyte_and_an_alert_channel_configured_their_schedule_and_sensors
     )
 
 
+def test_retention_runs_daily_unattended_from_the_start():
+    """Nothing else expires anything: the retention schedule is on before anyone touches a toggle."""
+    defs = _defs()
+    assert _statuses(defs)["retention_daily"] == "RUNNING"
+    schedule = defs.get_repository_def().get_schedule_def("retention_daily")
+    assert schedule.job_name == "retention" and schedule.execution_timezone == "UTC"
+
+
 def test_bronze_keeps_its_source_freshness_declaration_and_gold_the_layer_one():
     graph = _defs().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
