@@ -16,7 +16,10 @@ table `<lake>/<schema>/<name>` in one commit, then points the model's view at it
 - `overwrite`: the whole table (tables, and an incremental model's first build or full refresh);
 - `replace_where`: only the rows matching a predicate (the partition window of a partitioned incremental
   model): `write_deltalake(mode="overwrite", predicate=...)`, so rows that left bronze leave silver too;
-- `merge`: rows whose unique key is in the new rows are replaced, the others inserted (`DeltaTable.merge`).
+- `merge`: rows whose unique key is in the new rows are replaced, the others inserted (`DeltaTable.merge`);
+  a new row whose `_lake_delete` column is true is a tombstone: its key is deleted instead. A merged model
+  sends one for every key it recomputed to nothing (its records left bronze; macros/merge_deletes.sql), so
+  deletions land in the same single commit as its other changes; a merge without that column is refused.
 
 Why DuckDB's delta extension (`delta_scan`) reads, and not dbt-duckdb's own `delta` plugin: that plugin hands
 DuckDB a pyarrow dataset, which only lives on the cursor that registered it, so a source must be copied into
@@ -46,6 +49,8 @@ from dagster_project import settings
 from dagster_project.lib.lake import Lake
 
 BATCH_ROWS = 128 * 1024
+# A new row of a merged model with this column true deletes its key (macros/merge_deletes.sql).
+DELETE_MARKER = "_lake_delete"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -85,29 +90,55 @@ class Plugin(BasePlugin):
         mode = options.get("mode", "overwrite")
         cursor = self._conn.cursor()
         try:
-            rows = cursor.execute(f"SELECT * FROM {target_config.relation}").to_arrow_reader(BATCH_ROWS)
-            partition_by = [c for c in options.get("partition_by") or []]
+            relation = target_config.relation
+            columns = [d[0] for d in cursor.execute(f"SELECT * FROM {relation} LIMIT 0").description]
+            has_tombstones = DELETE_MARKER in columns
             exists = DeltaTable.is_deltatable(uri, storage_options=storage)
             if mode == "merge" and exists:
-                keys = list(options["unique_key"])
-                DeltaTable(uri, storage_options=storage).merge(
-                    source=rows,
-                    predicate=" and ".join(f"t.{k} = s.{k}" for k in keys),
-                    source_alias="s",
-                    target_alias="t",
-                ).when_matched_update_all().when_not_matched_insert_all().execute()
-            elif mode == "replace_where" and exists:
-                write_deltalake(uri, rows, mode="overwrite", predicate=options["predicate"], storage_options=storage)
-            else:
-                write_deltalake(
-                    uri,
-                    rows,
-                    mode="overwrite",
-                    schema_mode="overwrite",
-                    partition_by=partition_by or None,
-                    storage_options=storage,
-                    description=options.get("description") or None,
+                if not has_tombstones:
+                    raise ValueError(
+                        f"lake plugin: {schema}.{table} is merged on its unique key but does not end with "
+                        "select_with_deletes (macros/merge_deletes.sql): a key whose records left bronze "
+                        "would stay in it"
+                    )
+                rows = cursor.execute(f"SELECT * FROM {relation}").to_arrow_reader(BATCH_ROWS)
+                # A tombstone deletes its key; one that matches nothing is not inserted.
+                (
+                    DeltaTable(uri, storage_options=storage)
+                    .merge(
+                        source=rows,
+                        predicate=" and ".join(f"t.{k} = s.{k}" for k in options["unique_key"]),
+                        source_alias="s",
+                        target_alias="t",
+                    )
+                    .when_matched_delete(predicate=f"s.{DELETE_MARKER}")
+                    .when_matched_update_all(except_cols=[DELETE_MARKER])
+                    .when_not_matched_insert_all(predicate=f"not s.{DELETE_MARKER}", except_cols=[DELETE_MARKER])
+                    .execute()
                 )
+            else:
+                # Written in full or by partition, a table is what the model selected; tombstones (a merged
+                # model whose table went missing) have nothing to delete there.
+                select = (
+                    f"SELECT * EXCLUDE ({DELETE_MARKER}) FROM {relation} WHERE NOT {DELETE_MARKER}"
+                    if has_tombstones
+                    else f"SELECT * FROM {relation}"
+                )
+                rows = cursor.execute(select).to_arrow_reader(BATCH_ROWS)
+                if mode == "replace_where" and exists:
+                    write_deltalake(
+                        uri, rows, mode="overwrite", predicate=options["predicate"], storage_options=storage
+                    )
+                else:
+                    write_deltalake(
+                        uri,
+                        rows,
+                        mode="overwrite",
+                        schema_mode="overwrite",
+                        partition_by=list(options.get("partition_by") or []) or None,
+                        storage_options=storage,
+                        description=options.get("description") or None,
+                    )
             cursor.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._lake.duckdb_scan(uri)}")
         finally:
             cursor.close()

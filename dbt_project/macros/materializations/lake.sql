@@ -9,7 +9,9 @@
     - first build, full refresh, or a partitioned model run without a partition window: the whole table;
     - partitioned (`partition_by` equal to `unique_key`, e.g. business_date): the rows of the partition
       window are replaced (`replace_where`), so a row that left bronze leaves the model too;
-    - any other `unique_key`: rows with a key in the new rows are replaced, the others inserted (`merge`).
+    - any other `unique_key`: rows with a key in the new rows are replaced, the others inserted (`merge`);
+      the model ends with `select_with_deletes` (macros/merge_deletes.sql), whose tombstones delete the keys
+      it recomputed to nothing, so a key whose records all left bronze leaves the model too.
 -#}
 
 {% macro lake_build(mode, predicate=none) %}

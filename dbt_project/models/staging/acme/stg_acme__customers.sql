@@ -1,7 +1,9 @@
 {#-
-    Incremental runs recompute only the customers bronze changed inside the partition window, but pick
-    their latest record across every business date, so a backfill of an old day cannot overwrite a newer
-    record and the table stays a pure function of bronze.
+    Incremental runs recompute only the customers of the partition window, but pick their latest record
+    across every business date, so a backfill of an old day cannot overwrite a newer record and the table
+    stays a pure function of bronze. The customers of the window are those bronze has records of inside it
+    and those whose record here came from it: when that record left bronze, the customer falls back to its
+    previous record, or is deleted when none is left (select_with_deletes).
 -#}
 {{
     config(
@@ -21,10 +23,16 @@ versions as (
 ),
 
 {% if is_incremental() -%}
-changed_customers as (
+recomputed_customers as (
 
-    select distinct customer_id,
+    select customer_id,
     from versions
+    where {{ in_partition_window('business_date') }}
+
+    union
+
+    select customer_id,
+    from {{ this }}
     where {{ in_partition_window('business_date') }}
 
 ),
@@ -35,8 +43,8 @@ latest as (
     select versions.*
     from versions
     {% if is_incremental() -%}
-        inner join changed_customers
-            on versions.customer_id = changed_customers.customer_id
+        inner join recomputed_customers
+            on versions.customer_id = recomputed_customers.customer_id
     {%- endif %}
     qualify row_number() over (
         partition by versions.customer_id
@@ -69,4 +77,4 @@ final as (
 
 )
 
-select * from final
+{{ select_with_deletes('final', 'recomputed_customers') }}

@@ -1,8 +1,11 @@
 {#-
     The current state of each charge, derived from its whole event history ordered by when the PSP
     created the events, never by when they arrived: a refund delivered before its capture still leaves the
-    charge refunded. Incremental runs recompute only the charges with events inside the partition window,
-    but from all of their events, so the table stays a pure function of bronze.
+    charge refunded. Incremental runs recompute only the charges of the partition window, but from all of
+    their events, so the table stays a pure function of bronze. The charges of the window are those with
+    events inside it and those whose events here spanned it (first_business_date to last_business_date):
+    when an event left bronze, the charge is recomputed from the events left, or deleted when none is left
+    (select_with_deletes).
 -#}
 {{
     config(
@@ -25,11 +28,17 @@ events as (
 ),
 
 {% if is_incremental() -%}
-changed_charges as (
+recomputed_charges as (
 
-    select distinct charge_id,
+    select charge_id,
     from events
     where {{ in_partition_window('business_date') }}
+
+    union
+
+    select charge_id,
+    from {{ this }}
+    where {{ overlaps_partition_window('first_business_date', 'last_business_date') }}
 
 ),
 {%- endif %}
@@ -52,8 +61,8 @@ history as (
         end as lifecycle_step,
     from events
     {% if is_incremental() -%}
-        inner join changed_charges
-            on events.charge_id = changed_charges.charge_id
+        inner join recomputed_charges
+            on events.charge_id = recomputed_charges.charge_id
     {%- endif %}
 
 ),
@@ -92,6 +101,8 @@ aggregated as (
         min(event_created_at) as first_event_at,
         max(event_created_at) as last_event_at,
         count(*) as events_count,
+        min(business_date) as first_business_date,
+        max(business_date) as last_business_date,
     from ordered
     group by charge_id
 
@@ -123,9 +134,11 @@ final as (
         first_event_at,
         last_event_at,
         events_count,
+        first_business_date,
+        last_business_date,
 
     from aggregated
 
 )
 
-select * from final
+{{ select_with_deletes('final', 'recomputed_charges') }}

@@ -1,0 +1,29 @@
+{#-
+    The final select of an incremental model merged on its unique_key (macros/materializations/lake.sql).
+
+    A merge replaces the rows whose key is in the new rows and inserts the others, so a key that a run
+    recomputes to nothing (every bronze record of it was removed) would stay in the target. `recomputed`
+    names the relation (usually a CTE) of every key the run recomputed; on an incremental run each of them
+    that `rows` has no row for comes out as a tombstone, its key with `_lake_delete` true, and the merge
+    deletes it (lib/dbt_plugins/lake.py). Any other build writes `rows` as they are.
+
+    `recomputed` must hold the keys the target attributes to the run's window as well as those bronze
+    changed inside it: a record removed from bronze changes nothing inside the window that the new rows
+    could show.
+-#}
+{% macro select_with_deletes(rows, recomputed) -%}
+    {%- if is_incremental() -%}
+        {%- set unique_key = config.get('unique_key') -%}
+        {%- set keys = ([unique_key] if unique_key is string else unique_key) | join(', ') -%}
+        select *, false as _lake_delete,
+        from {{ rows }}
+
+        union all by name
+
+        select {{ keys }}, true as _lake_delete,
+        from {{ recomputed }}
+        anti join {{ rows }} using ({{ keys }})
+    {%- else -%}
+        select * from {{ rows }}
+    {%- endif -%}
+{%- endmacro %}
