@@ -14,6 +14,7 @@ rule of its gate, read from the parsed manifest (`dbt parse` writes `target/mani
 | unique_combination_of_columns           | the columns unique together                           |
 | expression_is_true                      | rows where the expression is not true                 |
 | no_unexpected_rows (tests/generic)      | the rows its query returns, `{batch}` the model       |
+| exists_in (tests/generic)               | the columns match a row of `to` (a source or model)   |
 
 A test this module cannot translate (or one restricted with `config: where`, which GX would ignore) fails
 the derivation with the test's name, rather than leaving a declared rule out of the gate.
@@ -75,7 +76,9 @@ def model_gates(manifest: Mapping[str, Any]) -> list[ModelGate]:
         if not meta:
             continue
         tests = sorted(tests_of.get(unique_id, []), key=lambda t: t["name"])
-        checks = tuple(rule_from_test(t) for t in tests if (t.get("config") or {}).get("severity", "error") == "error")
+        checks = tuple(
+            rule_from_test(t, manifest) for t in tests if (t.get("config") or {}).get("severity", "error") == "error"
+        )
         if not checks:
             raise ValueError(f"dbt model {node['name']} declares a GX gate but has no data tests of severity error")
         sample_columns = _sample_columns(node, meta, tests)
@@ -103,8 +106,9 @@ def _sample_columns(node: Mapping[str, Any], meta: object, tests: list[Mapping[s
     return keys
 
 
-def rule_from_test(test: Mapping[str, Any]) -> Rule:
-    """The rule a dbt data test node of the manifest declares."""
+def rule_from_test(test: Mapping[str, Any], manifest: Mapping[str, Any] | None = None) -> Rule:
+    """The rule a dbt data test node of the manifest declares (`manifest` resolves a test that reads another
+    source or model)."""
     name = test["test_metadata"]["name"]
     kwargs = test["test_metadata"].get("kwargs") or {}
     column = kwargs.get("column_name") or test.get("column_name")
@@ -134,7 +138,22 @@ def rule_from_test(test: Mapping[str, Any]) -> Rule:
             )
         case "no_unexpected_rows":
             return rules.unexpected_rows(kwargs["query"], test.get("description") or test["name"])
+        case "exists_in":
+            return rules.exists_in(
+                kwargs["columns"], _other_relation(test, manifest or {}), test.get("description") or None
+            )
     raise ValueError(
         f"dbt test {test['name']} ({name}) has no GX translation; add one in lib/quality/dbt_rules.py "
         "or write the rule as a no_unexpected_rows query"
     )
+
+
+def _other_relation(test: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
+    """The lake table (`<layer>.<table>`) of the one source or model a test reads besides its own model."""
+    others = [n for n in (test.get("depends_on") or {}).get("nodes", []) if n != test.get("attached_node")]
+    nodes = [(manifest.get("sources") or {}).get(n) or (manifest.get("nodes") or {}).get(n) for n in others]
+    if len(nodes) != 1 or nodes[0] is None:
+        raise ValueError(f"dbt test {test['name']} must read exactly one source or model besides its own")
+    node = nodes[0]
+    table = node.get("identifier") or node.get("alias") or node["name"]
+    return f"{node['schema']}.{table}"

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagster_project.lib.lake import Lake
+from dagster_project.lib.lake import Lake, LakeError
 from dagster_project.lib.quality.rules import Rule, full_match
 
 if TYPE_CHECKING:
@@ -177,7 +177,8 @@ def validate_lake(
     partition column reads only those partitions, only the columns a query needs are decoded, and GX
     computes the counts of a passing suite in a single aggregate scan. Only a failing suite scans again,
     to fetch its samples. `predicate_sql` is SQL written by the caller with `?` placeholders; values go in
-    `params`.
+    `params`. The other lake tables a rule reads (`Rule.reads`) are views by their `<layer>.<table>` name,
+    read in place too; a bronze table nothing was written to yet reads as empty, as it does in dbt.
     """
     import duckdb
 
@@ -191,6 +192,8 @@ def validate_lake(
         con.sql(
             f"SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}", params=list(params or [])
         ).create_view("batch")
+        for other in sorted({r for e in expectations if isinstance(e, Rule) for r in e.reads}):
+            _attach(con, lake, other)
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )
@@ -198,6 +201,27 @@ def validate_lake(
         con.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _attach(con: duckdb.DuckDBPyConnection, lake: Lake, relation: str) -> None:
+    """A view `<layer>.<table>` over that Delta table of the lake (`relation` is checked by `rules`)."""
+    from deltalake import DeltaTable
+
+    layer, _, table = relation.partition(".")
+    uri = lake.table(layer, table)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+    if DeltaTable.is_deltatable(uri, storage_options=lake.delta_options()):
+        con.execute(f"CREATE VIEW {relation} AS SELECT * FROM {lake.duckdb_scan(uri)}")
+        return
+    from dagster_project.lib.sources.registry import SOURCES
+
+    if layer != "bronze" or table not in SOURCES:
+        raise LakeError(f"a gate reads {relation}, which is not a table of the lake")
+    from dagster_project.lib.bronze.contract import bronze_schema
+
+    con.register("_gate_empty", bronze_schema(SOURCES[table]).empty_table())
+    con.execute(f"CREATE TABLE {relation} AS SELECT * FROM _gate_empty")
+    con.unregister("_gate_empty")
 
 
 def _validate(

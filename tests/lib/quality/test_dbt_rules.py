@@ -90,3 +90,25 @@ def test_a_test_the_gate_cannot_check_fails_loudly(test, message):
 def test_an_unexpected_rows_query_must_read_the_batch():
     with pytest.raises(ValueError, match="batch"):
         rules.unexpected_rows("select 1", "nothing to read")
+
+
+def test_an_exists_in_test_reads_the_lake_table_of_its_source():
+    test = _test("orders", "exists_in", {"to": "source('shop', 'orders')", "columns": ["order_id", "day"]})
+    test["depends_on"] = {"nodes": ["source.p.shop.orders", "model.p.orders"]}
+    test["description"] = "every order is still in bronze"
+    manifest = _manifest(_model("orders", {"gx_gate": {"sample_columns": ["order_id"]}}), test)
+    manifest["sources"] = {"source.p.shop.orders": {"name": "orders", "schema": "bronze", "identifier": "orders"}}
+
+    [gate] = dbt_rules.model_gates(manifest)
+
+    [rule] = gate.gate.expectations
+    assert rule == rules.exists_in(["order_id", "day"], "bronze.orders", "every order is still in bronze")
+    assert rule.reads == ("bronze.orders",)
+    assert "anti join bronze.orders using (order_id, day)" in (rule.query or "")
+
+
+def test_an_exists_in_rule_reads_only_a_lake_table_by_plain_names():
+    with pytest.raises(ValueError, match="<layer>.<table>"):
+        rules.exists_in(["id"], "bronze.orders; drop table x")
+    with pytest.raises(ValueError, match="plain column names"):
+        rules.exists_in(["id) or (1=1"], "bronze.orders")

@@ -192,7 +192,10 @@ select
   timestamptz '2025-11-05 10:00:00+00' as updated_at,
   date '2025-11-05' as business_date,
   'acme_customers_2025-11-05_seq-00001_crc32-1A2B3C4D.csv' as _source_file
-from range(1, 1001) as t(i)
+from range(1, 1001) as t(i);
+create schema if not exists bronze;
+create or replace table bronze.customers as
+select i::bigint as customer_id, date '2025-11-05' as business_date from range(1, 1001) as t(i)
 """
 
 
@@ -223,12 +226,14 @@ def test_silver_gate_passes_clean_table_and_fails_on_duplicate_key(model_gates):
     )
     con.execute("update silver.stg_acme__customers set email_token = upper(email_token) where customer_id = 43")
     con.execute("update silver.stg_acme__customers set email_domain = null where customer_id = 44")
+    con.execute("delete from bronze.customers where customer_id = 45")  # silver still holds its record
     result = _run(con, gate, "silver.stg_acme__customers")
     assert _failed(result) == {
         "expect_column_values_to_be_unique(customer_id)": 2,
         "expect_column_values_to_be_in_set(status)": 1,
         "expect_column_values_to_match_regex(email_token)": 1,
         "expect_column_values_to_not_be_null(email_domain)": 1,
+        "every customer's record kept here is still in bronze": 1,
     }
     unique = next(o for o in result.outcomes if o.expectation == "expect_column_values_to_be_unique")
     assert {row["customer_id"] for row in unique.sample} == {42}

@@ -223,6 +223,29 @@ def test_validate_lake_reads_one_partition(tmp_path, where, request):
     assert isinstance(day5, GateResult) and not day5.success
 
 
+def test_an_exists_in_rule_reads_the_other_lake_table_in_place(tmp_path):
+    lake = Lake.parse(str(tmp_path / "lake"))
+    write_deltalake(lake.table("silver", "keys"), pa.table({"customer_id": pa.array([1, 2, 3, 4, None], pa.int64())}))
+    write_deltalake(lake.table("bronze", "source_keys"), pa.table({"customer_id": pa.array([1, 3, 3], pa.int64())}))
+    rule = rules.exists_in(["customer_id"], "bronze.source_keys", "every key is in bronze")
+
+    result = validate_lake(lake, "silver.keys", "keys", [rule], sample_columns=["customer_id"])
+
+    assert not result.success
+    [outcome] = result.outcomes
+    assert (outcome.expectation, outcome.unexpected_count) == ("every key is in bronze", 2)  # null is not_null's
+    assert sorted(s["customer_id"] for s in outcome.sample) == [2, 4]
+
+
+def test_a_bronze_table_never_written_reads_as_empty(tmp_path):
+    lake = Lake.parse(str(tmp_path / "lake"))
+    write_deltalake(lake.table("silver", "keys"), pa.table({"customer_id": pa.array([1, 2], pa.int64())}))
+
+    result = validate_lake(lake, "silver.keys", "keys", [rules.exists_in(["customer_id"], "bronze.customers")])
+
+    assert result.outcomes[0].unexpected_count == 2
+
+
 def test_rules_compile_to_the_same_counts_as_gx_expectations(con):
     declared = [
         rules.not_null("customer_id"),
