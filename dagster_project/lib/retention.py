@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 import obstore
 from obstore.exceptions import NotFoundError
 
-from dagster_project.lib.intake.landing import LANDING, MANIFEST_SUFFIX, UPLOADS, Manifest, partition_prefix
+from dagster_project.lib.intake.landing import (
+    LANDING,
+    MANIFEST_SUFFIX,
+    UPLOADS,
+    Manifest,
+    landed_key,
+    partition_prefix,
+)
 from dagster_project.lib.intake.sftp_inbox import REASON_SUFFIX, reason_file_name
 from dagster_project.lib.lake import LAYERS, Lake
 
@@ -43,8 +50,7 @@ if TYPE_CHECKING:
     from dagster_project.lib.clients.sftp import SftpClient
 
 EXPIRED_MARKER = "_expired.json"
-PARTITION_COLUMN = "business_date"
-_DATE_FOLDER = f"{PARTITION_COLUMN}="
+_DATE_FOLDER = partition_prefix("feed", "").rsplit("/", 1)[-1]  # "business_date=", as landing names its folders
 _INDEX = "_sha256"
 _NOT_FOUND = (FileNotFoundError, NotFoundError)
 
@@ -182,6 +188,8 @@ def expire_quarantine(
     """Delete the business-date partitions older than `days` from every quarantine table."""
     import pyarrow as pa
     from deltalake import CommitProperties, DeltaTable
+
+    from dagster_project.lib.bronze.contract import PARTITION_COLUMN
 
     removal = Removal("quarantine", _kept(days, "days"), dry_run)
     if days is None:
@@ -324,7 +332,13 @@ def _index_key(feed: str, sha256: str) -> str:
 def _claims(lake: Lake, key: str, feed: str, day: str) -> bool:
     """Whether the content-index entry at `key` points into this partition (and not at a landing elsewhere)."""
     claimed = _read_manifest(lake, key)
-    return claimed is not None and claimed.landed_path.startswith(partition_prefix(feed, day) + "/")
+    if claimed is None:
+        return False
+    try:
+        where = landed_key(lake, claimed)  # older manifests record an absolute local path
+    except ValueError:
+        return False
+    return where.startswith(partition_prefix(feed, day) + "/")
 
 
 def _read_manifest(lake: Lake, key: str) -> Manifest | None:
