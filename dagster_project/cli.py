@@ -180,6 +180,53 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    import json
+
+    from dagster_project.defs.erasure.jobs import new_request_id, run_erase_job
+    from dagster_project.demo import embedded_environment
+    from dagster_project.lib.erasure import ErasureError, Subject, record_requests
+    from dagster_project.lib.masking import validate_key
+
+    try:
+        subjects = [Subject("customer_id", c) for c in args.customer_id] + [Subject("email", e) for e in args.email]
+    except ErasureError as exc:
+        raise SystemExit(f"medallion erase: {exc}") from None
+    if not subjects:
+        raise SystemExit("medallion erase: name at least one subject with --customer-id or --email")
+    # A deployment has its instance (DAGSTER_HOME) and key; the embedded platform makes its own, as `make demo`.
+    embedded = {} if settings.is_configured("DAGSTER_HOME") else embedded_environment()
+    try:
+        key = validate_key((embedded.get(settings.PII_HMAC_KEY) or settings.pii_hmac_key()).encode())
+    except ValueError as exc:
+        raise SystemExit(f"medallion erase: {settings.PII_HMAC_KEY}: {exc}") from None
+    request_id = args.request_id or new_request_id()
+    forget = record_requests(
+        settings.lake(), key, subjects, request_id=request_id, requested_at=dt.datetime.now(dt.UTC)
+    )
+    print(f"{request_id}: {len(subjects)} subject(s) in the forget list ({len(forget.hashes)} in all); erasing")
+    if embedded:
+        entry = "from dagster_project.defs.erasure.jobs import main; main()"
+        done = subprocess.run(
+            [sys.executable, "-c", entry, request_id],
+            env=settings.child_environment(embedded),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = done.stdout.strip().splitlines()
+        receipt = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+        if receipt is None:
+            sys.stderr.write(done.stderr[-4000:])
+    else:
+        receipt = run_erase_job(request_id)
+    if receipt is None:
+        print(f"{request_id}: the erase run failed; run `medallion erase` again to finish it (see the run in the UI)")
+        return 1
+    print(json.dumps(receipt, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medallion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     catalog = sub.add_parser("catalog", help="write a DuckDB file of views over the lake, for analysts and BI tools")
     catalog.add_argument("--out", help="the file to write (default .data/catalog.duckdb)")
     catalog.set_defaults(func=_cmd_catalog)
+
+    erase = sub.add_parser(
+        "erase", help="forget data subjects everywhere the platform writes (right to erasure), print a receipt"
+    )
+    erase.add_argument("--customer-id", action="append", default=[], help="a CRM customer id (repeatable)")
+    erase.add_argument("--email", action="append", default=[], help="an e-mail address (repeatable)")
+    erase.add_argument("--request-id", help="your reference for the request, e.g. a ticket id")
+    erase.set_defaults(func=_cmd_erase)
 
     sftp = sub.add_parser("sftp-server", help="run the embedded SFTP server in the foreground")
     sftp.add_argument("--host")

@@ -204,6 +204,14 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
+PII_HMAC_KEY = "MEDALLION_PII_HMAC_KEY"
+
+
+def pii_hmac_key() -> str:
+    """The PII HMAC key, for `medallion erase` (dbt's plugin and Dagster read it by reference); empty if unset."""
+    return os.environ.get(PII_HMAC_KEY, "").strip()
+
+
 def webhook_inbox_default_url() -> str:
     """The embedded inbox (SQLite under the data folder) used when MEDALLION_WEBHOOK_INBOX_URL is unset."""
     return f"sqlite:///{data_dir() / 'webhooks' / 'inbox.sqlite'}"

@@ -196,3 +196,80 @@ def test_a_failed_bronze_gate_stops_silver_and_gold_in_the_run_and_in_automation
         assert all(e.passed for e in healed.get_asset_check_evaluations())
         released = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=held.cursor)
         assert day in released.get_requested_partitions(silver_key)
+
+
+def _stored_objects() -> dict[str, bytes]:
+    """Every file the platform wrote under the data folder, and every object of the lake when it is on S3; the
+    SFTP server's folder and the demo's generated samples are the partner's side, not the platform's."""
+    import obstore
+
+    data = settings.data_dir()
+    partner = (settings.sftp_root().parent, data / "samples")
+    found = {
+        str(p): p.read_bytes()
+        for p in data.rglob("*")
+        if p.is_file() and not any(p.is_relative_to(side) for side in partner)
+    }
+    lake = settings.lake()
+    if not lake.is_local:
+        for batch in obstore.list(lake.store):
+            for meta in batch:
+                found[lake.uri(meta["path"])] = bytes(obstore.get(lake.store, meta["path"]).bytes())
+    return found
+
+
+def _mentions(name: str, data: bytes, needles: list[bytes], customer_ids: set[int]) -> list[str]:
+    """Where an identifier occurs in a stored file: its bytes (gzip opened), and every value of a Parquet
+    file decoded (compressed pages hide raw bytes), a customer_id column compared as a number."""
+    import gzip
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    hits = [f"{name}: {n.decode()}" for n in needles if n in data.lower()]
+    if data[:4] == b"PAR1":
+        table = pq.read_table(io.BytesIO(data))
+        for column in table.column_names:
+            values = table.column(column).to_pylist()
+            text = json.dumps(values, default=str).lower().encode()
+            hits += [f"{name} column {column}: {n.decode()}" for n in needles if n in text]
+            if column.endswith("customer_id"):
+                hits += [f"{name} column {column}: customer {c}" for c in customer_ids & set(values)]
+    return hits
+
+
+def test_erased_customers_leave_no_byte_behind_and_everyone_else_stays(demo: DemoSummary, capsys):
+    """Runs last in the module: it erases two customers of the demo's lake with `medallion erase`."""
+    from dagster_project.cli import main as cli
+    from dagster_project.lib.masking import pii_token
+
+    key = settings.pii_hmac_key().encode()
+    bronze = _lake_rows("bronze", "customers")
+    by_id: dict[int, set[str]] = {}
+    for row in bronze:
+        by_id.setdefault(row["customer_id"], set()).add(row["email"].strip().lower())
+    with_orders = {c for (c,) in _query("select distinct customer_id from bronze.orders where customer_id is not null")}
+    # One with orders erased by id; one whose records all carry one address, erased by that address.
+    by_id_only = min(set(by_id) & with_orders)
+    by_email = min(c for c in set(by_id) & with_orders if len(by_id[c]) == 1 and c != by_id_only)
+    erased = [by_id_only, by_email]
+    emails = by_id[by_id_only] | by_id[by_email]
+    needles = [e.encode() for e in emails] + [pii_token(e, key).encode() for e in emails]
+    before = {r["customer_id"] for r in _lake_rows("silver", "stg_acme__customers")}
+    assert [h for n, d in _stored_objects().items() for h in _mentions(n, d, needles, set(erased))], "nothing to find"
+
+    assert cli(["erase", "--customer-id", str(by_id_only), "--email", next(iter(by_id[by_email]))]) == 0
+    receipt = capsys.readouterr().out
+    assert "forget list" in receipt and not any(e in receipt for e in emails)
+
+    # The id is searched as a number only for the customer erased by id: an address names no order.
+    hits = [h for n, d in _stored_objects().items() for h in _mentions(n, d, needles, {by_id_only})]
+    assert hits == []
+    others = before - set(erased)
+    assert {r["customer_id"] for r in _lake_rows("bronze", "customers")} == others
+    assert {r["customer_id"] for r in _lake_rows("silver", "stg_acme__customers")} == others
+    [(current,)] = _query("select count(*) from gold.dim_customers where is_current")
+    assert current == len(others)
