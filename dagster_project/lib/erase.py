@@ -88,17 +88,24 @@ class Receipt:
 
 
 def erase_inputs(
-    lake: Lake, forget: ForgetList, receipt: Receipt, *, inbox: Inbox | None, scratch: Path | None = None
+    lake: Lake,
+    forget: ForgetList,
+    receipt: Receipt,
+    *,
+    inbox: Inbox | None,
+    scratch: Path | None = None,
+    only: tuple[str, str] | None = None,
 ) -> dict[str, set[str]]:
     """Steps 2 and 3: rewrite landed files and inbox bodies that name a forgotten subject; returns the
-    bronze partitions (source -> business dates) whose input changed."""
+    bronze partitions (source -> business dates) whose input changed. `only`, a (source, business date):
+    that partition's input alone (a file delivered after its subject was erased)."""
     affected: dict[str, set[str]] = {}
     for spec in SOURCES.values():
-        if not spec.subject_columns:
+        if not spec.subject_columns or (only and only[0] != spec.name):
             continue
         reader = spec.reader
         if isinstance(reader, PartnerFiles):
-            dates = _rewrite_partner_files(lake, spec, forget, receipt, scratch)
+            dates = _rewrite_partner_files(lake, spec, forget, receipt, scratch, only[1] if only else None)
         elif isinstance(reader, AirbyteStream):
             dates = _rewrite_record_files(lake, spec, forget, receipt, scratch)
         elif isinstance(reader, WebhookEvents):
@@ -116,12 +123,13 @@ def erase_inputs(
 
 
 def _rewrite_partner_files(
-    lake: Lake, spec: SourceSpec, forget: ForgetList, receipt: Receipt, scratch: Path | None
+    lake: Lake, spec: SourceSpec, forget: ForgetList, receipt: Receipt, scratch: Path | None, day: str | None
 ) -> set[str]:
     from dagster_project.lib.erasure import redact_delimited
 
     dates: set[str] = set()
-    for manifest in landing.all_landed_files(lake, spec.name):
+    landed = landing.landed_files(lake, spec.name, day) if day else landing.all_landed_files(lake, spec.name)
+    for manifest in landed:
         key = landing.landed_key(lake, manifest)
         with (
             landing.local_copy(lake, key, sha256=manifest.sha256, scratch=scratch) as original,

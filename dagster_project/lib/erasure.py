@@ -26,7 +26,7 @@ import hmac
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -182,17 +182,20 @@ class ForgetList:
 # -- the forget list in the lake ------------------------------------------------------------------------------
 
 
-def load_forget_list(lake: Lake, key: bytes) -> ForgetList:
-    """The lake's forget list (empty when nobody was erased yet)."""
+def load_forget_list(lake: Lake, key: bytes | Callable[[], bytes]) -> ForgetList:
+    """The lake's forget list (empty when nobody was erased yet). `key` may be a function giving it, called
+    only when the list names someone: a lake nobody was erased from needs no key to load bronze."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
         table = DeltaTable(lake.table(*FORGET_LIST), storage_options=lake.delta_options())
     except TableNotFoundError:
-        return ForgetList(key)
+        return ForgetList(b"")
     hashes = table.to_pyarrow_table(columns=["subject_hash"]).column("subject_hash").to_pylist()
-    return ForgetList(key, frozenset(hashes))
+    if not hashes:
+        return ForgetList(b"")
+    return ForgetList(key() if callable(key) else key, frozenset(hashes))
 
 
 def record_requests(

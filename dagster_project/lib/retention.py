@@ -36,6 +36,7 @@ import obstore
 from obstore.exceptions import NotFoundError
 
 from dagster_project.lib.intake.landing import (
+    EXPIRED_MARKER,
     LANDING,
     MANIFEST_SUFFIX,
     UPLOADS,
@@ -49,7 +50,6 @@ from dagster_project.lib.lake import LAYERS, Lake
 if TYPE_CHECKING:
     from dagster_project.lib.clients.sftp import SftpClient
 
-EXPIRED_MARKER = "_expired.json"
 _DATE_FOLDER = partition_prefix("feed", "").rsplit("/", 1)[-1]  # "business_date=", as landing names its folders
 _INDEX = "_sha256"
 _NOT_FOUND = (FileNotFoundError, NotFoundError)

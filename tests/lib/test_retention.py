@@ -19,6 +19,7 @@ from dagster_project.lib import retention
 from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.lib.intake.landing import (
     UPLOADS,
+    LandingExpired,
     LandResult,
     find_by_sha256,
     landed_files,
@@ -205,7 +206,8 @@ def test_landing_partitions_older_than_the_retention_expire_with_a_marker(lake: 
     assert removal.counts == {"partitions": 1, "files": 2, "manifests": 2, "index_entries": 2}
     assert removal.per_item == {"customers": {**removal.counts, "bytes": removal.bytes}}
     assert _keys(lake, old_prefix) == {old_prefix + retention.EXPIRED_MARKER}
-    assert landed_files(lake, "customers", "2025-11-01") == []
+    with pytest.raises(LandingExpired, match="retention removed this partition's landed files"):
+        landed_files(lake, "customers", "2025-11-01")  # a rebuild refuses instead of emptying bronze
     assert find_by_sha256(lake, "customers", old.sha256) is None
     marker = retention.expired(lake, "customers", "2025-11-01")
     assert marker is not None

@@ -15,7 +15,7 @@ import dagster as dg
 from dagster_project.defs.common.gates import gate_check_result
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.lib.sources.spec import SourceSpec
+from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
 
 if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
     from dagster_project.lib.bronze.engine import LoadEvent, LoadResult, PartitionState, Reader
@@ -63,6 +63,7 @@ def _results(
             "loaded": load.loaded,
             "quarantined": load.quarantined,
             "duplicates": load.duplicates,
+            "forgotten": load.forgotten,
             **{name: _metadata_value(value) for name, value in load.details.items()},
             "schema_version": spec.schema_version,
             "delta_version": load.bronze_version,
@@ -117,21 +118,37 @@ def build_bronze_assets(
             ),
         ],
         partitions_def=daily_partitions,
-        required_resource_keys={"lake", *required_resource_keys},
+        required_resource_keys={"lake", "pii_key", *required_resource_keys},
     )
     def _bronze(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         from dagster_project.lib.bronze import engine
+        from dagster_project.lib.erasure import load_forget_list
 
         lake: LakeResource = context.resources.lake
-        load = engine.load_partition(
-            spec,
-            lambda: open_reader(context, spec),
-            lake=lake.lake,
-            run_id=context.run.run_id,
-            business_date=context.partition_key,
-            on_event=lambda event: _log_event(context, event),
-        )
-        yield from _results(context, spec, load, lake)
+        forget = load_forget_list(lake.lake, context.resources.pii_key.key_bytes)
+
+        def load() -> "LoadResult":
+            return engine.load_partition(
+                spec,
+                lambda: open_reader(context, spec),
+                lake=lake.lake,
+                run_id=context.run.run_id,
+                business_date=context.partition_key,
+                on_event=lambda event: _log_event(context, event),
+                forget=forget,
+            )
+
+        result = load()
+        if result.forgotten and not isinstance(spec.reader, WebhookEvents):
+            # Delivered after its subject was erased: bronze left the records out; the landed copy is
+            # rewritten too (as `medallion erase` does), and the partition loaded again from it.
+            from dagster_project.lib import erase
+
+            receipt = erase.Receipt(f"late-delivery-{context.run.run_id[:8]}")
+            erase.erase_inputs(lake.lake, forget, receipt, inbox=None, only=(spec.name, context.partition_key))
+            context.log.warning(f"{result.forgotten} records of erased subjects left out: {receipt.render()}")
+            result = load()
+        yield from _results(context, spec, result, lake)
 
     return _bronze, build_bronze_gate(spec)
 

@@ -32,6 +32,23 @@ class LakeResource(dg.ConfigurableResource):
         return settings.data_dir() / "staging" / run_id
 
 
+class PiiKeyResource(dg.ConfigurableResource):
+    """The PII HMAC key, bound by reference (`dg.EnvVar`, never shown): the erasure forget list is keyed by it,
+    and bronze loads need it once the list names anyone."""
+
+    key: str = Field(default="", description="The PII HMAC key (MEDALLION_PII_HMAC_KEY), given by reference.")
+
+    def key_bytes(self) -> bytes:
+        from dagster_project.lib.masking import validate_key
+
+        if not self.key:
+            raise RuntimeError(f"{settings.PII_HMAC_KEY} is not set: the erasure forget list is keyed by it")
+        try:
+            return validate_key(self.key.encode("utf-8"))
+        except ValueError as exc:
+            raise RuntimeError(f"{settings.PII_HMAC_KEY}: {exc}") from None
+
+
 def by_reference_if_configured(variable: str, default: str) -> str:
     """`dg.EnvVar(variable)` when the variable is set, else `default`.
 
@@ -45,4 +62,9 @@ def by_reference_if_configured(variable: str, default: str) -> str:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"lake": LakeResource(root=settings.lake_root())})
+    return dg.Definitions(
+        resources={
+            "lake": LakeResource(root=settings.lake_root()),
+            "pii_key": PiiKeyResource(key=by_reference_if_configured(settings.PII_HMAC_KEY, "")),
+        }
+    )

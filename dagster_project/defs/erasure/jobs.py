@@ -16,24 +16,12 @@ import uuid
 import dagster as dg
 from pydantic import Field
 
-from dagster_project.defs.common.resources import LakeResource
+from dagster_project.defs.common.resources import LakeResource, PiiKeyResource
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 from dagster_project.defs.transform.resources import MedallionDbtCliResource
 from dagster_project.defs.webhooks.resources import InboxResource
 
 JOB_NAME = "erase_data_subjects"
-KEY_VARIABLE = "MEDALLION_PII_HMAC_KEY"
-
-
-class PiiKeyResource(dg.ConfigurableResource):
-    """The PII HMAC key, bound by reference (`dg.EnvVar`): the forget list is keyed by it."""
-
-    key: str = Field(description="The PII HMAC key (MEDALLION_PII_HMAC_KEY), never shown.")
-
-    def key_bytes(self) -> bytes:
-        from dagster_project.lib.masking import validate_key
-
-        return validate_key(self.key.encode("utf-8"))
 
 
 class EraseConfig(dg.Config):
@@ -158,6 +146,4 @@ def main() -> None:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(
-        jobs=[erase_data_subjects], resources={"pii_key": PiiKeyResource(key=dg.EnvVar(KEY_VARIABLE))}
-    )
+    return dg.Definitions(jobs=[erase_data_subjects])

@@ -53,7 +53,9 @@ LANDING = "landing"
 MANIFEST_SUFFIX = ".manifest.json"
 UPLOADS = f"{LANDING}/_uploads"
 _INDEX = "_sha256"
-_INDEXED_MARKER = "_indexed"  # the feed's index covers every manifest written before it existed
+_INDEXED_MARKER = "_indexed"
+# Left in a landing partition whose files retention removed (`lib/retention.py`): bronze is not rebuilt from it.
+EXPIRED_MARKER = "_expired.json"  # the feed's index covers every manifest written before it existed
 # Parts of a streamed upload: object stores want at least 5 MiB; four in flight bound the memory it takes.
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 UPLOAD_CONCURRENCY = 4
@@ -63,6 +65,10 @@ _NOT_FOUND = (FileNotFoundError, NotFoundError)
 
 class ChecksumMismatch(ValueError):
     """The content's CRC32 differs from the one the file name declares (a corrupt or partial transfer)."""
+
+
+class LandingExpired(RuntimeError):
+    """The partition's landed files were removed by retention: bronze cannot be rebuilt from landing."""
 
 
 class LandingConflict(FileExistsError):
@@ -214,13 +220,20 @@ def land_file(
 
 
 def landed_files(lake: Lake, feed: str, business_date: str) -> list[Manifest]:
-    """Every file landed for one partition (those with a manifest), in sequence order."""
-    manifests = [
-        _read_manifest(lake, meta["path"])
+    """Every file landed for one partition (those with a manifest), in sequence order. Raises LandingExpired
+    when retention removed them: a rebuild from what is left would empty the bronze partition."""
+    paths = [
+        meta["path"]
         for batch in obstore.list(lake.store, partition_prefix(feed, business_date) + "/")
         for meta in batch
-        if meta["path"].endswith(MANIFEST_SUFFIX)
     ]
+    if any(path.endswith("/" + EXPIRED_MARKER) for path in paths):
+        raise LandingExpired(
+            f"{feed} {business_date}: retention removed this partition's landed files "
+            f"({partition_prefix(feed, business_date)}/{EXPIRED_MARKER}); its bronze partition is kept as it is "
+            "and cannot be rebuilt from landing"
+        )
+    manifests = [_read_manifest(lake, path) for path in paths if path.endswith(MANIFEST_SUFFIX)]
     return sorted((m for m in manifests if m is not None), key=lambda m: (m.sequence, m.file_name))
 
 

@@ -23,7 +23,7 @@ from dagster_project.defs.airbyte.assets import (
     shop_orders_sync,
 )
 from dagster_project.defs.airbyte.resources import AirbyteResource
-from dagster_project.defs.common.resources import LakeResource
+from dagster_project.defs.common.resources import LakeResource, PiiKeyResource
 from dagster_project.lib.bronze.readers.airbyte_records import stream_folder
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import ORDERS
@@ -104,7 +104,7 @@ def _bronze_run(lake: Path | str, instance: dg.DagsterInstance, partition: str =
         [bronze_orders, bronze_orders_gate],
         partition_key=partition,
         instance=instance,
-        resources={"lake": LakeResource(root=str(lake))},
+        resources={"lake": LakeResource(root=str(lake)), "pii_key": PiiKeyResource()},
     )
 
 
@@ -221,7 +221,7 @@ def _sync_run(server: FakeAirbyteServer, lake: Path | str) -> dg.ExecuteInProces
     )
     return dg.materialize(
         [shop_orders_sync],
-        resources={"airbyte": airbyte, "lake": LakeResource(root=str(lake))},
+        resources={"airbyte": airbyte, "lake": LakeResource(root=str(lake)), "pii_key": PiiKeyResource()},
         raise_on_error=False,
     )
 

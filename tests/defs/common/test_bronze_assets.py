@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
-from dagster_project.defs.common.resources import LakeResource
+from dagster_project.defs.common.resources import LakeResource, PiiKeyResource
 from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 from dagster_project.lib.intake.landing import landed_files
 from dagster_project.lib.lake import Lake
@@ -39,7 +39,7 @@ class Platform:
         return dg.materialize(
             [BRONZE, GATE],
             partition_key=DAY,
-            resources={"lake": LakeResource(root=self.lake.root)},
+            resources={"lake": LakeResource(root=self.lake.root), "pii_key": PiiKeyResource()},
             instance=self.instance,
         )
 
@@ -49,7 +49,7 @@ class Platform:
             assets=[BRONZE],
             asset_checks=[GATE],
             jobs=[dg.define_asset_job("gate_only", selection=dg.AssetSelection.checks(GATE))],
-            resources={"lake": LakeResource(root=self.lake.root)},
+            resources={"lake": LakeResource(root=self.lake.root), "pii_key": PiiKeyResource()},
         )
         # A run of checks alone names its partition by tag: `partition_key=` looks for a partitioned asset.
         job = defs.resolve_job_def("gate_only")

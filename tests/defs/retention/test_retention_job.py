@@ -24,7 +24,7 @@ from dagster_project.defs.retention.run_history import expire_run_history
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.lib import retention
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.intake.landing import UPLOADS, land_file, landed_files
+from dagster_project.lib.intake.landing import UPLOADS, LandingExpired, land_file, landed_files
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
@@ -191,7 +191,9 @@ def test_the_retention_job_applies_every_layer_and_reports_a_receipt_without_con
         events = json.dumps([str(e) for e in instance.all_logs(result.run_id)])
         assert "ada.lovelace" not in events
 
-    assert landed_files(lake, "customers", old_day) == [] and retention.expired(lake, "customers", old_day)
+    assert retention.expired(lake, "customers", old_day)
+    with pytest.raises(LandingExpired):
+        landed_files(lake, "customers", old_day)
     assert len(landed_files(lake, "customers", young_day)) == 1
     assert [r["business_date"] for r in DeltaTable(quarantine).to_pyarrow_table().to_pylist()] == [today]
     assert "delta.logRetentionDuration" in DeltaTable(quarantine).metadata().configuration

@@ -465,3 +465,32 @@ def test_a_reused_sequence_number_fails_the_check_and_gaps_are_reported(intake: 
     )
     assert len(intake.bronze()) == rows  # the day is not doubled
     assert third in intake.landed()
+
+
+def test_a_file_naming_an_erased_customer_lands_without_it(intake: Intake, tmp_path: Path):
+    """Erased before its file arrived: the intake run leaves the customer out of bronze and rewrites the landed
+    copy (as `medallion erase` would have), everyone else loads, and the figures add up."""
+    from dagster_project.lib.erasure import Subject, record_requests
+
+    key = settings.pii_hmac_key().encode()
+    record_requests(
+        intake.lake,
+        key,
+        [Subject("email", "Erased.Person@Example.com")],
+        request_id="r",
+        requested_at=dt.datetime.now(dt.UTC),
+    )
+    name = _put(
+        intake, customers_csv([customer(1), customer(2, email="erased.person@example.com"), customer(3)]).encode()
+    )
+    [run] = intake.take_all()
+    assert run.success
+    assert sorted(r["customer_id"] for r in intake.bronze()) == [1, 3]
+    [bronze] = [
+        m for m in run.get_asset_materialization_events() if m.asset_key == dg.AssetKey(["bronze", "customers"])
+    ]
+    assert bronze.materialization.metadata["received"].value == 2  # from the rewritten file
+    [manifest] = landed_files(intake.lake, "customers", "2025-11-03")
+    assert manifest.file_name == name and manifest.redactions[0]["records"] == 1
+    landed = bytes(obstore.get(intake.lake.store, manifest.landed_path).bytes())
+    assert b"erased.person" not in landed.lower() and landed.count(b"\n") == 3
