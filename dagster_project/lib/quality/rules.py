@@ -102,8 +102,9 @@ def exists_in(columns: Sequence[str], relation: str, description: str | None = N
     if not _LAKE_RELATION.match(relation):
         raise ValueError(f"exists_in reads a lake table named <layer>.<table>, got {relation!r}")
     names = ", ".join(columns)
+    # Only the key columns: a query GX fetches rows of reads no other column of the model.
     query = (
-        f"select * from {BATCH} anti join {relation} using ({names}) "
+        f"select {names} from {BATCH} anti join {relation} using ({names}) "
         f"where {' and '.join(f'{c} is not null' for c in columns)}"
     )
     return Rule(

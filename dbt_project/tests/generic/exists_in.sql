@@ -3,7 +3,7 @@
     the run's window. The GX gates read the same declaration (lib/quality/rules.py `exists_in`). -#}
 {% test exists_in(model, to, columns) %}
 
-    select *
+    select {{ columns | join(', ') }}
     from {{ model }}
     anti join {{ to }} using ({{ columns | join(', ') }})
     where {% for column in columns %}{{ column }} is not null{% if not loop.last %} and {% endif %}{% endfor %}
