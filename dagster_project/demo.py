@@ -162,8 +162,16 @@ def local_secrets() -> dict[str, str]:
 
 
 def embedded_environment() -> dict[str, str]:
-    """What the embedded platform's processes get on top of this process's environment."""
-    return {"DAGSTER_HOME": str(prepare_instance_home()), **local_secrets()}
+    """What the embedded platform's processes get on top of this process's environment. A configured PII
+    key that cannot be one (too short, a placeholder) stops it here, before any process starts."""
+    from dagster_project.lib.masking import validate_key
+
+    secrets_ = local_secrets()
+    try:
+        validate_key((secrets_.get(settings.PII_HMAC_KEY) or settings.pii_hmac_key()).encode())
+    except ValueError as exc:
+        raise SystemExit(f"{settings.PII_HMAC_KEY}: {exc}") from None
+    return {"DAGSTER_HOME": str(prepare_instance_home()), **secrets_}
 
 
 def signing_secret(provider: str) -> str:

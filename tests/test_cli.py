@@ -134,3 +134,17 @@ def test_the_embedded_instance_gets_the_platform_config_and_its_storage_before_a
     assert prepare_instance_home() == home
     assert (home / "dagster.yaml").read_text() == (settings.project_root() / "infra/dagster/dagster.yaml").read_text()
     assert (home / "history" / "runs.db").exists()  # created here, not raced for by the daemon and its code server
+
+
+def test_a_placeholder_pii_key_stops_the_platform_before_anything_starts(tmp_path: Path):
+    env = {
+        **os.environ,
+        "MEDALLION_DATA_DIR": str(tmp_path / "data"),
+        "MEDALLION_PII_HMAC_KEY": "change-me-pii-hmac-key",
+    }
+    env.pop("DAGSTER_HOME", None)
+    done = subprocess.run([MEDALLION, "erase", "--customer-id", "1"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "MEDALLION_PII_HMAC_KEY: the PII tokenisation key is a documented placeholder" in done.stderr
+    assert "change-me-pii-hmac-key" not in done.stderr + done.stdout
+    assert not (tmp_path / "data" / "dagster").exists()  # nothing was started
