@@ -11,11 +11,13 @@ Nothing changes `os.environ`: a process that needs other values starts a child w
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagster_project.lib.business_dates import default_first_business_date, parse_first_business_date
 from dagster_project.lib.lake import Lake
 
 # Variables whose value may hold a password (a PostgreSQL URL): bound to resources as `dg.EnvVar`.
@@ -192,6 +194,25 @@ def retention() -> RetentionSettings:
         uploads_hours=_kept_for("MEDALLION_RETENTION_UPLOADS_HOURS", 24),
         cron=_env("MEDALLION_RETENTION_CRON", "30 3 * * *"),
     )
+
+
+FIRST_BUSINESS_DATE = "MEDALLION_FIRST_BUSINESS_DATE"
+
+
+def first_business_date() -> dt.date:
+    """The first business date the platform keeps: every daily partition (bronze, silver, gold) starts here,
+    and the webhook inbox files an event created earlier under the day it was received.
+
+    Unset, the first day of the month three months back (UTC): partitions near the data, the same in every
+    process started the same month. A deployment keeping more history sets it, and sets it earlier to
+    backfill older days; it is read when the code location loads."""
+    raw = os.environ.get(FIRST_BUSINESS_DATE, "").strip()
+    if not raw:
+        return default_first_business_date(dt.datetime.now(dt.UTC).date())
+    try:
+        return parse_first_business_date(raw)
+    except ValueError as exc:
+        raise ValueError(f"{FIRST_BUSINESS_DATE}: {exc}") from None
 
 
 def is_configured(variable: str) -> bool:

@@ -16,6 +16,12 @@ from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
+# The tests' business dates are fixed (2025-11-03 and around), and the partitions' start is fixed when the
+# definitions are first imported: it is set for the whole session here, before any test module imports them.
+# Children the tests start inherit it; a test about another start sets its own in a child's environment.
+TEST_FIRST_BUSINESS_DATE = "2025-01-01"
+os.environ[settings.FIRST_BUSINESS_DATE] = TEST_FIRST_BUSINESS_DATE
+
 
 @pytest.fixture
 def sftp_server(tmp_path: Path) -> Iterator[EmbeddedSftpServer]:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -385,12 +385,15 @@ def create_app(
     max_header_count: int = 100,
     max_header_bytes: int = 16 * 1024,
     readiness_timeout_seconds: float = READINESS_TIMEOUT_SECONDS,
+    first_business_date: date | None = None,
 ) -> Starlette:
     """The receiver app for the providers in `schemes` (provider -> "stripe" | "standard").
 
     Every provider needs at least one secret; Standard Webhooks secrets must be `whsec_<base64>`.
     `auto_migrate` creates the inbox schema at start-up (embedded SQLite); in production the schema is
     created by ``medallion webhooks migrate`` so the receiver's database role needs no DDL rights.
+    `first_business_date` is the partitions' first day: an event created earlier is filed under the day it
+    was received (None files every event under its creation date, whatever it is).
     """
     providers: dict[str, _Provider] = {}
     for name, scheme in schemes.items():
@@ -404,7 +407,7 @@ def create_app(
                 signatures.standard_secret_key(secret)  # fail at start-up, not on every request
         providers[name] = _Provider(name=name, scheme=cast(signatures.Scheme, scheme), secrets=provider_secrets)
 
-    inbox = Inbox(inbox_url)
+    inbox = Inbox(inbox_url, first_business_date=first_business_date)
     committer = GroupCommitter(inbox)
     metrics = Metrics()
 
@@ -605,6 +608,7 @@ def create_app_from_settings() -> Starlette:
         body_timeout_seconds=settings.webhook_body_timeout_seconds(),
         max_header_count=settings.webhook_max_header_count(),
         max_header_bytes=settings.webhook_max_header_bytes(),
+        first_business_date=settings.first_business_date(),
     )
 
 

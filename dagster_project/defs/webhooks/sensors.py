@@ -8,7 +8,6 @@ import dagster as dg
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.webhooks.assets import ingest_job_name, ingest_jobs
 from dagster_project.defs.webhooks.resources import InboxResource
-from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 from dagster_project.lib.sources.registry import SOURCES, source_for_provider
 
 if TYPE_CHECKING:  # SQLAlchemy loads when the sensor runs, not with the code location
@@ -66,11 +65,15 @@ def _new_events(
                 # deployment or by hand and has no bronze table to go to.
                 context.log.warning(f"inbox event {event.id}: provider {event.provider!r} is not a source")
             elif not daily_partitions.has_partition_key(day):
-                if FIRST_BUSINESS_DATE <= event.event_date <= event.received_at.date():
+                if daily_partitions.start.date() <= event.event_date <= event.received_at.date():
                     # the day it was received has not begun on this clock yet: stop before it, read it next tick
                     return
-                # stored before the inbox filed every event within the partitions (see `partition_date`)
-                context.log.warning(f"inbox event {event.id} ({spec.name}): date {day} has no partition")
+                # before the first business date (an event stored before MEDALLION_FIRST_BUSINESS_DATE was moved
+                # later): it stays in the inbox, and reaches bronze once its date is a partition again
+                context.log.warning(
+                    f"inbox event {event.id} ({spec.name}): date {day} has no partition (they start on "
+                    f"{daily_partitions.start.date()})"
+                )
             else:
                 if event.redated:
                     context.log.warning(

@@ -4,8 +4,9 @@ Three tables, created by `migrate()`:
 
 * ``webhook_events``: one row per (provider, event id), holding the body exactly as received, its SHA-256,
   the headers that matter and when it arrived. ``event_date`` is the bronze partition the event belongs to:
-  the UTC date it was created, or the date it was received when the creation date is before
-  `FIRST_BUSINESS_DATE` or after the day of receipt, so that every stored event has a partition to reach.
+  the UTC date it was created, or the date it was received when the creation date is before the first
+  business date (`Inbox(first_business_date=...)`) or after the day of receipt, so that every stored event has a
+  partition to reach.
 * ``webhook_conflicts``: a delivery that reuses a stored event id with a different body. The stored row is
   never overwritten (the first body wins); the conflicting body is kept here with both hashes.
 * ``webhook_inbox_probe``: one row that readiness rewrites to prove the inbox takes writes.
@@ -35,8 +36,6 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-
-from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 
 StoreOutcome = Literal["stored", "duplicate", "conflict"]
 
@@ -116,12 +115,13 @@ class UnstorableEvent(Exception):
 _PER_EVENT_ERRORS = (ValueError, sa.exc.DataError, sa.exc.IntegrityError)
 
 
-def partition_date(created_at: datetime, received_at: datetime, first: date = FIRST_BUSINESS_DATE) -> date:
+def partition_date(created_at: datetime, received_at: datetime, first: date | None) -> date:
     """The bronze partition of an event: the UTC date it was created, unless that date has no partition
-    (before `first`) or is after the day it was received (a wrong clock, a forged date), in which case the
-    date it was received. Both inputs are stored, so the choice is a pure function of the row."""
+    (before `first`, the first business date; None: no lower bound) or is after the day it was received (a
+    wrong clock, a forged date), in which case the date it was received. Both inputs are stored, so the
+    choice is a pure function of the row."""
     created, received = _utc(created_at).date(), _utc(received_at).date()
-    return created if first <= created <= received else received
+    return created if (first is None or first <= created) and created <= received else received
 
 
 def sha256_hex(body: bytes) -> str:
@@ -305,8 +305,11 @@ class Inbox:
         lock_timeout_seconds: float = 2.0,
         statement_timeout_seconds: float = 10.0,
         min_free_bytes: int = 16 * 1024 * 1024,
+        first_business_date: date | None = None,
     ) -> None:
         self.url = url
+        # events created earlier are filed under the day they were received (see `partition_date`)
+        self.first_business_date = first_business_date
         self.engine = create_inbox_engine(
             url, lock_timeout_seconds=lock_timeout_seconds, statement_timeout_seconds=statement_timeout_seconds
         )
@@ -476,7 +479,7 @@ class Inbox:
             "event_id": event.event_id,
             "event_type": event.event_type,
             "event_created_at": created,
-            "event_date": partition_date(created, received),
+            "event_date": partition_date(created, received, self.first_business_date),
             "body": event.body,
             "body_sha256": event.body_sha256,
             "headers": dict(event.headers),
@@ -552,7 +555,7 @@ class Inbox:
                 event_id=event.event_id,
                 event_type=event.event_type,
                 event_created_at=created,
-                event_date=partition_date(created, received),
+                event_date=partition_date(created, received, self.first_business_date),
                 body=event.body,
                 body_sha256=digest,
                 headers=dict(event.headers),

@@ -20,7 +20,6 @@ from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.sftp.assets import INBOX_KEY
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.defs.sftp.sensors import build_inbox_sensor
-from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 from dagster_project.lib.checksums import crc32_hex
 from dagster_project.lib.clients.sftp import HostKeyRefused, SftpClient
 from dagster_project.lib.intake import sftp_inbox
@@ -313,7 +312,7 @@ def _put(intake: Intake, data: bytes, business_date: str = "2025-11-03", sequenc
 def test_no_entry_stops_the_others_each_gets_its_own_outcome(intake: Intake, tmp_path: Path):
     good = _put(intake, _files(tmp_path)[0].path.read_bytes())
     future = _put(intake, b"customer_id\n1\n", "2999-01-01")  # no partition: the daemon refuses the key
-    before = _put(intake, b"customer_id\n1\n", (FIRST_BUSINESS_DATE - dt.timedelta(days=1)).isoformat())
+    before = _put(intake, b"customer_id\n1\n", (daily_partitions.start.date() - dt.timedelta(days=1)).isoformat())
     long_name = "acme_customers_" + "x" * 236 + ".csv"  # 255 bytes: no room for `.reason.txt.part`
     (intake.inbox / long_name).write_bytes(b"x")
     unknown = "acme_orders_2025-11-03_seq-00001_crc32-00000000.csv"

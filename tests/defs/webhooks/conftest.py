@@ -9,6 +9,7 @@ from deltalake import DeltaTable
 
 from dagster_project import settings
 from dagster_project.definitions import defs as load_defs
+from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.sftp.resources import SftpResource
 from dagster_project.defs.webhooks.resources import InboxResource
 from dagster_project.services.loopback import serve_in_thread
@@ -39,6 +40,7 @@ def receiver(inbox_url: str) -> Iterator[str]:
         max_body_bytes=64 * 1024,
         tolerance_seconds=300,
         auto_migrate=True,
+        first_business_date=daily_partitions.start.date(),  # as `create_app_from_settings` does
     )
     with serve_in_thread(app, name="webhook-receiver") as base_url:
         yield base_url

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dagster_project.lib.business_dates import FIRST_BUSINESS_DATE
 from dagster_project.lib.intake.inbox import (
     InboundEvent,
     Inbox,
@@ -23,6 +22,8 @@ from dagster_project.lib.intake.inbox import (
 from tests.postgres import postgres_schema
 
 # trust auth on loopback, as on the build machines and in CI; an unreachable server fails these tests
+
+FIRST_BUSINESS_DATE = date(2025, 1, 1)  # the inbox's first business date in these tests
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -46,7 +47,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def inbox(inbox_url: str) -> Iterator[Inbox]:
     migrate(inbox_url)
-    with Inbox(inbox_url) as inbox:
+    with Inbox(inbox_url, first_business_date=FIRST_BUSINESS_DATE) as inbox:
         yield inbox
 
 
@@ -342,7 +343,7 @@ def test_an_event_whose_date_has_no_partition_is_filed_under_the_day_it_was_rece
     event = InboundEvent(
         "stripe", "evt_1", "t", created, b"{}", received_at=datetime(2025, 11, 20, 23, 59, 59, tzinfo=UTC)
     )
-    assert partition_date(event.event_created_at, event.received_at, first=FIRST_BUSINESS_DATE) == partition
+    assert partition_date(event.event_created_at, event.received_at, FIRST_BUSINESS_DATE) == partition
     inbox.store(event)
     [stored] = inbox.read_since(0)
     assert stored.event_date == partition
