@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,12 @@ from dagster_project import settings
 LAKE_ROOT_VAR = "medallion_lake_root"
 
 
+def dbt_executable() -> str:
+    """dbt from PATH, else the one installed beside this interpreter: `.venv/bin/medallion` run without the
+    virtual environment on PATH still finds its own dbt."""
+    return shutil.which("dbt") or str(Path(sys.executable).with_name("dbt"))
+
+
 class MedallionDbtCliResource(DbtCliResource):
     """`DbtCliResource` that runs every dbt command against the configured lake.
 
@@ -33,6 +40,9 @@ class MedallionDbtCliResource(DbtCliResource):
     """
 
     lake_root: str
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**{"dbt_executable": dbt_executable(), **data})
 
     def config_vars(self) -> dict[str, str]:
         return {LAKE_ROOT_VAR: self.lake_root}
