@@ -26,8 +26,14 @@ install: $(STAMP) $(DBT_DIR)/target/manifest.json  ## create the environment and
 demo: install  ## run the whole platform end to end on embedded defaults and print a summary
 	$(RUN) medallion demo
 
-dev: install  ## the Dagster UI on http://127.0.0.1:3000 with sensors, automation and the embedded SFTP server
-	$(RUN) medallion dev
+# Ports of `make dev`, e.g. `make dev PORT=3001 WEBHOOKS_PORT=8001 SFTP_PORT=2223`. Set here, so a PORT exported
+# by the shell is not taken by accident; SFTP_PORT left empty means MEDALLION_SFTP_PORT, else 2222.
+PORT := 3000
+WEBHOOKS_PORT := 8000
+SFTP_PORT :=
+
+dev: install  ## the Dagster UI (:3000, PORT=) with sensors and automation, webhooks (:8000, WEBHOOKS_PORT=), SFTP (:2222, SFTP_PORT=)
+	$(RUN) medallion dev --port $(PORT) --webhooks-port $(WEBHOOKS_PORT) $(if $(SFTP_PORT),--sftp-port $(SFTP_PORT))
 
 browser:  ## headless Chromium for the UI test (Debian package)
 	@command -v chromium >/dev/null || { \

@@ -27,6 +27,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
     from dagster_project.defs.sftp.resources import SftpResource
     from dagster_project.demo import PSP, SHOP, demo_days, signing_secret, upload, write_sample_files
+    from dagster_project.lib.sources.registry import CUSTOMERS, PSP_PAYOUTS
     from dagster_project.samples.payments import WEBHOOK_PATH as PSP_WEBHOOK_PATH
     from dagster_project.samples.payments import Delivery, build_payments_sample, post_deliveries
     from dagster_project.samples.shop_events import WEBHOOK_PATH as SHOP_WEBHOOK_PATH
@@ -36,17 +37,33 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
         raise SystemExit("medallion sample-data: --days must be at least 3 (the payments sample spans three days)")
     end = dt.date.fromisoformat(args.end_date) if args.end_date else dt.date.today()
     out = Path(args.out) if args.out else settings.data_dir() / "samples"
+    # The days `make demo` fills when run the same day: another batch for them is new data in known partitions.
     days = demo_days(args.days, today=end)
-    good, bad = write_sample_files(out / "customers", days)
+    sftp = SftpResource.from_settings(settings.sftp()) if args.upload else None
+    waiting: list[str] = []
+    if sftp is not None:
+        with sftp.client() as client:
+            waiting = [entry.name for entry in client.list_dir(sftp.layout().inbox)]
+    first = next_sequences(waiting)
+    batch = first[CUSTOMERS.name]
+    tag = "" if batch == 1 else f"b{batch}_"  # the first batch is the demo's, ids and all
+    print(f"sample batch {batch}: partner files numbered from {', '.join(f'{k} {v}' for k, v in first.items())}")
+    good, bad = write_sample_files(out / "customers", days, seed=7 + batch - 1, first_sequences=first)
     for f in good:
         print(f"{f.path}  ({f.good} good, {f.bad} breaking the contract)")
     for path in bad:
         print(f"{path}  (the inbox must refuse it)")
     # The same signing secret as the receiver of `medallion dev`.
-    payments = build_payments_sample(out / "payments", days[-3:], secret=signing_secret(PSP))
+    payments = build_payments_sample(
+        out / "payments",
+        days[-3:],
+        secret=signing_secret(PSP),
+        batch=tag.rstrip("_"),
+        first_sequence=first[PSP_PAYOUTS.name],
+    )
     for f in payments.payout_files:
         print(f"{f.path}  (PSP payouts)")
-    shop = build_shop_deliveries(days[-3:], secret=signing_secret(SHOP))
+    shop = build_shop_deliveries(days[-3:], secret=signing_secret(SHOP), seed=7 + batch - 1, batch=tag)
 
     def save(deliveries: list[Delivery], path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +77,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     print(f"{saved}  ({len(payments.deliveries)} signed PSP webhook deliveries, resends and one tampered included)")
     saved = save(shop, out / "shop" / "webhook_deliveries.jsonl")
     print(f"{saved}  ({len(shop)} signed shop webhook deliveries (Standard Webhooks), redeliveries included)")
-    if args.upload:
-        sftp = SftpResource.from_settings(settings.sftp())
+    if sftp is not None:
         files = [f.path for f in good] + bad + [f.path for f in payments.payout_files]
         with sftp.client() as client:
             upload(client, files, sftp.layout().inbox)
@@ -74,6 +90,25 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
                 + ", ".join(f"{n} x HTTP {code}" for code, n in answers.items())
             )
     return 0
+
+
+def next_sequences(waiting: Sequence[str] = ()) -> dict[str, int]:
+    """The first free sequence number of each partner feed: after every number claimed in the lake and every
+    file of the feed `waiting` in the inbox. Files numbered from there are new deliveries: the same numbers
+    again would be a resend of what landed (archived without landing) or, with other content, a conflict."""
+    from dagster_project.lib.intake import sequences
+    from dagster_project.lib.sources.naming import NamingError, parse_file_name
+    from dagster_project.lib.sources.registry import partner_file_sources
+
+    lake = settings.lake()
+    used = {spec.name: list(sequences.claimed(lake, spec.name)) for spec in partner_file_sources()}
+    for name in waiting:
+        try:
+            parsed = parse_file_name(name)
+        except NamingError:
+            continue
+        used.setdefault(parsed.source.name, []).append(parsed.sequence)
+    return {feed: max(numbers, default=0) + 1 for feed, numbers in used.items()}
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -143,8 +178,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     from dagster_project.services.webhook_receiver import provider_schemes
 
     s = settings.sftp()
+    port = s.port if args.sftp_port is None else args.sftp_port
     server = EmbeddedSftpServer(
-        root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=s.port, username=s.username
+        root=settings.sftp_root(), keys_dir=settings.sftp_keys_dir(), host=s.host, port=port, username=s.username
     ).start()
     print(f"embedded SFTP server on {server.host}:{server.port} (inbox: {settings.sftp_root() / s.inbox_dir})")
     env = settings.child_environment({**embedded_environment(), "MEDALLION_SFTP_PORT": str(server.port)})
@@ -241,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
     dev.add_argument("--webhooks-port", type=int, default=8000, help="webhook receiver port (default 8000)")
+    dev.add_argument(
+        "--sftp-port",
+        type=int,
+        help="embedded SFTP server port (default MEDALLION_SFTP_PORT, else 2222; 0 for any free port)",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     sample = sub.add_parser(

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ import duckdb
 
 from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
-from dagster_project.lib.sources.registry import CUSTOMERS
+from dagster_project.lib.sources.registry import CONSENTS, CUSTOMERS
 from dagster_project.samples.orders import land_sample_orders
 from dagster_project.samples.partner_files import GeneratedFile, write_consent_files, write_customer_files
 from dagster_project.samples.payments import PaymentsTruth, build_payments_sample, post_deliveries
@@ -195,15 +195,21 @@ def demo_days(count: int, today: dt.date | None = None) -> list[dt.date]:
     return [today - dt.timedelta(days=count - i) for i in range(count)]
 
 
-def write_sample_files(out_dir: Path, days: list[dt.date]) -> tuple[list[GeneratedFile], list[Path]]:
+def write_sample_files(
+    out_dir: Path, days: list[dt.date], *, seed: int = 7, first_sequences: Mapping[str, int] | None = None
+) -> tuple[list[GeneratedFile], list[Path]]:
     """The good partner files (customers and consents) and two that the inbox must refuse (a broken name, a
-    wrong CRC32)."""
-    files = write_customer_files(out_dir, days)
+    wrong CRC32). `first_sequences` (feed -> number) numbers each feed's files from there on (default 1)."""
+    first = first_sequences or {}
+    files = write_customer_files(out_dir, days, seed=seed, first_sequence=first.get(CUSTOMERS.name, 1))
     broken_name = out_dir / f"acme_customers_{days[-1].isoformat()}_final.csv"
     broken_name.write_bytes(files[-1].path.read_bytes())
-    wrong_crc = out_dir / CUSTOMERS.files.file_name(days[-1].isoformat(), 99, "DEADBEEF")
+    # a corrupted copy of the last export: refused on its CRC32 before its number is claimed
+    last = first.get(CUSTOMERS.name, 1) + len(days) - 1
+    wrong_crc = out_dir / CUSTOMERS.files.file_name(days[-1].isoformat(), last, "DEADBEEF")
     wrong_crc.write_bytes(files[-1].path.read_bytes())
-    return files + write_consent_files(out_dir, days), [broken_name, wrong_crc]
+    consents = write_consent_files(out_dir, days, seed=seed, first_sequence=first.get(CONSENTS.name, 1))
+    return files + consents, [broken_name, wrong_crc]
 
 
 def upload(client: SftpClient, paths: list[Path], inbox: str) -> None:

@@ -61,6 +61,62 @@ def test_sample_data_uploads_files_and_posts_signed_webhooks(
     assert sorted(stored) == sorted(expected)
 
 
+@pytest.mark.sftp
+def test_sample_data_again_is_new_data_for_the_same_days_not_a_resend(
+    sftp_env: EmbeddedSftpServer, platform_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """What the README's upload does after `make demo` the same day: new files numbered after every number
+    delivered (landed, or waiting in the inbox), new events, for the demo's business days."""
+    from dagster_project.demo import demo_days
+    from dagster_project.lib.intake import sequences
+    from dagster_project.lib.sources.naming import parse_file_name
+    from dagster_project.lib.sources.registry import CONSENTS, CUSTOMERS, PSP_PAYOUTS
+
+    monkeypatch.setenv("MEDALLION_WEBHOOK_SECRETS_STRIPE", "whsec_test_cli")
+    # A payout file that landed before: its number is taken whether or not its file is still anywhere.
+    landed = PSP_PAYOUTS.files.file_name(demo_days(3)[0].isoformat(), 4, "0000ABCD")
+    sequences.claim(settings.lake(), parse_file_name(landed), "0" * 64)
+
+    def sample(out: Path) -> dict[str, list[int]]:
+        with serve_in_thread(create_app_from_settings(), name="webhook receiver") as url:
+            assert cli.main(["sample-data", "--days", "3", "--out", str(out), "--upload", "--post", url]) == 0
+        numbers: dict[str, list[int]] = {}
+        for path in sorted(out.rglob("*_seq-*.csv")):
+            parsed = parse_file_name(path.name)
+            if not path.name.endswith("DEADBEEF.csv"):  # the one with a wrong CRC32, refused before its number
+                numbers.setdefault(parsed.source.name, []).append(parsed.sequence)
+                assert parsed.business_date in {d.isoformat() for d in demo_days(3)}
+        return numbers
+
+    first = sample(platform_env / "first")
+    assert first == {CUSTOMERS.name: [1, 2, 3], CONSENTS.name: [1, 2, 3], PSP_PAYOUTS.name: [5, 6]}
+    assert "sample batch 1:" in capsys.readouterr().out
+    # the first batch is still in the inbox (nothing took it): the second comes after it
+    second = sample(platform_env / "second")
+    assert second == {CUSTOMERS.name: [4, 5, 6], CONSENTS.name: [4, 5, 6], PSP_PAYOUTS.name: [7, 8]}
+    printed = capsys.readouterr().out
+    assert "sample batch 4:" in printed and "HTTP 409" not in printed
+
+    names = [p.name for p in (sftp_env.root / "inbox").iterdir()]
+    assert len(names) == len(set(names))
+    first_bytes = {p.read_bytes() for p in (platform_env / "first").rglob("*_seq-*.csv")}
+    assert not first_bytes & {p.read_bytes() for p in (platform_env / "second").rglob("*_seq-*.csv")}
+    engine = sa.create_engine(settings.webhook_inbox_url())
+    with engine.connect() as con:
+        stored = [row[0] for row in con.execute(sa.text("SELECT event_id FROM webhook_events"))]
+    engine.dispose()
+    deliveries = [
+        json.loads(line)
+        for out in ("first", "second")
+        for line in (platform_env / out / "payments" / "webhook_deliveries.jsonl").read_text().splitlines()
+    ]
+    # every event of both batches stored, none of the second a duplicate of the first
+    assert sorted(stored) == sorted({d["event_id"] for d in deliveries if d["kind"] != "tampered"})
+    assert len(stored) == 2 * len(
+        {d["event_id"] for d in deliveries[: len(deliveries) // 2] if d["kind"] != "tampered"}
+    )
+
+
 def test_sample_data_refuses_too_few_days(platform_env: Path):
     with pytest.raises(SystemExit, match="at least 3"):
         cli.main(["sample-data", "--days", "2"])
@@ -93,11 +149,16 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
         **os.environ,
         "MEDALLION_DATA_DIR": str(data),
         "DAGSTER_HOME": str(data / "dagster"),
-        "MEDALLION_SFTP_PORT": str(sftp_port),
     }
-    for name in ("MEDALLION_WEBHOOK_SECRETS_STRIPE", "MEDALLION_PII_HMAC_KEY", "MEDALLION_WEBHOOK_INBOX_URL"):
+    for name in (
+        "MEDALLION_WEBHOOK_SECRETS_STRIPE",
+        "MEDALLION_PII_HMAC_KEY",
+        "MEDALLION_WEBHOOK_INBOX_URL",
+        "MEDALLION_SFTP_PORT",
+    ):
         env.pop(name, None)
-    command = [MEDALLION, "dev", "--port", str(ui_port), "--webhooks-port", str(webhooks_port)]
+    ports = ["--port", str(ui_port), "--webhooks-port", str(webhooks_port), "--sftp-port", str(sftp_port)]
+    command = [MEDALLION, "dev", *ports]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -118,6 +179,24 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
             raise
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{webhooks_port}/healthz", timeout=2)
+
+
+def test_make_dev_passes_its_ports_to_medallion_dev():
+    def command(*variables: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "dev", *variables],
+            cwd=settings.project_root(),
+            env={**os.environ, "PORT": "9999"},  # a PORT the shell exports is not taken for the UI's
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip().splitlines()[-1]
+
+    assert command().endswith("medallion dev --port 3000 --webhooks-port 8000")
+    assert command("PORT=3001", "WEBHOOKS_PORT=8001", "SFTP_PORT=2223").endswith(
+        "medallion dev --port 3001 --webhooks-port 8001 --sftp-port 2223"
+    )
 
 
 def test_the_embedded_instance_gets_the_platform_config_and_its_storage_before_any_process_starts(

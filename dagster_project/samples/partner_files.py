@@ -115,8 +115,10 @@ def write_customer_files(
     changes_per_day: int = 80,
     seed: int = 7,
     spec: SourceSpec = CUSTOMERS,
+    first_sequence: int = 1,
 ) -> list[GeneratedFile]:
-    """One file per day: the full population on day one, then updates and new customers each day."""
+    """One file per day: the full population on day one, then updates and new customers each day. The files
+    are numbered from `first_sequence` on, one a day."""
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[GeneratedFile] = []
@@ -154,7 +156,7 @@ def write_customer_files(
         newline = "\r\n" if day_index % 2 else "\n"
         text = newline.join(lines) + newline
         data = ("\ufeff" + text if day_index == 0 else text).encode("utf-8")
-        name = spec.files.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
+        name = spec.files.file_name(day.isoformat(), first_sequence + day_index, crc32_hex(data))
         path = out_dir / name
         path.write_bytes(data)
         good = len(rows) - len(DEFECTS[day_index % 3 :][:4])
@@ -163,7 +165,13 @@ def write_customer_files(
 
 
 def write_consent_files(
-    out_dir: Path, days: list[dt.date], *, customers: int = 500, changes_per_day: int = 40, seed: int = 7
+    out_dir: Path,
+    days: list[dt.date],
+    *,
+    customers: int = 500,
+    changes_per_day: int = 40,
+    seed: int = 7,
+    first_sequence: int = 1,
 ) -> list[GeneratedFile]:
     """One consent export per day (the `consents` feed): customers granting or withdrawing a channel, plus one
     record per file that breaks the contract (an unknown channel)."""
@@ -186,7 +194,7 @@ def write_consent_files(
         rows[-1]["channel"] = "fax"
         lines = [csv_line(header)] + [csv_line([r[c] for c in header]) for r in rows]
         data = ("\n".join(lines) + "\n").encode("utf-8")
-        path = out_dir / CONSENTS.files.file_name(day.isoformat(), day_index + 1, crc32_hex(data))
+        path = out_dir / CONSENTS.files.file_name(day.isoformat(), first_sequence + day_index, crc32_hex(data))
         path.write_bytes(data)
         files.append(
             GeneratedFile(

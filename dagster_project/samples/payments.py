@@ -100,9 +100,9 @@ def _major(minor: int) -> str:
 
 
 class _Builder:
-    def __init__(self, days: Sequence[dt.date], secret: str, signed_at: int) -> None:
+    def __init__(self, days: Sequence[dt.date], secret: str, signed_at: int, batch: str = "") -> None:
         self.days, self.secret, self.signed_at = list(days), secret, signed_at
-        self.tag = days[0].strftime("%Y%m%d")
+        self.tag = days[0].strftime("%Y%m%d") + batch
         self.events: list[tuple[str, dt.datetime, str, bytes]] = []  # (event id, created, type, body)
         self._next = 0
 
@@ -154,16 +154,24 @@ def _charge(charge_id: str, amount: int, currency: str, *, refunded: int = 0, fa
 
 
 def build_payments_sample(
-    out_dir: Path, days: Sequence[dt.date], *, secret: str, signed_at: int | None = None
+    out_dir: Path,
+    days: Sequence[dt.date],
+    *,
+    secret: str,
+    signed_at: int | None = None,
+    batch: str = "",
+    first_sequence: int = 1,
 ) -> PaymentsSample:
     """Webhook deliveries for charges over three days and the payout files of the first two.
 
     `signed_at` (unix seconds, default now) is when the deliveries are signed: the receiver refuses a
-    signature older than its tolerance, so post them soon after building them.
+    signature older than its tolerance, so post them soon after building them. `batch` goes into every id
+    (events, charges, payouts), so that another batch for the same days is new data, not a resend; the payout
+    files are numbered from `first_sequence` on.
     """
     if len(days) < 3:
         raise ValueError("the sample spans three days")
-    b = _Builder(days, secret, int(time.time()) if signed_at is None else signed_at)
+    b = _Builder(days, secret, int(time.time()) if signed_at is None else signed_at, batch)
     ch = {n: f"ch_{b.tag}{n:02d}" for n in range(1, 11)}
     charges: dict[str, ChargeTruth] = {}
 
@@ -255,7 +263,7 @@ def build_payments_sample(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for sequence, (day, lines) in enumerate(sorted(lines_by_day.items()), start=1):
+    for sequence, (day, lines) in enumerate(sorted(lines_by_day.items()), start=first_sequence):
         text = "\n".join(",".join(row) for row in [list(PSP_PAYOUTS.column_names), *lines]) + "\n"
         data = text.encode()
         business_date = days[day].isoformat()

@@ -16,19 +16,25 @@ EVENT_TYPES = ("order.created", "order.shipped", "order.delivered", "return.requ
 
 
 def build_shop_deliveries(
-    days: list[dt.date], *, secret: str, per_day: int = 12, seed: int = 7, now: float | None = None
+    days: list[dt.date],
+    *,
+    secret: str,
+    per_day: int = 12,
+    seed: int = 7,
+    now: float | None = None,
+    batch: str = "",
 ) -> list[Delivery]:
     """Signed deliveries for orders of `days`: `per_day` events a day, one of them sent twice (a redelivery).
 
     Signatures carry `now` (the sending time, within the receiver's tolerance); each body's `timestamp` is when
-    the event happened on its business day.
+    the event happened on its business day. `batch` goes into the message ids: another batch is new events.
     """
     rng = random.Random(seed)
     signed_at = int(now if now is not None else time.time())
     deliveries: list[Delivery] = []
     for day in days:
         for i in range(per_day):
-            message_id = f"msg_{day:%Y%m%d}_{i:03d}"
+            message_id = f"msg_{day:%Y%m%d}_{batch}{i:03d}"
             happened = dt.datetime.combine(day, dt.time(8), tzinfo=dt.UTC) + dt.timedelta(minutes=37 * i)
             payload = {
                 "type": rng.choice(EVENT_TYPES),

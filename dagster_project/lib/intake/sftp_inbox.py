@@ -392,7 +392,8 @@ def _wanted(entry: RemoteEntry, policy: Policy) -> Request | str:
     if day < policy.first_day:
         reason = (
             f"{entry.name}: business date {day} is before the first partition, {policy.first_day}; "
-            "the platform keeps no data before it"
+            "the platform keeps no data before it (to take the file, set MEDALLION_FIRST_BUSINESS_DATE to its "
+            "date or earlier, reload the code location and move the file back into the inbox)"
         )
         return Request("quarantine", entry.name, entry.size, entry.mtime, reason=reason)
     if day > policy.last_day + dt.timedelta(days=1):
