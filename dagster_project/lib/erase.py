@@ -52,6 +52,7 @@ class Receipt:
     records_erased: dict[str, int] = field(default_factory=dict)  # per source, in landing and the inbox
     partitions_reloaded: dict[str, list[str]] = field(default_factory=dict)
     tables_purged: dict[str, int] = field(default_factory=dict)  # table -> data files removed
+    remaining: dict[str, int] = field(default_factory=dict)  # table -> records still naming a subject
     notes: list[str] = field(default_factory=list)
 
     def count(self, source: str, files: int, records: int) -> None:
@@ -67,6 +68,7 @@ class Receipt:
             "records_erased": self.records_erased,
             "partitions_reloaded": self.partitions_reloaded,
             "tables_purged": self.tables_purged,
+            "remaining": self.remaining,
             "notes": self.notes,
         }
 
@@ -83,6 +85,8 @@ class Receipt:
             lines.append(f"  bronze.{source}: {len(dates)} partition(s) reloaded ({', '.join(dates)})")
         for table, removed in sorted(self.tables_purged.items()):
             lines.append(f"  {table}: history purged, {removed} old file(s) removed")
+        for table, left in sorted(self.remaining.items()):
+            lines.append(f"  {table}: {left} record(s) still name an erased subject")
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -106,6 +110,8 @@ def erase_inputs(
         reader = spec.reader
         if isinstance(reader, PartnerFiles):
             dates = _rewrite_partner_files(lake, spec, forget, receipt, scratch, only[1] if only else None)
+            if not only:
+                dates |= _stored_partitions_naming_subjects(lake, spec, forget, expired_dates(lake, spec.name))
         elif isinstance(reader, AirbyteStream):
             dates = _rewrite_record_files(lake, spec, forget, receipt, scratch)
         elif isinstance(reader, WebhookEvents):
@@ -174,11 +180,95 @@ def _rewrite_record_files(
     return dates
 
 
+def expired_dates(lake: Lake, feed: str) -> set[str]:
+    """The business dates of `feed` whose landed files retention removed (their partition holds the marker)."""
+    marker = "/" + landing.EXPIRED_MARKER
+    return {
+        meta["path"].split("/business_date=", 1)[1].split("/", 1)[0]
+        for batch in obstore.list(lake.store, f"{landing.LANDING}/{feed}/")
+        for meta in batch
+        if meta["path"].endswith(marker) and "/business_date=" in meta["path"]
+    }
+
+
+def _expired_key(feed: str, business_date: str) -> str:
+    return f"{landing.partition_prefix(feed, business_date)}/{landing.EXPIRED_MARKER}"
+
+
+def _exists(lake: Lake, key: str) -> bool:
+    from obstore.exceptions import NotFoundError
+
+    try:
+        obstore.head(lake.store, key)
+    except (FileNotFoundError, NotFoundError):
+        return False
+    return True
+
+
+def _stored_partitions_naming_subjects(lake: Lake, spec: SourceSpec, forget: ForgetList, dates: set[str]) -> set[str]:
+    """Of these partitions (their landing expired), those whose bronze or quarantine rows name a subject."""
+    return {day for day in dates if any(forget.count_named(spec, b) for b in _stored_batches(lake, spec, day))}
+
+
+def _stored_batches(lake: Lake, spec: SourceSpec, day: str | None, batch_rows: int = 64 * 1024) -> Iterator[Any]:
+    """The rows bronze and quarantine hold for `spec` (one business date, or all), in record batches."""
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    for layer in ("bronze", "quarantine"):
+        try:
+            table = DeltaTable(lake.table(layer, spec.name), storage_options=lake.delta_options())
+        except TableNotFoundError:
+            continue
+        where = ds.field("business_date") == dt.date.fromisoformat(day) if day else None
+        yield from table.to_pyarrow_dataset().to_batches(filter=where, batch_size=batch_rows)
+
+
+def remaining(lake: Lake, forget: ForgetList) -> dict[str, int]:
+    """The verification of an erasure: how many records of every bronze and quarantine table still name a
+    forgotten subject (silver and gold are rebuilt from bronze). Empty when none does."""
+    found: dict[str, int] = {}
+    for spec in SOURCES.values():
+        if spec.subject_columns:
+            count = sum(forget.count_named(spec, batch) for batch in _stored_batches(lake, spec, None))
+            if count:
+                found[spec.name] = count
+    return found
+
+
+class StoredPartitionReader:
+    """A bronze partition and its quarantine partition read back as they are: the input of a partition whose
+    landed files retention removed, so that erasure rewrites it (the forget list applied) through the engine,
+    with a new load of both tables as every load has."""
+
+    def __init__(self, spec: SourceSpec, lake: Lake, business_date: str):
+        self.spec, self.lake = spec, lake
+        self.business_date = dt.date.fromisoformat(business_date)
+        self.origins = [engine.OriginLoad(f"stored:{spec.name}/{business_date}")]
+
+    def details(self) -> dict[str, Any]:
+        return {"input": "the stored partition (its landed files expired)"}
+
+    def read(self, batch_rows: int) -> Iterator[tuple[engine.OriginLoad, Any]]:
+        import pyarrow as pa
+
+        for batch in _stored_batches(self.lake, self.spec, self.business_date.isoformat(), batch_rows):
+            if engine.REASONS not in batch.schema.names:  # bronze: good records
+                n = batch.num_rows
+                batch = batch.append_column(engine.REASONS, pa.nulls(n, pa.list_(pa.string())))
+                batch = batch.append_column(engine.RAW_RECORD, pa.nulls(n, pa.string()))
+            yield self.origins[0], batch
+
+
 def open_reader(
     spec: SourceSpec, lake: Lake, business_date: str, *, inbox: Inbox | None = None
 ) -> AbstractContextManager[engine.Reader]:
-    """A reader over what has landed for one partition of `spec`, whatever the source's kind."""
+    """A reader over what has landed for one partition of `spec`, whatever the source's kind; the partition
+    as stored when its landed files expired."""
     reader = spec.reader
+    if isinstance(reader, PartnerFiles) and _exists(lake, _expired_key(spec.name, business_date)):
+        return nullcontext(StoredPartitionReader(spec, lake, business_date))
     if isinstance(reader, PartnerFiles):
         from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
 

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dagster_project.lib.lake import Lake
-from dagster_project.lib.sources.spec import Column, OnErasure, SourceSpec, SubjectKind
+from dagster_project.lib.sources.spec import OnErasure, PartnerFiles, SourceSpec, SubjectKind
 
 FORGET_LIST = ("governance", "forget_list")
 FORGET_LIST_SCHEMA = pa.schema(
@@ -44,6 +43,7 @@ FORGET_LIST_SCHEMA = pa.schema(
         pa.field("requested_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+RAW_RECORD = "_raw_record"  # a quarantined record as received (the bronze contract's quarantine schema)
 # What replaces an erased e-mail address inside free text.
 REDACTED = "[erased]"
 # An e-mail address inside free text (a JSON body): the registry's e-mail rule, unanchored.
@@ -147,36 +147,83 @@ class ForgetList:
 
     def apply(self, spec: SourceSpec, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
         """The batch as erasure leaves it, and how many of its records named a forgotten subject: removed
-        (`delete`) or stripped of the identifying values (`redact`). Columns the batch lacks are skipped; a
-        `_raw_record` column (quarantine) is matched and redacted as free text."""
+        (`delete`) or stripped of the identifying values (`redact`). Columns the batch lacks are skipped. A
+        `_raw_record` (a quarantined record as received) is read as the record it is (`raw_values`) and as
+        free text: a record the contract refused still names its subject."""
         if not self.hashes or batch.num_rows == 0:
             return batch, 0
-        hits: list[pa.Array] = []
-        replaced: dict[str, pa.Array] = {}
-        for column in [*spec.subject_columns, Column("_raw_record", "string", identifies="email", free_text=True)]:
-            if column.name not in batch.schema.names:
-                continue
-            values = batch.column(column.name).to_pylist()
-            if column.free_text:
-                redacted = [self.redact_text(v) if isinstance(v, str) else (v, 0) for v in values]
-                hit = [n > 0 for _, n in redacted]
-                new_values = [text for text, _ in redacted]
-            else:
-                hit = [self.names(column.identifies, v) for v in values]  # type: ignore[arg-type]
-                new_values = [None if h else v for v, h in zip(values, hit, strict=True)]
-            if any(hit):
-                hits.append(pa.array(hit, pa.bool_()))
-                replaced[column.name] = pa.array(new_values, batch.schema.field(column.name).type)
-        if not hits:
+        rows = self._subject_rows(spec, batch)
+        named = [self._names_subject(spec, row) for row in rows]
+        count = sum(named)
+        if not count:
             return batch, 0
-        named = hits[0]
-        for more in hits[1:]:
-            named = pc.or_(named, more)
-        count = pc.sum(named).as_py() or 0
         if spec.on_erasure == OnErasure.DELETE:
-            return batch.filter(pc.invert(named)), count
+            return batch.filter(pa.array([not n for n in named])), count
+        replaced = {}
+        for name in {c.name for c in spec.subject_columns} | {RAW_RECORD}:
+            if name in batch.schema.names:
+                values = [
+                    self._redacted_value(spec, name, row) if n else row.get(name)
+                    for row, n in zip(rows, named, strict=True)
+                ]
+                replaced[name] = pa.array(values, batch.schema.field(name).type)
         arrays = [replaced.get(name, batch.column(name)) for name in batch.schema.names]
         return pa.RecordBatch.from_arrays(arrays, schema=batch.schema), count
+
+    def count_named(self, spec: SourceSpec, batch: pa.RecordBatch) -> int:
+        """How many records of the batch name a forgotten subject (nothing changed)."""
+        if not self.hashes or batch.num_rows == 0:
+            return 0
+        return sum(self._names_subject(spec, row) for row in self._subject_rows(spec, batch))
+
+    @staticmethod
+    def _subject_rows(spec: SourceSpec, batch: pa.RecordBatch) -> list[dict[str, Any]]:
+        wanted = {c.name for c in spec.subject_columns} | {RAW_RECORD}
+        return batch.select([c for c in batch.schema.names if c in wanted]).to_pylist()
+
+    def _names_subject(self, spec: SourceSpec, row: Mapping[str, Any]) -> bool:
+        if self.record_names_subject(spec, row):
+            return True
+        raw = row.get(RAW_RECORD)
+        if not isinstance(raw, str):
+            return False
+        return bool(self.redact_text(raw)[1]) or self.record_names_subject(spec, raw_values(spec, raw))
+
+    def _redacted_value(self, spec: SourceSpec, name: str, row: Mapping[str, Any]) -> Any:
+        if name != RAW_RECORD:
+            return self.redacted_record(spec, dict(row))[name]
+        raw = self.redact_text(row[RAW_RECORD])[0] if isinstance(row[RAW_RECORD], str) else row[RAW_RECORD]
+        values = raw_values(spec, raw) if isinstance(raw, str) else {}
+        if values and self.record_names_subject(spec, values):  # an identifier that is not an address
+            return json.dumps(self.redacted_record(spec, values)) if raw.lstrip().startswith("{") else None
+        return raw
+
+
+def raw_values(spec: SourceSpec, raw: str) -> dict[str, Any]:
+    """A raw record as received, as column name -> value: a JSON object (Airbyte records; its `_airbyte_data`
+    if it has one), else a delimited line in the declared column order. Empty when it is neither."""
+    text = raw.strip()
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        nested = record.get("_airbyte_data")
+        if isinstance(nested, str):
+            try:
+                nested = json.loads(nested)
+            except ValueError:
+                nested = None
+        return nested if isinstance(nested, dict) else record
+    if not isinstance(spec.reader, PartnerFiles):
+        return {}
+    try:
+        [fields] = list(csv.reader([text], delimiter=spec.files.delimiter)) or [[]]
+    except (csv.Error, ValueError):
+        return {}
+    return dict(zip(spec.column_names, fields, strict=False))
 
 
 # -- the forget list in the lake ------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def erase_inputs(
     with inbox.open() as store:
         affected = erase.erase_inputs(root, forget, receipt, inbox=store)
         erase.reload_bronze(root, forget, affected, receipt, run_id=context.run_id, inbox=store)
+    receipt.remaining = erase.remaining(root, forget)  # verified in the last step, after silver and gold
     for source, dates in receipt.partitions_reloaded.items():
         for day in dates:
             context.log_event(
@@ -92,6 +93,11 @@ def sync_reverse_etl(
 
     stats = crm.sync(read_segments(lake.lake), key=KEY)
     receipt = {**receipt, "reverse_etl_deleted": stats.deleted}
+    if receipt["remaining"]:
+        raise dg.Failure(
+            description=f"bronze still holds records naming an erased subject: {receipt['remaining']}",
+            metadata={"receipt": dg.MetadataValue.json(receipt)},
+        )
     return dg.Output(receipt, metadata={"receipt": dg.MetadataValue.json(receipt)})
 
 
