@@ -4,29 +4,25 @@ from dagster_project.lib.quality.gx_runner import GateResult
 
 
 def gate_check_result(result: GateResult) -> dg.AssetCheckResult:
-    """A Great Expectations gate as an asset check result: which expectation failed, on how many rows,
-    with a sample of keys or tokens only (never raw PII)."""
+    """A Great Expectations gate as an asset check result: which expectations failed, with what they found
+    (counts, observed value, a sample of keys or tokens only, never raw PII), and the whole validation
+    result beside it, so that a failed gate is read in the UI without rerunning it.
+
+    GX runs in an ephemeral context and stores nothing: the validation result lives in this metadata."""
+    statistics = result.statistics()
     return dg.AssetCheckResult(
         passed=result.success,
         severity=dg.AssetCheckSeverity.ERROR,
         description=result.summary(),
         metadata={
             "suite": result.suite,
+            **({"relation": result.relation} if result.relation else {}),
+            **({"table_uri": result.table_uri} if result.table_uri else {}),
             "seconds": round(result.seconds, 3),
-            "expectations": len(result.outcomes),
-            "failed": dg.MetadataValue.json(
-                [
-                    {
-                        "expectation": o.expectation,
-                        "column": o.column,
-                        "unexpected_count": o.unexpected_count,
-                        "element_count": o.element_count,
-                        "observed": o.observed if isinstance(o.observed, int | float | str | None) else str(o.observed),
-                        "sample": o.sample,
-                    }
-                    for o in result.failed
-                ]
-            ),
+            "expectations": statistics["evaluated_expectations"],
+            "expectations_passed": statistics["successful_expectations"],
+            "expectations_failed": statistics["unsuccessful_expectations"],
+            "failed": dg.MetadataValue.json([o.describe() for o in result.failed]),
+            "validation": dg.MetadataValue.json(result.validation()),
         },
     )
-

@@ -53,6 +53,34 @@ class ExpectationOutcome:
     element_count: int | None
     sample: list = field(default_factory=list)
     observed: object | None = None
+    type: str = ""  # the GX expectation type, e.g. expect_column_values_to_be_in_set
+    # The rule's arguments (accepted values, pattern, bounds, expected count), constants of a declaration; on
+    # a PII column only numbers. A row query is left out: its description says what it checks.
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unexpected_percent(self) -> float | None:
+        if self.unexpected_count is None or not self.element_count:
+            return None
+        return round(100 * self.unexpected_count / self.element_count, 4)
+
+    def describe(self) -> dict[str, Any]:
+        """The outcome as plain JSON: what was checked, and what was found (counts, observed value, sample)."""
+        found = {
+            "unexpected_count": self.unexpected_count,
+            "element_count": self.element_count,
+            "unexpected_percent": self.unexpected_percent,
+            "observed": _plain(self.observed),
+            "sample": self.sample,
+        }
+        return {
+            "expectation": self.expectation,
+            "type": self.type,
+            "column": self.column,
+            "arguments": self.arguments,
+            "success": self.success,
+            **{k: v for k, v in found.items() if v not in (None, [])},
+        }
 
 
 @dataclass
@@ -61,10 +89,38 @@ class GateResult:
     success: bool
     outcomes: list[ExpectationOutcome]
     seconds: float
+    relation: str | None = None  # what was validated: a lake table `<layer>.<table>`, or a DuckDB relation
+    table_uri: str | None = None  # the Delta table read, for a lake table (never with credentials)
+    predicate: str | None = None  # the filter of the rows validated, with `?` placeholders
 
     @property
     def failed(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
+
+    def statistics(self) -> dict[str, int]:
+        """Counts as GX's validation result names them."""
+        failed = len(self.failed)
+        return {
+            "evaluated_expectations": len(self.outcomes),
+            "successful_expectations": len(self.outcomes) - failed,
+            "unsuccessful_expectations": failed,
+        }
+
+    def validation(self) -> dict[str, Any]:
+        """The validation result as plain JSON, in the shape of GX's own (suite, success, statistics, one
+        result per expectation) and as safe as the outcomes are: samples of keys and tokens only."""
+        return {
+            "suite": self.suite,
+            "success": self.success,
+            "batch": {
+                k: v
+                for k, v in (("relation", self.relation), ("table_uri", self.table_uri), ("predicate", self.predicate))
+                if v is not None
+            },
+            "statistics": self.statistics(),
+            "seconds": round(self.seconds, 3),
+            "results": [o.describe() for o in self.outcomes],
+        }
 
     def summary(self) -> str:
         head = f"{self.suite}: {len(self.outcomes) - len(self.failed)}/{len(self.outcomes)} expectations passed"
@@ -156,6 +212,7 @@ def validate_duckdb(
         success=all(o.success for o in outcomes),
         outcomes=outcomes,
         seconds=time.perf_counter() - start,
+        relation=relation,
     )
 
 
@@ -200,6 +257,7 @@ def validate_lake(
     finally:
         con.close()
     result.seconds = time.perf_counter() - start
+    result.relation, result.table_uri, result.predicate = relation, lake.table(layer, table), predicate_sql
     return result
 
 
@@ -304,7 +362,35 @@ def _outcome(r: ExpectationValidationResult, sample: list, pii: frozenset[str]) 
         element_count=result.get("element_count"),
         sample=sample,
         observed=observed,
+        type=config.type if config else "",
+        arguments=_arguments(config.kwargs, column in pii) if config else {},
     )
+
+
+# Arguments that say nothing about the rule (the column is reported on its own), or that are not a
+# declared constant (a row query is SQL; its description says what it checks).
+_NOT_ARGUMENTS = frozenset({"column", "batch_id", "result_format", "catch_exceptions", "unexpected_rows_query"})
+
+
+def _arguments(kwargs: dict[str, Any], pii: bool) -> dict[str, Any]:
+    """The expectation's arguments; on a PII column only numbers (bounds, `mostly`): a value set or a pattern
+    written for such a column may quote a person's data."""
+    return {
+        k: _plain(v)
+        for k, v in kwargs.items()
+        if k not in _NOT_ARGUMENTS and v is not None and (not pii or isinstance(v, int | float))
+    }
+
+
+def _plain(value: object) -> object:
+    """`value` as JSON can hold it: numbers, text, booleans and lists or mappings of them; anything else as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
 
 
 def _column(r: ExpectationValidationResult) -> str | None:

@@ -81,6 +81,16 @@ def test_a_materialization_reports_the_table_uri_the_load_and_passes_its_gate(pl
     [gate] = result.get_asset_check_evaluations()
     assert gate.passed, gate.description
     assert gate.metadata["load"].value == 1
+    # The validation behind the result: the partition of the Delta table it read, and every expectation passed.
+    validation = gate.metadata["validation"].value
+    assert validation["batch"] == {
+        "relation": "bronze.customers",
+        "table_uri": platform.lake.table("bronze", "customers"),
+        "predicate": "business_date = ?::DATE",
+    }
+    evaluated = validation["statistics"]["evaluated_expectations"]
+    assert evaluated > 10 and validation["statistics"]["successful_expectations"] == evaluated
+    assert gate.metadata["expectations_failed"].value == 0 and gate.metadata["failed"].value == []
 
 
 def test_the_gate_fails_on_a_pair_from_two_loads_and_a_new_materialization_repairs_it(

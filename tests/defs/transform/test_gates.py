@@ -67,6 +67,17 @@ def test_a_gold_gate_fails_bad_segments_naming_the_rule(
     assert not result.passed
     [failed] = result.metadata["failed"].value
     assert (failed["column"], failed["unexpected_count"], failed["sample"]) == ("segment", 1, [{"customer_id": 3}])
+    # The rule it broke, and the validation behind the result: what was read, and every expectation's outcome.
+    assert failed["type"] == "expect_column_values_to_be_in_set" and "vip" not in failed["arguments"]["value_set"]
+    counts = {k: result.metadata[k].value for k in ("expectations", "expectations_passed", "expectations_failed")}
+    assert counts == {"expectations": 12, "expectations_passed": 11, "expectations_failed": 1}
+    validation = result.metadata["validation"].value
+    assert (validation["suite"], validation["success"]) == (result.metadata["suite"].value, False)
+    assert validation["batch"] == {
+        "relation": "gold.customer_segments",
+        "table_uri": str(tmp_path / "lake" / "gold" / "customer_segments"),
+    }
+    assert len(validation["results"]) == 12 and failed in validation["results"]
 
 
 @pytest.mark.slow  # a fresh interpreter loads the gates

@@ -5,6 +5,7 @@ Gates are declared as plain rules and compiled into GX only when one runs, so lo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 
@@ -160,6 +161,36 @@ def test_without_sample_columns_pii_values_are_withheld(con):
     assert result.outcomes[1].sample == ["deleted"] * 5  # not PII: the values themselves
 
 
+def test_the_validation_result_counts_names_each_rule_and_what_it_found_and_quotes_no_pii(con):
+    pii_rule = gxe.ExpectColumnValuesToNotBeInSet(column="email", value_set=[PLANTED_EMAIL])
+    result = validate_duckdb(con, "people", "people", [*PEOPLE_EXPECTATIONS, pii_rule], sample_columns=["customer_id"])
+    validation = result.validation()
+
+    assert (validation["suite"], validation["success"], validation["batch"]) == (
+        "people",
+        False,
+        {"relation": "people"},
+    )
+    # Every rule of PEOPLE_EXPECTATIONS has planted defects, and the planted e-mail breaks the last one.
+    assert validation["statistics"] == {
+        "evaluated_expectations": 7,
+        "successful_expectations": 0,
+        "unsuccessful_expectations": 7,
+    }
+    assert [r["success"] for r in validation["results"]] == [False] * 7
+    status = validation["results"][3]
+    assert status["type"] == "expect_column_values_to_be_in_set" and status["column"] == "status"
+    assert status["arguments"] == {"value_set": ["active", "inactive", "closed"]}
+    assert status["unexpected_count"] == _truth(con, TRUTH_SQL[3])
+    assert status["unexpected_percent"] == round(100 * status["unexpected_count"] / ROWS, 4)
+    rows_check = validation["results"][5]
+    assert rows_check["expectation"] == "every row has a customer_id" and "arguments" in rows_check
+    assert "unexpected_rows_query" not in rows_check["arguments"]  # SQL is not a rule's argument
+    # A value set written for a PII column may quote a person: it is not repeated.
+    assert validation["results"][6]["arguments"] == {}
+    assert PLANTED_EMAIL not in json.dumps(validation)
+
+
 def test_a_broken_expectation_fails_with_a_message_and_no_data(con):
     result = validate_duckdb(con, "people", "broken", [gxe.ExpectColumnValuesToNotBeNull(column="no_such_column")])
     assert not result.success
@@ -221,6 +252,12 @@ def test_validate_lake_reads_one_partition(tmp_path, where, request):
     assert [o.unexpected_count for o in day4.outcomes] == [1, 0]
     assert [o.unexpected_count for o in day5.outcomes] == [0, 2]
     assert isinstance(day5, GateResult) and not day5.success
+    # What was validated, for the gate's result: the Delta table and the filter (values stay out of it).
+    assert day5.validation()["batch"] == {
+        "relation": "silver.t",
+        "table_uri": lake.table("silver", "t"),
+        "predicate": "business_date = ?",
+    }
 
 
 def test_an_exists_in_rule_reads_the_other_lake_table_in_place(tmp_path):
