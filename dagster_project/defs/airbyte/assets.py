@@ -7,6 +7,7 @@ import dagster as dg
 
 from dagster_project import settings
 from dagster_project.defs.airbyte.resources import AirbyteResource
+from dagster_project.defs.common import catalog
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.lib.sources.registry import ORDERS
@@ -131,7 +132,10 @@ def build_landed_sensor(configured: bool) -> dg.SensorDefinition:
 def defs() -> dg.Definitions:
     configured = bool(settings.airbyte_server_url())
     return dg.Definitions(
-        assets=[shop_orders_sync, bronze_orders],
+        assets=[
+            catalog.with_code_references(shop_orders_sync, lambda _: [catalog.source_declaration(ORDERS.name)]),
+            catalog.with_lake_uri(bronze_orders),
+        ],
         asset_checks=[bronze_orders_gate],
         jobs=[sync_job, bronze_job],
         schedules=[build_sync_schedule(configured)],

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from dagster_project.defs.common import catalog
 from dagster_project.defs.common.gates import gate_check_result
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
+from dagster_project.lib.bronze.catalog import bronze_columns, quarantine_columns
 from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
 
 if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
@@ -106,7 +108,11 @@ def build_bronze_assets(
                 description=f"{spec.description} Typed, with lineage columns.",
                 kinds={"delta"},
                 owners=owners,
-                metadata={"primary_key": list(spec.key), "schema_version": spec.schema_version},
+                metadata={
+                    **catalog.table_metadata("bronze", spec.name, catalog.column_schema(bronze_columns(spec))),
+                    "primary_key": list(spec.key),
+                    "schema_version": spec.schema_version,
+                },
             ),
             dg.AssetSpec(
                 quarantine_key(spec.name),
@@ -115,6 +121,7 @@ def build_bronze_assets(
                 description=f"Records of {spec.name} that broke its contract, with the raw record and every reason.",
                 kinds={"delta"},
                 owners=owners,
+                metadata=catalog.table_metadata("quarantine", spec.name, catalog.column_schema(quarantine_columns())),
             ),
         ],
         partitions_def=daily_partitions,
@@ -150,7 +157,9 @@ def build_bronze_assets(
             result = load()
         yield from _results(context, spec, result, lake)
 
-    return _bronze, build_bronze_gate(spec)
+    # The asset's code, then what the tables derive from (the declaration) and what reads the input.
+    references = [catalog.source_declaration(spec.name), catalog.code_reference(open_reader, "Reader of the input")]
+    return catalog.with_code_references(_bronze, lambda _: references), build_bronze_gate(spec)
 
 
 def build_bronze_gate(spec: SourceSpec) -> dg.AssetChecksDefinition:

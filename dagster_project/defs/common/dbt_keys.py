@@ -15,3 +15,11 @@ def gold_model_key(model: str) -> dg.AssetKey:
     from dagster_project.defs.transform.assets import model_key  # loaded on use, not at import
 
     return model_key(model)
+
+
+def gold_model_columns(model: str) -> dg.TableSchema | None:
+    """The column schema the dbt assets give the gold model `model` (from its YAML), if any."""
+    from dagster_project.defs.transform.assets import assets_for_model  # loaded on use, not at import
+
+    assets = assets_for_model(model)
+    return assets.specs_by_key[gold_model_key(model)].metadata.get("dagster/column_schema")

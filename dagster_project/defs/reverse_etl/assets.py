@@ -4,7 +4,9 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from dagster_project.defs.common.dbt_keys import gold_model_key
+from dagster_project import settings
+from dagster_project.defs.common import catalog
+from dagster_project.defs.common.dbt_keys import gold_model_columns, gold_model_key
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.reverse_etl.resources import ReverseEtlTarget
 
@@ -36,6 +38,12 @@ def build_crm_scores_asset() -> dg.AssetsDefinition:
         description="Customer RFM scores and segments upserted into the CRM table (hash-diff, deletes vanished).",
         kinds={"sqlite", "postgres"},
         owners=["team:crm-data"],
+        # The table by name only: the database URL may carry a password.
+        metadata={
+            catalog.TABLE_NAME: settings.reverse_etl_table(),
+            # The rows pushed are the gold segments as they are.
+            **({catalog.COLUMN_SCHEMA: columns} if (columns := gold_model_columns(SEGMENTS_MODEL)) else {}),
+        },
     )
     def crm_customer_scores(
         context: dg.AssetExecutionContext, crm: ReverseEtlTarget, lake: LakeResource
@@ -57,7 +65,7 @@ def build_crm_scores_asset() -> dg.AssetsDefinition:
             }
         )
 
-    return crm_customer_scores
+    return catalog.with_code_references(crm_customer_scores)
 
 
 crm_scores_job = dg.define_asset_job(

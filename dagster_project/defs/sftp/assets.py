@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from dagster_project import settings
+from dagster_project.defs.common import catalog
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.defs.common.resources import LakeResource
@@ -33,6 +34,7 @@ inbox = dg.AssetSpec(
     group_name="landing",
     kinds={"sftp"},
     description="The partner's SFTP inbox: entries left there and files quarantined from it, with the reason.",
+    owners=list(dict.fromkeys(owner for spec in partner_file_sources() for owner in spec.owners)),
 )
 
 
@@ -273,11 +275,17 @@ def sftp_definitions(*, sensor_interval_seconds: int = 30) -> dg.Definitions:
     from dagster_project.defs.sftp.sensors import build_inbox_sensor
 
     jobs = [*intake_jobs, build_quarantine_job()]
+    watched = catalog.code_reference(build_inbox_sensor, "Sensor watching the inbox")
     return dg.Definitions(
         assets=[
-            inbox,
-            *(build_landing_asset(spec) for spec in partner_file_sources()),
-            *(a for a, _ in bronze.values()),
+            catalog.with_code_references(inbox, lambda _: [watched]),
+            *(
+                catalog.with_code_references(
+                    build_landing_asset(spec), lambda _, s=spec: [catalog.source_declaration(s.name)]
+                )
+                for spec in partner_file_sources()
+            ),
+            *(catalog.with_lake_uri(a) for a, _ in bronze.values()),
         ],
         asset_checks=[gate for _, gate in bronze.values()],
         jobs=jobs,

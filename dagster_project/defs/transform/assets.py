@@ -22,18 +22,26 @@ Nothing is built at import: the manifest is read and the steps are built on firs
 
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets, get_asset_key_for_model
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtProject,
+    dbt_assets,
+    get_asset_key_for_model,
+)
 
 from dagster_project import settings
+from dagster_project.defs.common import catalog
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
+from dagster_project.lib.sources.registry import SOURCES
 
 BRONZE = "bronze"
 SILVER = "silver"
@@ -105,7 +113,17 @@ def dbt_steps(manifest: Mapping[str, Any]) -> list[DbtStep]:
 
 
 class MedallionDbtTranslator(DagsterDbtTranslator):
-    """Keys `[layer, model_name]` and groups by layer; sources are the bronze assets `[bronze, table]`."""
+    """Keys `[layer, model_name]` and groups by layer; sources are the bronze assets `[bronze, table]`.
+
+    A model's table is named `<layer>.<model>` (as the lake's DuckDB views and the gates name it) and its
+    columns come from its YAML. Its owners are those its YAML (or dbt_project.yml) declares under
+    `meta.dagster.owners`; a staging model without them is owned by the owners of its source in the registry.
+    Code references point at the model's .sql file."""
+
+    def __init__(self) -> None:
+        super().__init__(DagsterDbtTranslatorSettings(enable_code_references=True))
+        # dagster-dbt asks for a spec hundreds of times while building the steps (it memoizes its own part).
+        self._catalog_specs: dict[tuple[int, str, int], dg.AssetSpec] = {}
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":
@@ -119,6 +137,116 @@ class MedallionDbtTranslator(DagsterDbtTranslator):
         if dbt_resource_props["resource_type"] == "source":
             return None
         return layer_of(dbt_resource_props)
+
+    def get_metadata(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, Any]:
+        metadata = super().get_metadata(dbt_resource_props)
+        if dbt_resource_props["resource_type"] not in DBT_NODE_TYPES:
+            return metadata
+        key = self.get_asset_key(dbt_resource_props)
+        return {**metadata, **catalog.table_metadata(*key.path)}
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        declared = super().get_owners(dbt_resource_props)
+        if declared or dbt_resource_props["resource_type"] not in DBT_NODE_TYPES:
+            return declared
+        folder = PurePosixPath(dbt_resource_props["original_file_path"]).parent
+        if layer_of(dbt_resource_props) == SILVER and folder.parent == PurePosixPath("models/staging"):
+            owners = [o for spec in SOURCES.values() if spec.dbt_source == folder.name for o in spec.owners]
+            return list(dict.fromkeys(owners)) or None
+        return None
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        memo = (id(manifest), unique_id, id(project))
+        if memo in self._catalog_specs:
+            return self._catalog_specs[memo]
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if catalog.TABLE_NAME not in spec.metadata:
+            return spec
+        # dagster-dbt names the adapter (DuckDB, the compute) as the storage; the table is a Delta table.
+        metadata: dict[str, Any] = {catalog.STORAGE_KIND: "delta"}
+        columns = spec.metadata.get(catalog.COLUMN_SCHEMA)
+        if isinstance(columns, dg.TableSchema):
+            metadata[catalog.COLUMN_SCHEMA] = with_tested_constraints(columns, tests_of(manifest, unique_id))
+        self._catalog_specs[memo] = spec.merge_attributes(metadata=metadata)
+        return self._catalog_specs[memo]
+
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetCheckSpec | None:
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        return spec._replace(description=describe_test(manifest["nodes"][unique_id]))
+
+
+def tests_of(manifest: Mapping[str, Any], unique_id: str) -> list[Mapping[str, Any]]:
+    """The generic data tests attached to the model `unique_id`."""
+    return [
+        node
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "test" and node.get("attached_node") == unique_id and node.get("test_metadata")
+    ]
+
+
+def describe_test(test: Mapping[str, Any]) -> str:
+    """A dbt data test in words, for the UI: its own description, or what its generic test checks."""
+    if test.get("description"):
+        return f"dbt: {test['description']}"
+    kind = (test.get("test_metadata") or {}).get("name")
+    kwargs = (test.get("test_metadata") or {}).get("kwargs") or {}
+    column = kwargs.get("column_name") or test.get("column_name")
+    match kind:
+        case "not_null":
+            return f"dbt: {column} is never null"
+        case "unique":
+            return f"dbt: {column} is unique"
+        case "accepted_values":
+            return f"dbt: {column} is one of " + ", ".join(map(str, kwargs.get("values") or []))
+        case "matches_regex":
+            return f"dbt: {column} matches {kwargs.get('pattern')}"
+        case "accepted_range":
+            return f"dbt: {column} is " + _range(kwargs.get("min_value"), kwargs.get("max_value"))
+        case "unique_combination_of_columns":
+            return "dbt: " + ", ".join(kwargs.get("combination_of_columns") or []) + " are unique together"
+        case "expression_is_true":
+            return f"dbt: every row satisfies {kwargs.get('expression')}"
+    return f"dbt test {test['name']}"
+
+
+def _range(low: object, high: object) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f">= {low}" if low is not None else f"<= {high}"
+
+
+def with_tested_constraints(columns: dg.TableSchema, tests: Sequence[Mapping[str, Any]]) -> dg.TableSchema:
+    """The model's columns with what its data tests hold them to: not_null and unique as the column's
+    nullability and uniqueness, its other single-column tests in words."""
+    by_column: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for test in tests:
+        kwargs = test["test_metadata"].get("kwargs") or {}
+        column = kwargs.get("column_name") or test.get("column_name")
+        if column:
+            by_column.setdefault(column, {})[test["test_metadata"]["name"]] = test
+
+    def constrained(column: dg.TableColumn) -> dg.TableColumn:
+        kinds = by_column.get(column.name, {})
+        other = [
+            describe_test(test).removeprefix(f"dbt: {column.name} ")
+            for kind, test in sorted(kinds.items())
+            if kind not in ("not_null", "unique")
+        ]
+        return dg.TableColumn(
+            name=column.name,
+            type=column.type,
+            description=column.description,
+            constraints=dg.TableColumnConstraints(
+                nullable="not_null" not in kinds, unique="unique" in kinds, other=other
+            ),
+            tags=column.tags,
+        )
+
+    return dg.TableSchema(columns=[constrained(c) for c in columns.columns], constraints=columns.constraints)
 
 
 def partition_window_vars(window: dg.TimeWindow) -> dict[str, str]:
@@ -174,7 +302,7 @@ def assets_for_model(model: str) -> dg.AssetsDefinition:
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=list(dbt_assets_definitions()),
+        assets=[catalog.with_lake_uri(step) for step in dbt_assets_definitions()],
         resources={
             "dbt": MedallionDbtCliResource(
                 project_dir=str(settings.dbt_project_dir()),

@@ -3,10 +3,12 @@
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from dagster_project.defs.common import catalog
 from dagster_project.defs.common.bronze import bronze_key, build_bronze_assets, quarantine_key
 from dagster_project.defs.common.partitions import daily_partitions
 from dagster_project.lib.sources.registry import webhook_sources
@@ -26,14 +28,20 @@ def ingest_job_name(spec: SourceSpec) -> str:
     return f"{spec.name}_ingest"
 
 
+# The inbox is written by the webhook receiver, a service of its own (not imported with the code location).
+RECEIVER = Path(__file__).resolve().parents[2] / "services" / "webhook_receiver.py"
+
+
 def build_inbox_asset(spec: SourceSpec) -> dg.AssetSpec:
-    return dg.AssetSpec(
+    inbox = dg.AssetSpec(
         inbox_key(spec),
         group_name="landing",
         description=f"Verified {spec.webhook.provider} webhook deliveries, kept byte for byte by the receiver.",
         kinds={"webhook"},
         owners=list(spec.owners),
     )
+    references = [catalog.file_reference(RECEIVER, label="Webhook receiver"), catalog.source_declaration(spec.name)]
+    return catalog.with_code_references(inbox, lambda _: references)
 
 
 @contextmanager
@@ -104,7 +112,10 @@ bronze = {
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[*(build_inbox_asset(spec) for spec in webhook_sources()), *(a for a, _ in bronze.values())],
+        assets=[
+            *(build_inbox_asset(spec) for spec in webhook_sources()),
+            *(catalog.with_lake_uri(a) for a, _ in bronze.values()),
+        ],
         asset_checks=[*(gate for _, gate in bronze.values()), *conflict_checks],
         jobs=ingest_jobs,
     )
