@@ -41,6 +41,8 @@ from dagster_project import settings
 from dagster_project.defs.common import catalog
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
+from dagster_project.lib.bronze.catalog import PARTITION_COLUMN
+from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import SOURCES
 
 BRONZE = "bronze"
@@ -270,13 +272,52 @@ def build_dbt_step(project: DbtProject, manifest: Mapping[str, Any], step: DbtSt
     )
     def _dbt_step(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
         args = ["build"]
+        day = None
         if step.partitioned:
             window = partition_window_vars(context.partition_time_window)
             context.log.info(f"dbt build for business dates {window['min_date']}..{window['max_date']}")
             args += ["--vars", json.dumps(window)]
-        yield from dbt.cli(args, context=context).stream()
+            day = window["min_date"] if window["min_date"] == window["max_date"] else None
+        lake = Lake.parse(dbt.lake_root, settings.lake_storage_options())
+        for event in dbt.cli(args, context=context).stream():
+            yield with_table_facts(context, event, lake, day)
 
     return _dbt_step
+
+
+def with_table_facts(context: dg.AssetExecutionContext, event: Any, lake: Lake, day: str | None) -> Any:
+    """A model's materialization with what its Delta table holds now, read from the table's log: the column
+    schema with the real types (the YAML's descriptions and tested constraints kept), the row count, and
+    the rows of the run's business date when the run is of one date and the table is partitioned by it."""
+    if not isinstance(event, dg.Output):
+        return event
+    from dagster_project.lib.lake_tables import table_facts  # deltalake loads where a step runs
+
+    spec = context.assets_def.specs_by_key[context.asset_key_for_output(event.output_name)]
+    layer, _, table = str(spec.metadata.get(catalog.TABLE_NAME, "")).partition(".")
+    facts = table_facts(lake, layer, table, PARTITION_COLUMN) if table else None
+    if facts is None:
+        return event
+    declared = spec.metadata.get(catalog.COLUMN_SCHEMA)
+    known = {c.name: c for c in declared.columns} if isinstance(declared, dg.TableSchema) else {}
+    columns = dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=name,
+                type=type_,
+                description=known[name].description if name in known else None,
+                constraints=known[name].constraints if name in known else dg.TableColumnConstraints(nullable=nullable),
+                tags=known[name].tags if name in known else None,
+            )
+            for name, type_, nullable in facts.columns
+        ]
+    )
+    metadata: dict[str, Any] = {catalog.COLUMN_SCHEMA: columns, "delta_version": facts.version}
+    if facts.row_count is not None:
+        metadata["dagster/row_count"] = facts.row_count
+    if day is not None and facts.rows_by_partition is not None:
+        metadata["dagster/partition_row_count"] = facts.rows_by_partition.get(day, 0)
+    return event.with_metadata({**event.metadata, **metadata})
 
 
 @functools.cache

@@ -214,6 +214,10 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
         evaluations = result.get_asset_check_evaluations()
         assert {e.asset_key for e in evaluations} == CUSTOMERS_SLICE
         assert all(e.passed for e in evaluations)
+        reported = {
+            m.asset_key.to_user_string(): {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()
+        }
     # The dbt subprocess used the lake of the resource config; this process's environment was left alone.
     assert dict(os.environ) == environ
     assert "MEDALLION_LAKE_ROOT" not in environ
@@ -223,6 +227,19 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
         history = con.execute("select count(*) from gold.dim_customers").fetchone()
     assert silver == {1: "closed", 2: "active"}
     assert history == (3,)  # every version bronze holds: customer 1 on both days, customer 2 once
+    # Each materialization says what its Delta table holds: rows, the run's day, columns with real types.
+    assert reported["gold/dim_customers"]["dagster/row_count"] == 3
+    assert reported["silver/stg_acme__customers"]["dagster/row_count"] == 2
+    with duckdb.connect() as con:
+        Lake.parse(str(lake)).attach(con)
+        versions_of_the_day = con.execute(
+            "select count(*) from silver.stg_acme__customer_versions where business_date = '2025-01-02'"
+        ).fetchone()[0]
+    assert reported["silver/stg_acme__customer_versions"]["dagster/partition_row_count"] == versions_of_the_day > 0
+    columns = {c.name: c for c in reported["silver/stg_acme__customers"]["dagster/column_schema"].columns}
+    assert (columns["customer_id"].type, columns["business_date"].type) == ("int64", "date32[day]")
+    assert columns["customer_id"].description == "CRM customer id; primary key."
+    assert columns["customer_id"].constraints.unique
 
 
 def test_a_failing_silver_test_stops_gold_in_the_same_run(
