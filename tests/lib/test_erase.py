@@ -190,3 +190,24 @@ def test_a_partition_whose_landing_expired_is_erased_from_its_stored_rows(lake: 
     } - {victim}
     assert len(_rows(lake, "quarantine", "customers")) == quarantined_before  # the first day's kept as it was
     assert partition_state(CUSTOMERS, lake, dt.date.fromisoformat(dates[0])).consistent
+
+
+def test_records_are_matched_column_wise_as_they_are_one_by_one() -> None:
+    """The engine's column-wise match agrees with the per-record rule on typed ids, text ids, case, spaces,
+    nulls and raw records the contract refused."""
+    forget = ForgetList(
+        KEY, frozenset({subject_hash("customer_id", 7, KEY), subject_hash("email", "gone@example.com", KEY)})
+    )
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "customer_id": pa.array([7, 8, None, 9, 10], pa.int64()),
+            "email": [None, " Gone@Example.COM ", "gone@example.com", "kept@example.com", None],
+            "_raw_record": [None, None, None, None, "7,broken-address,Ada"],
+        }
+    )
+    one_by_one = [forget._names_subject(CUSTOMERS, row) for row in batch.to_pylist()]
+    assert forget._named(CUSTOMERS, batch) == one_by_one == [True, True, True, False, True]
+    kept, count = forget.apply(CUSTOMERS, batch)
+    assert count == 4 and kept.column("customer_id").to_pylist() == [9]
+    as_text = batch.set_column(0, "customer_id", pa.array(["007", "8", None, "x", "10"]))
+    assert forget._named(CUSTOMERS, as_text) == [True, True, True, False, True]
