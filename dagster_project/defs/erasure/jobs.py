@@ -52,9 +52,9 @@ def erase_inputs(
     before = len(load_forget_list(root, key).hashes)
     forget = record_requests(root, key, subjects, request_id=request_id, requested_at=dt.datetime.now(dt.UTC))
     receipt = erase.Receipt(request_id, subjects=len(forget.hashes) - before, forget_list=len(forget.hashes))
-    if subjects:
-        _delete_earlier_runs_with_identifiers(context)
+    _delete_earlier_runs_with_identifiers(context)  # their subjects are in the forget list by now
     with inbox.open() as store:
+        store.migrate()  # an inbox nothing was delivered to yet is searched as the empty inbox it is
         affected = erase.erase_inputs(root, forget, receipt, inbox=store)
         erase.reload_bronze(root, forget, affected, receipt, run_id=context.run_id, inbox=store)
     receipt.remaining = erase.remaining(root, forget)  # verified in the last step, after silver and gold
