@@ -1,4 +1,12 @@
+from collections.abc import Iterator
+
 import dagster as dg
+
+# Not exported by `dagster`: what an evaluation names as the materialization it checked. Dagster fills it in
+# for an `AssetCheckResult` of a single partition only; a range run has to give it per partition itself.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from dagster_project.lib.quality.gx_runner import GateResult
 
@@ -26,3 +34,47 @@ def gate_check_result(result: GateResult) -> dg.AssetCheckResult:
             "validation": dg.MetadataValue.json(result.validation()),
         },
     )
+
+
+def per_partition(
+    context: dg.AssetCheckExecutionContext, checked: dg.AssetCheckResult
+) -> dg.AssetCheckResult | Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """A gate's result as the run records it, for the check to return: as it is for a run of one partition
+    (or of an unpartitioned check); once per partition for a run of a range of partitions (a backfill run as
+    one, automation catching up several days).
+
+    Dagster records an `AssetCheckResult` of a range run once, without a partition, so every partition of
+    the range would keep its check "planned", shown as skipped, and automation (`all_deps_blocking_checks_
+    passed`) would wait for ever for a result on each of them. The gate validates the model's whole table,
+    so its one result holds for every partition of the run: each gets an evaluation naming its own latest
+    materialization, which is what makes it current. A failed blocking evaluation still fails the step."""
+    op = context.op_execution_context
+    if op.has_partition_key or not op.has_partition_key_range:
+        return checked
+    return _evaluations(context, checked, op.partition_keys)
+
+
+def _evaluations(
+    context: dg.AssetCheckExecutionContext, checked: dg.AssetCheckResult, partitions: list[str]
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    [spec] = context.check_specs
+    for partition in partitions:
+        latest = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=spec.asset_key, asset_partitions=[partition]), limit=1
+        ).records
+        yield dg.AssetCheckEvaluation(
+            asset_key=spec.asset_key,
+            check_name=spec.name,
+            passed=checked.passed,
+            metadata=checked.metadata,
+            target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+                run_id=latest[0].run_id, storage_id=latest[0].storage_id, timestamp=latest[0].timestamp
+            )
+            if latest
+            else None,
+            severity=checked.severity,
+            description=checked.description,
+            blocking=spec.blocking,
+            partition=partition,
+        )
+    yield dg.Output(None)

@@ -7,13 +7,13 @@ is declared once and checked by both dbt and GX. A gate follows the partitioning
 its model; it validates the model's Delta table in the lake, read in place.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import get_asset_key_for_model
 
-from dagster_project.defs.common.gates import gate_check_result
+from dagster_project.defs.common.gates import gate_check_result, per_partition
 from dagster_project.defs.common.resources import LakeResource
 from dagster_project.defs.transform.assets import assets_for_model
 from dagster_project.defs.transform.resources import load_dbt_project
@@ -34,7 +34,7 @@ def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.A
         description=f"Great Expectations: the {len(gate.expectations)} data tests of {model_gate.model} "
         "declared in its dbt YAML.",
     )
-    def _gate(lake: LakeResource) -> dg.AssetCheckResult:
+    def _gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult | Iterator[Any]:
         # Imported here: GX and DuckDB load only when a gate runs, not with the code location.
         from dagster_project.lib.quality.gx_runner import validate_lake
 
@@ -45,7 +45,8 @@ def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.A
             gate.expectations,
             sample_columns=list(gate.sample_columns),
         )
-        return gate_check_result(result)
+        # One result for every partition of the run: the gate reads the whole table.
+        return per_partition(context, gate_check_result(result))
 
     return _gate
 
