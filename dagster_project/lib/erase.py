@@ -118,7 +118,8 @@ def erase_inputs(
             if inbox is None:
                 receipt.notes.append(f"{spec.name}: no webhook inbox given, its events were not searched")
                 continue
-            changed = inbox.redact_bodies(reader.provider, forget.redact_text)
+            dates = [dt.date.fromisoformat(only[1])] if only else None
+            changed = inbox.redact_bodies(reader.provider, forget.redact_text, dates=dates)
             receipt.count(spec.name, 0, sum(changed.values()))
             dates = {d.isoformat() for d in changed}
         else:  # pragma: no cover - the registry's reader kinds are the three above

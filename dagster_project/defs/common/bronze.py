@@ -7,7 +7,7 @@ its commit to a concurrent load of the same partition, reading its input again (
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -21,6 +21,7 @@ from dagster_project.lib.sources.spec import SourceSpec, WebhookEvents
 
 if TYPE_CHECKING:  # Arrow and the engine load where a partition is loaded, not with the code location
     from dagster_project.lib.bronze.engine import LoadEvent, LoadResult, PartitionState, Reader
+    from dagster_project.lib.intake.inbox import Inbox
     from dagster_project.lib.lake import Lake
 
 # Opens the reader of one partition with the run's resources (an inbox connection, the lake's landing zone).
@@ -88,6 +89,16 @@ def _log_event(context: dg.AssetExecutionContext, event: "LoadEvent") -> None:
     (context.log.warning if event.kind == "conflict" else context.log.info)(event.message)
 
 
+@contextmanager
+def _inbox(context: dg.AssetExecutionContext, spec: SourceSpec) -> "Iterator[Inbox | None]":
+    """The webhook inbox for a webhook source's assets (they have the `inbox` resource); None for others."""
+    if not isinstance(spec.reader, WebhookEvents):
+        yield None
+        return
+    with context.resources.inbox.open() as inbox:
+        yield inbox
+
+
 def build_bronze_assets(
     spec: SourceSpec,
     *,
@@ -146,13 +157,14 @@ def build_bronze_assets(
             )
 
         result = load()
-        if result.forgotten and not isinstance(spec.reader, WebhookEvents):
-            # Delivered after its subject was erased: bronze left the records out; the landed copy is
-            # rewritten too (as `medallion erase` does), and the partition loaded again from it.
+        if result.forgotten:
+            # Delivered after its subject was erased: bronze left the records out (or redacted them); what
+            # landed, or the inbox's copy, is rewritten too, as `medallion erase` does, and loaded again.
             from dagster_project.lib import erase
 
             receipt = erase.Receipt(f"late-delivery-{context.run.run_id[:8]}")
-            erase.erase_inputs(lake.lake, forget, receipt, inbox=None, only=(spec.name, context.partition_key))
+            with _inbox(context, spec) as inbox:
+                erase.erase_inputs(lake.lake, forget, receipt, inbox=inbox, only=(spec.name, context.partition_key))
             context.log.warning(f"{result.forgotten} records of erased subjects left out: {receipt.render()}")
             result = load()
         yield from _results(context, spec, result, lake)

@@ -615,13 +615,20 @@ class Inbox:
             raise _safe(error) from None
 
     def redact_bodies(
-        self, provider: str, redact: Callable[[str], tuple[str, int]], *, batch_size: int = 1000
+        self,
+        provider: str,
+        redact: Callable[[str], tuple[str, int]],
+        *,
+        dates: Iterable[date] | None = None,
+        batch_size: int = 1000,
     ) -> dict[date, int]:
         """Rewrite the stored bodies of `provider`'s events, and of its conflicting deliveries, through
         `redact` (text -> redacted text, values removed); returns how many events changed per event date.
 
         The one change the inbox allows to a stored event (erasure): the body and its checksum are replaced
-        in place, the id, dates and commit position stay, so bronze reloads the event from the same partition."""
+        in place, the id, dates and commit position stay, so bronze reloads the event from the same partition.
+        `dates`: only events filed under these (conflicting deliveries, which have no date, are all read)."""
+        wanted = sorted(set(dates)) if dates is not None else None
         changed: dict[date, int] = {}
         for table, date_of in ((webhook_events, "event_date"), (webhook_conflicts, None)):
             cursor = 0
@@ -629,6 +636,7 @@ class Inbox:
                 query = (
                     sa.select(table.c.id, table.c.body, *([table.c[date_of]] if date_of else []))
                     .where(table.c.provider == provider, table.c.id > cursor)
+                    .where(table.c.event_date.in_(wanted) if date_of and wanted is not None else sa.true())
                     .order_by(table.c.id)
                     .limit(batch_size)
                 )

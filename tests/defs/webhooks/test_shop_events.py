@@ -61,3 +61,36 @@ def test_signed_shop_events_reach_bronze_and_silver(
         settings.lake().attach(con)
         rows = con.execute("select event_id, event_type, subject_id from silver.stg_shop__events order by 1").fetchall()
     assert rows == [("msg_1", "order.shipped", "ord_1"), ("msg_2", "order.delivered", "ord_1")]
+
+
+def test_an_event_naming_an_erased_address_reaches_bronze_and_the_inbox_redacted(
+    inbox_url: str, platform_env: Path, receiver: str
+) -> None:
+    """Erased before the event was sent: the ingest run redacts the address in bronze and in the inbox's copy,
+    and the event itself (and its neighbours) still load."""
+    from dagster_project.lib.erasure import Subject, record_requests
+    from dagster_project.lib.intake.inbox import Inbox
+
+    record_requests(
+        settings.lake(),
+        settings.pii_hmac_key().encode(),
+        [Subject("email", "gone@example.com")],
+        request_id="r",
+        requested_at=dt.datetime.now(dt.UTC),
+    )
+    at = f"{DAY.isoformat()}T10:00:00+00:00"
+    named = {"type": "order.shipped", "timestamp": at, "data": {"id": "ord_1", "email": "Gone@Example.com"}}
+    other = {"type": "order.shipped", "timestamp": at, "data": {"id": "ord_2", "email": "kept@example.com"}}
+    assert [_post(receiver, "msg_1", named), _post(receiver, "msg_2", other)] == [200, 200]
+
+    platform = Platform(platform_env / "lake", platform_env / "sftp")
+    [request] = platform.tick("webhook_events_sensor")
+    run = platform.run(request)
+    assert run.success
+    bodies = {r["event_id"]: r["body"] for r in platform.table("bronze", "shop_events")}
+    assert set(bodies) == {"msg_1", "msg_2"}
+    assert "gone@example.com" not in bodies["msg_1"].lower() and "[erased]" in bodies["msg_1"]
+    assert "kept@example.com" in bodies["msg_2"]
+    with Inbox(inbox_url) as inbox:
+        stored = {e.event_id: e.text for e in inbox.read_for_dates("shop", [DAY])}
+    assert "gone@example.com" not in stored["msg_1"].lower() and "kept@example.com" in stored["msg_2"]
