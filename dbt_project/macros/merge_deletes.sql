@@ -27,3 +27,31 @@
         select * from {{ rows }}
     {%- endif -%}
 {%- endmacro %}
+
+{#-
+    Like select_with_deletes, but sends the merge only what changed, so that it rewrites only the Delta files
+    holding rows that did: `rows` are the recomputed rows of the keys the run recomputed, `existing` the target's
+    current rows of those keys (every column, as the target stores them). A row equal to its existing one is
+    left out; a key of `existing` that `rows` has no row for becomes a tombstone. Any other build writes `rows`
+    as they are.
+-#}
+{% macro select_changes_with_deletes(rows, existing) -%}
+    {%- if is_incremental() -%}
+        {%- set unique_key = config.get('unique_key') -%}
+        {%- set keys = ([unique_key] if unique_key is string else unique_key) | join(', ') -%}
+        select *, false as _lake_delete,
+        from (
+            select * from {{ rows }}
+            except
+            select * from {{ existing }}
+        ) as changed
+
+        union all by name
+
+        select {{ keys }}, true as _lake_delete,
+        from {{ existing }}
+        anti join {{ rows }} using ({{ keys }})
+    {%- else -%}
+        select * from {{ rows }}
+    {%- endif -%}
+{%- endmacro %}

@@ -2,7 +2,20 @@
     Type-2 history of the customers, computed from every version silver keeps rather than captured by a
     dbt snapshot: a snapshot's history lives only in its own table, so it cannot be rebuilt, backfilled or
     erased from bronze, while this is a pure function of bronze like every other model.
+
+    Incremental runs recompute every version of the customers of the partition window (those silver has
+    versions of inside it, and those with a version here delivered inside it, which may have left bronze) and
+    merge what changed on (customer_id, valid_from): a new version, the valid_to of the one it follows, and a
+    tombstone for each version that is gone (select_changes_with_deletes).
 -#}
+{{
+    config(
+        materialized='incremental',
+        unique_key=['customer_id', 'valid_from'],
+        on_schema_change='fail',
+    )
+}}
+
 with
 
 versions as (
@@ -11,12 +24,36 @@ versions as (
 
 ),
 
+{% if is_incremental() -%}
+recomputed_customers as (
+
+    select customer_id, from versions
+    where {{ in_partition_window('business_date') }}
+
+    union
+
+    select customer_id, from {{ this }}
+    where {{ in_partition_window('business_date') }}
+
+),
+
+existing as (
+
+    select * from {{ this }}
+    semi join recomputed_customers using (customer_id)
+
+),
+{%- endif %}
+
 -- One row per customer and change time: the same change delivered on several days counts once, as its
 -- latest delivery.
 changes as (
 
     select *
     from versions
+    {% if is_incremental() -%}
+        semi join recomputed_customers using (customer_id)
+    {%- endif %}
     qualify row_number() over (
         partition by customer_id, updated_at
         order by business_date desc, _source_file desc, _source_row desc
@@ -47,4 +84,4 @@ final as (
 
 )
 
-select * from final
+{{ select_changes_with_deletes('final', 'existing') }}

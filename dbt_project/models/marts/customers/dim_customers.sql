@@ -1,3 +1,15 @@
+{#-
+    Incremental runs recompute the versions of the customers whose history the window may have changed (the
+    customers customers_history recomputes) and merge what changed on customer_sk.
+-#}
+{{
+    config(
+        materialized='incremental',
+        unique_key='customer_sk',
+        on_schema_change='fail',
+    )
+}}
+
 with
 
 history as (
@@ -5,6 +17,33 @@ history as (
     select * from {{ ref('customers_history') }}
 
 ),
+
+versions as (
+
+    select customer_id, business_date, from {{ ref('stg_acme__customer_versions') }}
+
+),
+
+{% if is_incremental() -%}
+recomputed_customers as (
+
+    select customer_id, from versions
+    where {{ in_partition_window('business_date') }}
+
+    union
+
+    select customer_id, from {{ this }}
+    where {{ in_partition_window('_source_business_date') }}
+
+),
+
+existing as (
+
+    select * from {{ this }}
+    semi join recomputed_customers using (customer_id)
+
+),
+{%- endif %}
 
 final as (
 
@@ -26,7 +65,10 @@ final as (
         _source_row,
 
     from history
+    {% if is_incremental() -%}
+        semi join recomputed_customers using (customer_id)
+    {%- endif %}
 
 )
 
-select * from final
+{{ select_changes_with_deletes('final', 'existing') }}

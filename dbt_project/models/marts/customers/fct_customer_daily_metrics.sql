@@ -3,7 +3,23 @@
     figure is a pure function of bronze whatever order the days were loaded in.
     "At end of day" counts each customer in the state of its latest record (by updated_at, then
     business_date, as in silver) among everything received up to and including that business date.
+
+    The end-of-day figures are running totals, so a change on a business date changes every later one: an
+    incremental run recomputes every business date from the start of its window on, and merges them on
+    business_date (a date left with no record is deleted). It reads the versions from the window's start on,
+    and of the customers changed since then only their latest version before it (their state the day before);
+    the totals of that day come from this table's row for it, which a run of any earlier window recomputed.
 -#}
+{{
+    config(
+        materialized='incremental',
+        unique_key='business_date',
+        on_schema_change='fail',
+    )
+}}
+
+{%- set window = partition_window() if is_incremental() else none %}
+
 with
 
 versions as (
@@ -17,12 +33,81 @@ versions as (
 
 ),
 
+{% if window is not none -%}
+recent as (
+
+    select * from versions
+    where business_date >= date '{{ window[0].isoformat() }}'
+
+),
+
+-- Each customer changed since the window's start, as it stood the day before: its latest earlier version.
+earlier as (
+
+    select *
+    from versions
+    semi join recent using (customer_id)
+    where business_date < date '{{ window[0].isoformat() }}'
+    qualify row_number() over (
+        partition by customer_id order by updated_at desc, business_date desc
+    ) = 1
+
+),
+
+-- The figures at the end of the last business date before the window (zero before the first one).
+before_window as (
+
+    select
+        coalesce(max_by(customers_total_at_end_of_day, business_date), 0) as customers_total,
+        coalesce(max_by(customers_active_at_end_of_day, business_date), 0) as customers_active,
+    from {{ this }}
+    where business_date < date '{{ window[0].isoformat() }}'
+
+),
+
+-- Every business date from the window's start on is recomputed: one no record is left on is deleted.
+recomputed as (
+
+    select business_date, from {{ this }}
+    where business_date >= date '{{ window[0].isoformat() }}'
+
+),
+
+sequences as (
+
+    select *, false as is_earlier, from recent
+    union all
+    select *, true as is_earlier, from earlier
+
+),
+{%- else -%}
+{%- if is_incremental() %}
+recomputed as (
+
+    select business_date, from {{ this }}
+
+),
+{%- endif %}
+
+sequences as (
+
+    select *, false as is_earlier, from versions
+
+),
+
+before_window as (
+
+    select 0 as customers_total, 0 as customers_active,
+
+),
+{%- endif %}
+
 first_seen as (
 
     select
         customer_id,
         min(business_date) as first_business_date,
-    from versions
+    from sequences
     group by customer_id
 
 ),
@@ -30,15 +115,16 @@ first_seen as (
 changes as (
 
     select
-        versions.business_date,
+        sequences.business_date,
         count(*) as customers_changed,
         count(*) filter (
-            where versions.business_date = first_seen.first_business_date
+            where sequences.business_date = first_seen.first_business_date
         ) as customers_new,
-    from versions
+    from sequences
     inner join first_seen
-        on versions.customer_id = first_seen.customer_id
-    group by versions.business_date
+        on sequences.customer_id = first_seen.customer_id
+    where not sequences.is_earlier
+    group by sequences.business_date
 
 ),
 
@@ -47,6 +133,7 @@ states as (
     -- The state a customer is in from this business date until its next one.
     select
         customer_id,
+        is_earlier,
         business_date as state_from_date,
         lead(business_date) over (
             partition by customer_id order by business_date
@@ -56,19 +143,20 @@ states as (
             order by business_date
             rows between unbounded preceding and current row
         ) = 'active' as is_active,
-    from versions
+    from sequences
 
 ),
 
 active_deltas as (
 
     -- +1 the day a customer becomes active, -1 the day it stops being so: a running sum gives the
-    -- number active at the end of each day without joining every day to every customer.
+    -- number active at the end of each day without joining every day to every customer. A customer's
+    -- state before the window is already counted in the figures of the day before it: only its end counts.
     select
         state_from_date as business_date,
         1 as active_delta,
     from states
-    where is_active
+    where is_active and not is_earlier
 
     union all
 
@@ -97,16 +185,17 @@ final as (
         changes.customers_changed,
         changes.customers_new,
         changes.customers_changed - changes.customers_new as customers_updated,
-        cast(sum(changes.customers_new) over (
+        cast(before_window.customers_total + sum(changes.customers_new) over (
             order by changes.business_date
         ) as bigint) as customers_total_at_end_of_day,
-        cast(coalesce(sum(active_by_date.active_delta) over (
+        cast(before_window.customers_active + coalesce(sum(active_by_date.active_delta) over (
             order by changes.business_date
         ), 0) as bigint) as customers_active_at_end_of_day,
     from changes
+    cross join before_window
     left join active_by_date
         on changes.business_date = active_by_date.business_date
 
 )
 
-select * from final
+{{ select_with_deletes('final', 'recomputed') }}
