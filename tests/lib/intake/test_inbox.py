@@ -419,3 +419,24 @@ def test_migrate_adds_commit_positions_to_an_inbox_created_before_them(inbox_url
         assert [e.event_id for e in events] == ["evt_old", "evt_new"]
         # a cursor kept before commit positions (a bare inbox id) goes on after the event it names
         assert [e.event_id for e in inbox.read_page(Position.parse(str(events[0].id)))[0]] == ["evt_new"]
+
+
+def test_redacting_bodies_rewrites_events_and_conflicts_in_place(inbox: Inbox):
+    day = datetime(2025, 11, 5, 10, tzinfo=UTC)
+    inbox.store(_event("evt_1", b'{"email": "gone@example.com"}', day))
+    inbox.store(_event("evt_2", b'{"email": "kept@example.com"}', day))
+    inbox.store(_event("evt_3", b'{"email": "gone@example.com"}', day + timedelta(days=1)))
+    inbox.store(_event("evt_1", b'{"email": "gone@example.com", "resent": true}', day))  # a conflict
+
+    def redact(text: str) -> tuple[str, int]:
+        return text.replace("gone@example.com", "[erased]"), text.count("gone@example.com")
+
+    assert inbox.redact_bodies("stripe", redact, dates=[day.date()]) == {day.date(): 1}
+    events = {e.event_id: e for e in inbox.read_since(0)}
+    assert events["evt_1"].body == b'{"email": "[erased]"}'
+    assert events["evt_1"].body_sha256 == sha256_hex(events["evt_1"].body)
+    assert events["evt_2"].body == b'{"email": "kept@example.com"}'
+    assert b"gone@" in events["evt_3"].body  # another date: not asked for
+    assert [c.body for c in inbox.conflicts()] == [b'{"email": "[erased]", "resent": true}']
+    assert inbox.redact_bodies("stripe", redact) == {(day + timedelta(days=1)).date(): 1}
+    assert all(b"gone@" not in e.body for e in inbox.read_since(0))
