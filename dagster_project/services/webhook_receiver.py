@@ -392,8 +392,8 @@ def create_app(
     Every provider needs at least one secret; Standard Webhooks secrets must be `whsec_<base64>`.
     `auto_migrate` creates the inbox schema at start-up (embedded SQLite); in production the schema is
     created by ``medallion webhooks migrate`` so the receiver's database role needs no DDL rights.
-    `first_business_date` is the partitions' first day: an event created earlier is filed under the day it
-    was received (None files every event under its creation date, whatever it is).
+    `first_business_date` is the partitions' first day (default: the configured one): an event created
+    earlier is filed under the day it was received.
     """
     providers: dict[str, _Provider] = {}
     for name, scheme in schemes.items():
@@ -407,6 +407,8 @@ def create_app(
                 signatures.standard_secret_key(secret)  # fail at start-up, not on every request
         providers[name] = _Provider(name=name, scheme=cast(signatures.Scheme, scheme), secrets=provider_secrets)
 
+    if first_business_date is None:
+        first_business_date = settings.first_business_date()
     inbox = Inbox(inbox_url, first_business_date=first_business_date)
     committer = GroupCommitter(inbox)
     metrics = Metrics()
