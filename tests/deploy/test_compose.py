@@ -58,8 +58,9 @@ ALERT_VARIABLES = {
     "MEDALLION_ALERT_EMAIL_TO",
     "MEDALLION_DAGSTER_UI_URL",
 }
-# Retention spans: optional too, empty meaning the platform's default.
+# Retention spans and the first business date: optional too, empty meaning the platform's default.
 RETENTION_VARIABLES = {
+    "MEDALLION_FIRST_BUSINESS_DATE",
     "MEDALLION_RETENTION_LANDING_DAYS",
     "MEDALLION_RETENTION_QUARANTINE_DAYS",
     "MEDALLION_RETENTION_DELTA_VERSIONS_HOURS",

@@ -128,7 +128,7 @@ def build_bronze_assets(
             dg.AssetSpec(
                 quarantine_key(spec.name),
                 deps=[upstream],
-                group_name="bronze",
+                group_name="quarantine",  # its own box in the graph, where the names alone look alike
                 description=f"Records of {spec.name} that broke its contract, with the raw record and every reason.",
                 kinds={"delta"},
                 owners=owners,
