@@ -269,7 +269,7 @@ bronze = {
 }
 
 
-def sftp_definitions(*, sensor_interval_seconds: int = 30) -> dg.Definitions:
+def sftp_definitions(*, sensor_interval_seconds: int = 10) -> dg.Definitions:
     """Every partner feed's landing, bronze and gate, the intake and quarantine jobs, and the inbox sensor."""
     # Built when the code location loads, not at import: the retry policies come from settings.
     from dagster_project.defs.sftp.sensors import build_inbox_sensor

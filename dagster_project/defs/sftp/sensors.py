@@ -66,7 +66,7 @@ def build_inbox_sensor(
     jobs: Sequence[dg.JobDefinition | dg.UnresolvedAssetJobDefinition],
     *,
     clock: Callable[[], float] = time.time,
-    minimum_interval_seconds: int = 30,
+    minimum_interval_seconds: int = 10,
 ) -> dg.SensorDefinition:
     """The sensor over the inbox, asking for runs of `jobs`; `clock` gives the time (tests give their own)."""
 

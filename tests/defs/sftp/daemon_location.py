@@ -1,6 +1,6 @@
 """A code location for the SFTP intake daemon test: the platform's SFTP definitions (every partner feed's
 landing, bronze and gate, the intake and quarantine jobs, the inbox sensor) and their resources, built from the
-environment as the real code location builds them; the sensor ticks every second instead of every 30."""
+environment as the real code location builds them; the sensor ticks every second instead of every 10."""
 
 import dagster as dg
 
