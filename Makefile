@@ -48,7 +48,7 @@ test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, Postgr
 	$(RUN) pytest -n 2 tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
 	  -m "not slow and not postgres and not ui"
 
-bench: install  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out
+bench: install  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out, drop to gold
 	$(RUN) python -m benchmarks
 
 lint: install  ## ruff
