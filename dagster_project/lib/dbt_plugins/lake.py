@@ -20,6 +20,7 @@ table `<lake>/<schema>/<name>` in one commit, then points the model's view at it
   a new row whose `_lake_delete` column is true is a tombstone: its key is deleted instead. A merged model
   sends one for every key it recomputed to nothing (its records left bronze; macros/merge_deletes.sql), so
   deletions land in the same single commit as its other changes; a merge without that column is refused.
+  A model may send only the rows that changed (select_changes_with_deletes); with none, nothing is committed.
 
 Why DuckDB's delta extension (`delta_scan`) reads, and not dbt-duckdb's own `delta` plugin: that plugin hands
 DuckDB a pyarrow dataset, which only lives on the cursor that registered it, so a source must be copied into
@@ -101,21 +102,25 @@ class Plugin(BasePlugin):
                         "select_with_deletes (macros/merge_deletes.sql): a key whose records left bronze "
                         "would stay in it"
                     )
-                rows = cursor.execute(f"SELECT * FROM {relation}").to_arrow_reader(BATCH_ROWS)
-                # A tombstone deletes its key; one that matches nothing is not inserted.
-                (
-                    DeltaTable(uri, storage_options=storage)
-                    .merge(
-                        source=rows,
-                        predicate=" and ".join(f"t.{k} = s.{k}" for k in options["unique_key"]),
-                        source_alias="s",
-                        target_alias="t",
+                (changes,) = cursor.execute(f"SELECT count(*) FROM {relation}").fetchone()
+                # A model that sends only its changed rows (select_changes_with_deletes) may have none: then
+                # there is nothing to commit, and delta-rs takes seconds to merge even an empty source.
+                if changes:
+                    rows = cursor.execute(f"SELECT * FROM {relation}").to_arrow_reader(BATCH_ROWS)
+                    # A tombstone deletes its key; one that matches nothing is not inserted.
+                    (
+                        DeltaTable(uri, storage_options=storage)
+                        .merge(
+                            source=rows,
+                            predicate=" and ".join(f"t.{k} = s.{k}" for k in options["unique_key"]),
+                            source_alias="s",
+                            target_alias="t",
+                        )
+                        .when_matched_delete(predicate=f"s.{DELETE_MARKER}")
+                        .when_matched_update_all(except_cols=[DELETE_MARKER])
+                        .when_not_matched_insert_all(predicate=f"not s.{DELETE_MARKER}", except_cols=[DELETE_MARKER])
+                        .execute()
                     )
-                    .when_matched_delete(predicate=f"s.{DELETE_MARKER}")
-                    .when_matched_update_all(except_cols=[DELETE_MARKER])
-                    .when_not_matched_insert_all(predicate=f"not s.{DELETE_MARKER}", except_cols=[DELETE_MARKER])
-                    .execute()
-                )
             else:
                 # Written in full or by partition, a table is what the model selected; tombstones (a merged
                 # model whose table went missing) have nothing to delete there.

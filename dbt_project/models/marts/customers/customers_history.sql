@@ -16,18 +16,13 @@
     )
 }}
 
+{#- Each CTE reads the versions itself: a CTE read twice is materialized whole, before any filter. #}
 with
-
-versions as (
-
-    select * from {{ ref('stg_acme__customer_versions') }}
-
-),
 
 {% if is_incremental() -%}
 recomputed_customers as (
 
-    select customer_id, from versions
+    select customer_id, from {{ ref('stg_acme__customer_versions') }}
     where {{ in_partition_window('business_date') }}
 
     union
@@ -50,7 +45,7 @@ existing as (
 changes as (
 
     select *
-    from versions
+    from {{ ref('stg_acme__customer_versions') }}
     {% if is_incremental() -%}
         semi join recomputed_customers using (customer_id)
     {%- endif %}

@@ -20,23 +20,17 @@
 
 {%- set window = partition_window() if is_incremental() else none %}
 
+{#- Each CTE reads the versions itself: a CTE read twice is materialized whole, before any filter. -#}
+{%- set versions -%}
+    (select customer_id, business_date, updated_at, status, from {{ ref('stg_acme__customer_versions') }})
+{%- endset %}
+
 with
-
-versions as (
-
-    select
-        customer_id,
-        business_date,
-        updated_at,
-        status,
-    from {{ ref('stg_acme__customer_versions') }}
-
-),
 
 {% if window is not none -%}
 recent as (
 
-    select * from versions
+    select * from {{ versions }} as versions
     where business_date >= date '{{ window[0].isoformat() }}'
 
 ),
@@ -45,7 +39,7 @@ recent as (
 earlier as (
 
     select *
-    from versions
+    from {{ versions }} as versions
     semi join recent using (customer_id)
     where business_date < date '{{ window[0].isoformat() }}'
     qualify row_number() over (
@@ -66,9 +60,9 @@ before_window as (
 ),
 
 -- Every business date from the window's start on is recomputed: one no record is left on is deleted.
-recomputed as (
+existing as (
 
-    select business_date, from {{ this }}
+    select * from {{ this }}
     where business_date >= date '{{ window[0].isoformat() }}'
 
 ),
@@ -82,16 +76,16 @@ sequences as (
 ),
 {%- else -%}
 {%- if is_incremental() %}
-recomputed as (
+existing as (
 
-    select business_date, from {{ this }}
+    select * from {{ this }}
 
 ),
 {%- endif %}
 
 sequences as (
 
-    select *, false as is_earlier, from versions
+    select *, false as is_earlier, from {{ versions }} as versions
 
 ),
 
@@ -198,4 +192,4 @@ final as (
 
 )
 
-{{ select_with_deletes('final', 'recomputed') }}
+{{ select_changes_with_deletes('final', 'existing') }}

@@ -35,18 +35,13 @@
     _source_file,
 {%- endset %}
 
+{#- Each CTE reads the versions itself: a CTE read twice is materialized whole, before any filter. #}
 with
-
-versions as (
-
-    select * from {{ ref('stg_acme__customer_versions') }}
-
-),
 
 {% if is_incremental() -%}
 window_versions as (
 
-    select * from versions
+    select * from {{ ref('stg_acme__customer_versions') }}
     where {{ in_partition_window('business_date') }}
 
 ),
@@ -109,7 +104,7 @@ candidates as (
     union all
 
     select {{ columns }} _source_row,
-    from versions
+    from {{ ref('stg_acme__customer_versions') }}
     semi join fallback_customers using (customer_id)
     where not {{ in_partition_window('business_date') }}
 
@@ -117,7 +112,7 @@ candidates as (
 {%- else -%}
 candidates as (
 
-    select * from versions
+    select * from {{ ref('stg_acme__customer_versions') }}
 
 ),
 {%- endif %}
