@@ -711,7 +711,7 @@ def _model_reads(target: Path) -> dict[str, str]:
         elif config.get("partition_by") and config.get("partition_by") == config.get("unique_key"):
             reads[node["name"]] = "incremental: the window's partitions only"
         else:
-            reads[node["name"]] = f"incremental, merge on {config.get('unique_key')}: all versions of changed keys"
+            reads[node["name"]] = f"incremental, merge on {config.get('unique_key')}: the keys the window changed"
     return reads
 
 
