@@ -37,6 +37,11 @@ FULL_SILVER_KEYS = {
     dg.AssetKey(["silver", "stg_shop__events"]),
 }
 SILVER_KEYS = INCREMENTAL_SILVER_KEYS | FULL_SILVER_KEYS
+INCREMENTAL_GOLD_KEYS = {
+    dg.AssetKey(["gold", "customers_history"]),
+    dg.AssetKey(["gold", "dim_customers"]),
+    dg.AssetKey(["gold", "fct_customer_daily_metrics"]),
+}
 GOLD_KEYS = {
     dg.AssetKey(["gold", "customers_history"]),
     dg.AssetKey(["gold", "dim_customers"]),
@@ -71,9 +76,10 @@ def steps(assets: ModuleType) -> dict[str, dg.AssetsDefinition]:
 def test_asset_keys_groups_and_layers(assets: ModuleType, steps: dict[str, dg.AssetsDefinition]) -> None:
     graph = assets.defs().resolve_asset_graph()
 
-    assert set(steps) == {"dbt_silver_daily", "dbt_silver", "dbt_gold"}
+    assert set(steps) == {"dbt_silver_daily", "dbt_silver", "dbt_gold_daily", "dbt_gold"}
     assert set(steps["dbt_silver_daily"].keys) | set(steps["dbt_silver"].keys) == SILVER_KEYS
-    assert set(steps["dbt_gold"].keys) == GOLD_KEYS
+    assert set(steps["dbt_gold_daily"].keys) == INCREMENTAL_GOLD_KEYS
+    assert set(steps["dbt_gold_daily"].keys) | set(steps["dbt_gold"].keys) == GOLD_KEYS
     assert graph.materializable_asset_keys == SILVER_KEYS | GOLD_KEYS
     for key in SILVER_KEYS | GOLD_KEYS:
         assert graph.get(key).group_name == key.path[0]
@@ -100,7 +106,8 @@ def test_incremental_models_are_partitioned_and_full_tables_are_not(steps: dict[
 def test_the_step_of_a_model_is_found_by_its_name(assets: ModuleType, steps: dict[str, dg.AssetsDefinition]) -> None:
     assert assets.assets_for_model("stg_acme__customers") is steps["dbt_silver_daily"]
     assert assets.assets_for_model("stg_shop__orders") is steps["dbt_silver"]
-    assert assets.assets_for_model("customers_history") is steps["dbt_gold"]
+    assert assets.assets_for_model("customers_history") is steps["dbt_gold_daily"]
+    assert assets.assets_for_model("customer_segments") is steps["dbt_gold"]
     assert assets.model_key("customer_segments") == dg.AssetKey(["gold", "customer_segments"])
     # Built once: the definitions and the gates built from them share the same objects.
     assert assets.dbt_assets_definitions() is assets.dbt_assets_definitions()
@@ -206,11 +213,8 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
         assert result.success
         materialized = {m.asset_key: m.partition for m in result.get_asset_materialization_events()}
         assert set(materialized) == CUSTOMERS_SLICE
-        # Partition status says what is true: incremental silver records the day, gold the whole table.
-        assert {k for k, partition in materialized.items() if partition == "2025-01-02"} == (
-            CUSTOMERS_SLICE & INCREMENTAL_SILVER_KEYS
-        )
-        assert {k for k, partition in materialized.items() if partition is None} == CUSTOMERS_SLICE & GOLD_KEYS
+        # Partition status says what is true: every model of the slice is incremental and records the day.
+        assert {k for k, partition in materialized.items() if partition == "2025-01-02"} == CUSTOMERS_SLICE
         evaluations = result.get_asset_check_evaluations()
         assert {e.asset_key for e in evaluations} == CUSTOMERS_SLICE
         assert all(e.passed for e in evaluations)
