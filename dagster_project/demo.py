@@ -42,7 +42,7 @@ from dagster_project.samples.shop_events import WEBHOOK_PATH as SHOP_WEBHOOK_PAT
 from dagster_project.samples.shop_events import build_shop_deliveries
 from dagster_project.services.sftp_server import EmbeddedSftpServer
 
-SEGMENTS_KEY = dg.AssetKey(["gold", "customer_segments"])
+CRM_SCORES_KEY = dg.AssetKey(["reverse_etl", "crm_customer_scores"])
 
 # The demo prints its own summary; the runs' step-by-step logs stay in the instance (and the UI).
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -279,6 +279,9 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
         summary.files_uploaded = len(good) + len(payments.payout_files) + len(refused)
 
         defs = load_defs()
+        # The automation sensor runs from the start under `make dev`: its first evaluation, before anything
+        # lands, is what later ones compare with.
+        automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
         # Two looks at the inbox: a file is taken once its size and mtime held still between them.
         requests = _sensor_requests(defs, instance, "sftp_inbox_sensor", {"sftp": sftp}, looks=2)
         requests += _sensor_requests(
@@ -308,34 +311,10 @@ def run_demo_in_this_process(days: int) -> DemoSummary:
                 instance=instance, partition_key=day, run_config=QUIET, raise_on_error=False
             )
             _collect_run(run, summary)
-        requests += [dg.RunRequest(partition_key=day) for day in order_days]
 
-        # What the automation daemon does under `make dev`: silver and gold for the partitions that moved.
-        # (Unpartitioned requests, such as moving a refused file to the partner's quarantine, move no data.)
-        partitions = sorted({r.partition_key for r in requests if r.partition_key})
-        downstream = dg.AssetSelection.groups("silver", "gold").resolve(defs.resolve_asset_graph())
-        if downstream and partitions:
-            run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-                instance=instance,
-                asset_selection=list(downstream),
-                run_config=QUIET,
-                tags={
-                    "dagster/asset_partition_range_start": partitions[0],
-                    "dagster/asset_partition_range_end": partitions[-1],
-                },
-                raise_on_error=False,
-            )
-            _collect_run(run, summary)
-            # Reverse ETL only behind a passed gold gate, as automation does it.
-            gold_gate = [e.passed for e in run.get_asset_check_evaluations() if e.asset_key == SEGMENTS_KEY]
-            if gold_gate and all(gold_gate):
-                sync = defs.resolve_job_def("crm_customer_scores_sync").execute_in_process(
-                    instance=instance, run_config=QUIET, raise_on_error=False
-                )
-                _collect_run(sync, summary)
-                for event in sync.get_asset_materialization_events():
-                    metadata = event.materialization.metadata
-                    summary.crm_sync = {k: metadata[k].value for k in ("inserted", "updated", "deleted", "unchanged")}
+        # Then what the automation daemon does under `make dev`: the real automation conditions, evaluated until
+        # they request nothing more, each request run as the daemon would launch it.
+        _follow_automation(defs, instance, summary, automation_cursor)
     _collect_tables(summary)
     return summary
 
@@ -350,6 +329,48 @@ def _sensor_requests(
         cursor = result.cursor
         requests.extend(result.run_requests or [])
     return requests
+
+
+# Evaluations of the automation conditions at most: each one moves a layer on (silver, gold, reverse ETL), and
+# the last finds nothing left to request.
+AUTOMATION_ROUNDS = 8
+
+
+def _follow_automation(
+    defs: dg.Definitions, instance: dg.DagsterInstance, summary: DemoSummary, cursor: object
+) -> None:
+    """Evaluate the definitions' automation conditions (FOLLOW_UPSTREAM on silver, gold and reverse ETL) and run
+    what they request, round after round, as the automation sensor and the daemon do under `make dev`.
+    `cursor`: the evaluation made before the intake (the sensor was running before anything arrived)."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    for _ in range(AUTOMATION_ROUNDS):
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = evaluation.cursor
+        if not evaluation.total_requested:
+            return
+        # As the sensor launches them: one run per set of requested dates, over their range (dbt's daily steps
+        # take a range in one run), and one run of the unpartitioned assets.
+        groups: dict[frozenset[str | None], list[dg.AssetKey]] = {}
+        for key in keys:
+            requested = evaluation.get_requested_partitions(key)
+            if requested:
+                groups.setdefault(frozenset(requested), []).append(key)
+        for requested, selection in groups.items():
+            dates = sorted(p for p in requested if p is not None)
+            tags = (
+                {"dagster/asset_partition_range_start": dates[0], "dagster/asset_partition_range_end": dates[-1]}
+                if dates
+                else {}
+            )
+            run = job.execute_in_process(
+                instance=instance, asset_selection=selection, tags=tags, run_config=QUIET, raise_on_error=False
+            )
+            _collect_run(run, summary)
+            for event in run.get_asset_materialization_events():
+                if event.asset_key == CRM_SCORES_KEY:
+                    metadata = event.materialization.metadata
+                    summary.crm_sync = {k: metadata[k].value for k in ("inserted", "updated", "deleted", "unchanged")}
 
 
 def _collect_run(run: dg.ExecuteInProcessResult, summary: DemoSummary) -> None:
