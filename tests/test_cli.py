@@ -183,15 +183,17 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
 
 def test_make_dev_passes_its_ports_to_medallion_dev():
     def command(*variables: str) -> str:
+        # Not a sub-make of the `make test` running this test: no "Entering directory" lines, no inherited flags.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         done = subprocess.run(
-            ["make", "-n", "dev", *variables],
+            ["make", "--no-print-directory", "-n", "dev", *variables],
             cwd=settings.project_root(),
-            env={**os.environ, "PORT": "9999"},  # a PORT the shell exports is not taken for the UI's
+            env={**env, "PORT": "9999"},  # a PORT the shell exports is not taken for the UI's
             capture_output=True,
             text=True,
             check=True,
         )
-        return done.stdout.strip().splitlines()[-1]
+        return next(line for line in reversed(done.stdout.splitlines()) if "medallion dev" in line).strip()
 
     assert command().endswith("medallion dev --port 3000 --webhooks-port 8000")
     assert command("PORT=3001", "WEBHOOKS_PORT=8001", "SFTP_PORT=2223").endswith(

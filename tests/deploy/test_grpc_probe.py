@@ -74,4 +74,8 @@ def test_grpc_probe_service_reports_serving_once_definitions_load(repo_root: Pat
         assert check.returncode == 0, check.stdout + check.stderr
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # shutting down is not what this test is about: a loaded machine
+            server.kill()
+            server.wait()
