@@ -29,6 +29,7 @@ from typing import Any
 
 import obstore
 
+from dagster_project.lib import retention
 from dagster_project.lib.bronze import engine
 from dagster_project.lib.erasure import ForgetList
 from dagster_project.lib.intake import landing
@@ -192,20 +193,6 @@ def expired_dates(lake: Lake, feed: str) -> set[str]:
     }
 
 
-def _expired_key(feed: str, business_date: str) -> str:
-    return f"{landing.partition_prefix(feed, business_date)}/{landing.EXPIRED_MARKER}"
-
-
-def _exists(lake: Lake, key: str) -> bool:
-    from obstore.exceptions import NotFoundError
-
-    try:
-        obstore.head(lake.store, key)
-    except (FileNotFoundError, NotFoundError):
-        return False
-    return True
-
-
 def _stored_partitions_naming_subjects(lake: Lake, spec: SourceSpec, forget: ForgetList, dates: set[str]) -> set[str]:
     """Of these partitions (their landing expired), those whose bronze or quarantine rows name a subject."""
     return {day for day in dates if any(forget.count_named(spec, b) for b in _stored_batches(lake, spec, day))}
@@ -268,7 +255,7 @@ def open_reader(
     """A reader over what has landed for one partition of `spec`, whatever the source's kind; the partition
     as stored when its landed files expired."""
     reader = spec.reader
-    if isinstance(reader, PartnerFiles) and _exists(lake, _expired_key(spec.name, business_date)):
+    if isinstance(reader, PartnerFiles) and retention.expired(lake, spec.name, business_date) is not None:
         return nullcontext(StoredPartitionReader(spec, lake, business_date))
     if isinstance(reader, PartnerFiles):
         from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
