@@ -27,6 +27,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -74,6 +75,8 @@ KEPT_HEADERS = (
 )
 
 RETRY_AFTER_SECONDS = "5"
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_JSON_TYPE = JSONResponse.media_type
 READINESS_TIMEOUT_SECONDS = 2.0
 
 
@@ -106,9 +109,22 @@ class HeaderLimits:
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's `fields` extra."""
 
+    _encoder = json.JSONEncoder(default=str)  # `json.dumps(..., default=str)` would build one per line
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second, self._stamp = -1, ""
+
+    def _time(self, created: float) -> str:
+        """`datetime.isoformat(timespec="milliseconds")` in UTC, the part up to the second rendered once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second, self._stamp = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._stamp}.{int((created - second) * 1000):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -119,13 +135,15 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # the class only: exception messages may quote values
             entry["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(entry, default=str)
+        return self._encoder.encode(entry)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr for the receiver and uvicorn's own loggers."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
+    # what a record would otherwise look up for every delivery logged; the JSON lines carry none of it
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -214,12 +232,17 @@ class GroupCommitter:
         self._pending: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]] = []
         self._wakeup: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # a thread per writer, kept for the committer's life: handing a batch to it costs less than to
+        # Starlette's shared thread pool, which is paid once per batch
+        self._threads: ThreadPoolExecutor | None = None
 
     async def store(self, event: InboundEvent) -> StoreOutcome:
         loop = asyncio.get_running_loop()
-        if not self._tasks or any(t.done() or t.get_loop() is not loop for t in self._tasks):
+        if loop is not self._loop or any(task.done() for task in self._tasks):
             await self.close()
-            self._wakeup = asyncio.Event()
+            self._loop, self._wakeup = loop, asyncio.Event()
+            self._threads = ThreadPoolExecutor(self._writers, thread_name_prefix="inbox-commit")
             self._tasks = [loop.create_task(self._run(self._wakeup)) for _ in range(self._writers)]
         assert self._wakeup is not None
         future: asyncio.Future[StoreOutcome] = loop.create_future()
@@ -233,7 +256,10 @@ class GroupCommitter:
             if task.get_loop() is asyncio.get_running_loop():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._tasks = []
+        self._tasks, self._loop = [], None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)  # a commit still running finishes on its own
+            self._threads = None
 
     async def _run(self, wakeup: asyncio.Event) -> None:
         while True:
@@ -249,8 +275,9 @@ class GroupCommitter:
                         _settle(future, error=error)
 
     async def _commit(self, batch: list[tuple[InboundEvent, asyncio.Future[StoreOutcome]]]) -> None:
+        assert self._loop is not None
         try:
-            outcomes = await run_in_threadpool(self._inbox.store_many, [event for event, _ in batch])
+            outcomes = await self._loop.run_in_executor(self._threads, self._inbox.store_many, [e for e, _ in batch])
         except InboxUnavailable as error:
             # the inbox itself failed (down, locked, read-only, full): every sender retries later
             for _, future in batch:
@@ -285,9 +312,18 @@ def _settle(
         future.set_result(result)
 
 
-async def _read_body(request: Request, max_body_bytes: int, timeout_seconds: float) -> bytes:
-    """The raw body, refusing (and no longer reading) anything past `max_body_bytes` or `timeout_seconds`."""
-    declared = request.headers.get("content-length")
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's header fields by lowercase name, the first of a repeated name winning (as Starlette's
+    `Headers.get`): one pass, where each `Headers` lookup scans every field again."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
+async def _read_body(receive: Receive, declared: str | None, max_body_bytes: int, timeout_seconds: float) -> bytes:
+    """The raw body, refusing (and no longer reading) anything past `max_body_bytes` or `timeout_seconds`;
+    `declared` is the Content-Length header, if any."""
     if declared is not None:
         declared = declared.strip()
         if not declared.isascii() or not declared.isdigit():
@@ -297,16 +333,25 @@ async def _read_body(request: Request, max_body_bytes: int, timeout_seconds: flo
     body = bytearray()
     try:
         async with asyncio.timeout(timeout_seconds):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                if not body and not message.get("more_body", False):
+                    if len(chunk) > max_body_bytes:
+                        raise Rejected(413, "body_too_large")
+                    return bytes(chunk)  # the usual case, the whole body in one message: no copy
                 body += chunk
                 if len(body) > max_body_bytes:
                     raise Rejected(413, "body_too_large")
+                if not message.get("more_body", False):
+                    return bytes(body)
     except ClientDisconnect:
         raise Rejected(400, "client_disconnected") from None
     except TimeoutError:
         # a sender that never finishes its body would otherwise hold a connection and a task forever
         raise Rejected(408, "body_timeout") from None
-    return bytes(body)
 
 
 def _storable_text(value: str) -> bool:
@@ -426,13 +471,15 @@ def create_app(
     ) -> Response:
         latency = time.perf_counter() - started
         metrics.observe(provider, outcome, reason, latency)
-        fields: dict[str, Any] = {
-            "provider": provider,
-            "event_id": event_id,
-            "outcome": outcome,
-            "reason": reason,
-            "status": status,
-            "latency_ms": round(latency * 1000, 3),
+        extra = {
+            "fields": {
+                "provider": provider,
+                "event_id": event_id,
+                "outcome": outcome,
+                "reason": reason,
+                "status": status,
+                "latency_ms": round(latency * 1000, 3),
+            }
         }
         if status >= 500:
             level = logging.ERROR
@@ -440,8 +487,11 @@ def create_app(
             level = logging.WARNING
         else:
             level = logging.INFO
-        logger.log(level, "webhook delivery", extra={"fields": fields})
-        return JSONResponse(content, status_code=status, headers=headers)
+        if logger.isEnabledFor(level):
+            # `logger.log` would also walk the stack to find the caller, which every delivery is logged from
+            logger.handle(logger.makeRecord(logger.name, level, __file__, 0, "webhook delivery", (), None, extra=extra))
+        # the bytes JSONResponse renders, with an encoder made once instead of once per response
+        return Response(_JSON.encode(content).encode(), status_code=status, headers=headers, media_type=_JSON_TYPE)
 
     async def receive(request: Request) -> Response:
         started = time.perf_counter()
@@ -458,16 +508,19 @@ def create_app(
                 content={"error": "unknown_provider"},
             )
         event_id: str | None = None
+        headers = _headers(request.scope)
         try:
-            body = await _read_body(request, max_body_bytes, body_timeout_seconds)
+            body = await _read_body(
+                request.receive, headers.get("content-length"), max_body_bytes, body_timeout_seconds
+            )
             try:
                 verified = signatures.verify(
-                    provider.scheme, body, request.headers, provider.secrets, tolerance_seconds=tolerance_seconds
+                    provider.scheme, body, headers, provider.secrets, tolerance_seconds=tolerance_seconds
                 )
             except signatures.SignatureError as error:
                 raise Rejected(401, error.reason) from None
             event_id, event_type, created_at = _parse_event(provider, body, verified)
-            kept = {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}
+            kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
             event = InboundEvent(
                 provider=provider.name,
                 event_id=event_id,

@@ -295,6 +295,61 @@ def _unstorable(error: Exception) -> UnstorableEvent:
     return UnstorableEvent(f"the inbox cannot store this event ({name})")
 
 
+class _BatchInsert:
+    """The receiver's hot statement, a multi-row insert of events that skips stored ids, as driver SQL.
+
+    Built with SQLAlchemy, the statement cannot be cached (its ON CONFLICT clause has no cache key), so it was
+    compiled again for every commit batch, and each value went through SQLAlchemy's per-row parameter
+    machinery: together more CPU than the rest of a delivery's storage. The SQL text is built once per batch
+    size; values go through the same SQLAlchemy type processors as any other write (the stored bytes do
+    not change), and the statement still runs on the SQLAlchemy connection, whose errors it keeps.
+    """
+
+    columns = (
+        "provider",
+        "event_id",
+        "event_type",
+        "event_created_at",
+        "event_date",
+        "body",
+        "body_sha256",
+        "headers",
+        "received_at",
+    )
+    max_rows = 500  # rows per statement: 4,500 parameters, far below what either database allows
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        commit_xid = "pg_current_xact_id()::text::bigint" if dialect.name == "postgresql" else "0"
+        self._values = "(" + ", ".join([marker] * len(self.columns)) + f", {commit_xid})"
+        self._head = f"INSERT INTO {webhook_events.name} ({', '.join(self.columns)}, commit_xid) VALUES "
+        self._tail = " ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id"
+        self._processors = [
+            webhook_events.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.columns
+        ]
+        self._sql: dict[int, str] = {}
+
+    def statement(self, rows: int) -> str:
+        sql = self._sql.get(rows)
+        if sql is None:
+            sql = self._sql[rows] = self._head + ", ".join([self._values] * rows) + self._tail
+        return sql
+
+    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Insert `rows` (column -> value), skipping ids already stored; the (provider, event id) inserted."""
+        inserted: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), self.max_rows):
+            chunk = rows[start : start + self.max_rows]
+            parameters: list[Any] = []
+            for row in chunk:
+                for name, process in zip(self.columns, self._processors, strict=True):
+                    value = row[name]
+                    parameters.append(process(value) if process is not None else value)
+            result = conn.exec_driver_sql(self.statement(len(chunk)), tuple(parameters))
+            inserted.update((provider, event_id) for provider, event_id in result)
+        return inserted
+
+
 class Inbox:
     """The webhook inbox behind one database URL."""
 
@@ -319,6 +374,7 @@ class Inbox:
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._batch_insert = _BatchInsert(self.engine.dialect) if self._is_sqlite or self._is_postgres else None
 
     @property
     def concurrent_writers(self) -> int:
@@ -490,13 +546,8 @@ class Inbox:
         """`_store_one` for a whole batch in three statements at most: one multi-row insert that skips ids
         already stored, one read of the stored hashes of those it skipped, one insert of the conflicts."""
         rows = [self._row(event) for event in events]
-        insert = (
-            self._insert(webhook_events)
-            .values(commit_xid=self._commit_xid())
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(webhook_events.c.provider, webhook_events.c.event_id)
-        )
-        inserted = {(row.provider, row.event_id) for row in conn.execute(insert, rows)}
+        assert self._batch_insert is not None
+        inserted = self._batch_insert.execute(conn, rows)
         outcomes: list[StoreOutcome | None] = [None] * len(events)
         skipped: list[int] = []
         for i, event in enumerate(events):

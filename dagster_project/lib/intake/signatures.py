@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
@@ -78,7 +77,7 @@ def _check_tolerance(timestamp: int, tolerance_seconds: int, now: float | None) 
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.digest(key, message, "sha256")  # one call into OpenSSL, no HMAC object
 
 
 # --- Stripe -----------------------------------------------------------------------------------------------
