@@ -8,10 +8,11 @@ partition, with one lineage builder and one quarantine schema for all sources. B
 (`Lake.table`): a local folder or an object store.
 
 A partition is rebuilt from everything landed for its date and replaced in one Delta commit per table
-(`predicate` overwrite), so a re-run or a backfill yields the same rows and never duplicates. Memory stays
-flat: checked records are spooled to local disk (compressed Arrow) as they are read, and the Delta writer
-streams the spools into files of bounded size; nothing is committed until the whole input is read. Per
-origin (a file, the inbox) received = loaded + quarantined + duplicates dropped.
+(an overwrite of the partition), so a re-run or a backfill yields the same rows and never duplicates. Memory
+stays flat: checked records go, group by group, into data files of both tables as they are read
+(`delta_files.PartitionFiles`, encoded on a thread of their own while the next group is read), and nothing is
+committed until the whole input is read; the files of a load that fails are deleted. Per origin (a file, the
+inbox) received = loaded + quarantined + duplicates dropped.
 
 Concurrent loads (other partitions, other runs of the same partition; processes or pods sharing nothing but
 the lake) never lose rows:
@@ -42,19 +43,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dagster_project.lib.bronze import delta_files
 from dagster_project.lib.bronze.contract import LINEAGE_COLUMNS, PARTITION_COLUMN, QUARANTINE_SCHEMA, bronze_schema
 from dagster_project.lib.erasure import ForgetList
 from dagster_project.lib.lake import Lake
@@ -66,13 +66,9 @@ if TYPE_CHECKING:
 # Rows a reader hands over at most, and per typed-contract validation: large enough that a validation's fixed
 # cost is small, small enough that what is in flight (a reader's batch, a validation group) stays well in memory.
 DEFAULT_BATCH_ROWS = 128 * 1024
-# Bytes of compressed data the Delta writer holds before it closes a file: what it buffers stays bounded
-# whatever the partition's size.
-TARGET_FILE_BYTES = 32 * 1024 * 1024
-
-# Records read and checked wait on local disk until both commits (see `_load_once`), LZ4-compressed: about
-# 45 MB per million customer records instead of 160, for a few percent of the load's time.
-SPOOL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+# A batch with more separate runs of quarantined records than this is split by a copying filter; with fewer,
+# its good records are kept as zero-copy slices of it (nearly every batch: broken records are rare).
+MAX_GOOD_SLICES = 512
 
 # Lineage a reader gives each record; the engine adds the rest (`_source`, `_schema_version`, run columns).
 READER_LINEAGE = ("_source_file", "_source_row", "_checksum_sha256", "_received_at")
@@ -323,16 +319,6 @@ def app_id(day: dt.date) -> str:
     return f"medallion/{PARTITION_COLUMN}={day.isoformat()}"
 
 
-def _writer_properties() -> Any:
-    from deltalake import ColumnProperties, WriterProperties
-
-    # No dictionary pages: most columns are near-unique (ids, emails, times), where the writer pays for a
-    # dictionary it then abandons; ZSTD alone stores the repetitive ones smaller and about a third faster.
-    return WriterProperties(
-        compression="ZSTD", compression_level=1, default_column_properties=ColumnProperties(dictionary_enabled=False)
-    )
-
-
 def stats_configuration(schema: pa.Schema, personal: set[str]) -> dict[str, str]:
     """Table properties that keep column statistics (min/max in the Delta log) for every column but the
     personal ones: the log would otherwise hold raw values of them, out of reach of a row delete."""
@@ -391,28 +377,46 @@ class _Lost(Exception):
         self.table, self.error = table, error
 
 
-def _replace_partition(
-    table: DeltaTable, name: str, batches: pa.RecordBatchReader, day: dt.date, metadata: dict[str, Any], load: int
-) -> None:
-    """Replace the `day` partition of `table` (pinned) with `batches`, in one commit carrying `metadata` and
-    the partition's transaction id at version `load`; a commit lost to a concurrent one raises `_Lost`."""
-    from deltalake import CommitProperties, Transaction, write_deltalake
+def _commit(
+    table: DeltaTable,
+    name: str,
+    files: delta_files.PartitionFiles,
+    day: dt.date,
+    metadata: dict[str, Any],
+    load: int,
+    lake: Lake,
+    uri: str,
+) -> int:
+    """Replace the `day` partition of `table` (pinned) with `files`, in one commit carrying `metadata` and the
+    partition's transaction id at version `load`; returns the version committed. A commit lost to a
+    concurrent one raises `_Lost`."""
     from deltalake.exceptions import CommitFailedError
 
+    pinned = table.version()
     try:
-        write_deltalake(
-            table,
-            batches,
-            mode="overwrite",
-            predicate=f"{PARTITION_COLUMN} = '{day.isoformat()}'",  # a date object: nothing to inject
-            target_file_size=TARGET_FILE_BYTES,
-            writer_properties=_writer_properties(),
-            commit_properties=CommitProperties(
-                custom_metadata=metadata, app_transactions=[Transaction(app_id(day), load)]
-            ),
-        )
+        delta_files.replace_partition(table, files.close(), day, metadata, app_id(day), load)
     except CommitFailedError as exc:
         raise _Lost(name, exc) from exc
+    return _committed_version(lake, uri, pinned, day, load)
+
+
+def _committed_version(lake: Lake, uri: str, pinned: int, day: dt.date, load: int) -> int:
+    """The version of the commit of load `load` of the partition, the first after `pinned` that carries it
+    (a load number is committed once per table and partition: a second commit of it conflicts)."""
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    log = f"{lake.relative(uri)}/_delta_log"
+    version = pinned + 1
+    while True:
+        try:
+            data = bytes(obstore.get(lake.store, f"{log}/{version:020d}.json").bytes())
+        except NotFoundError:
+            raise RuntimeError(f"{uri}: the commit of load {load} of {day.isoformat()} is not in the log") from None
+        info = _commit_info(data)
+        if info.get(PARTITION_KEY) == day.isoformat() and info.get(LOAD_KEY) == load:
+            return version
+        version += 1
 
 
 def load_partition(
@@ -478,7 +482,21 @@ def load_partition(
                 if opened.business_date != day:
                     raise ValueError(f"{spec.name}: the reader reads {opened.business_date}, not {day}")
                 emit("reading")
-                _load_once(spec, opened, bronze, quarantine, day, load, run_id, ingested_at, batch_rows, emit, forget)
+                versions = _load_once(
+                    spec,
+                    opened,
+                    lake,
+                    uris,
+                    bronze,
+                    quarantine,
+                    day,
+                    load,
+                    run_id,
+                    ingested_at,
+                    batch_rows,
+                    emit,
+                    forget,
+                )
         except _Lost as lost:
             table = f"{lost.table}.{spec.name}"
             if not reusable:
@@ -504,8 +522,8 @@ def load_partition(
             run_id=run_id,
             load=load,
             attempts=attempt,
-            bronze_version=bronze.version(),
-            quarantine_version=quarantine.version(),
+            bronze_version=versions["bronze"],
+            quarantine_version=versions["quarantine"],
             repaired=None if found.consistent else found,
         )
     raise AssertionError("unreachable: the last attempt returns or raises")
@@ -514,6 +532,8 @@ def load_partition(
 def _load_once(
     spec: SourceSpec,
     reader: Reader,
+    lake: Lake,
+    uris: dict[str, str],
     bronze: DeltaTable,
     quarantine: DeltaTable,
     day: dt.date,
@@ -523,14 +543,14 @@ def _load_once(
     batch_rows: int,
     emit: Callable[..., None],
     forget: ForgetList | None = None,
-) -> None:
-    """One attempt: read and check every record into two local spools (good, quarantined), then commit the
-    quarantine spool, then the bronze spool.
+) -> dict[str, int]:
+    """One attempt: read and check every record into new data files of both tables (good, quarantined), then
+    commit the quarantine files, then the bronze files; returns the version each table committed.
 
     Both commits come after the whole input is read, so an input error (a ContractError naming the file,
-    say) commits nothing. The Delta writer reads the spools natively: a writer fed by a Python generator
-    holds one of deltalake's runtime threads while it waits, and a second commit made meanwhile (quarantine
-    before bronze) deadlocks a process that has one CPU, and so one runtime thread."""
+    say) commits nothing, and the files written so far are deleted. Bronze rows are validated against the
+    typed contract in groups of at least `batch_rows` rows (a validation costs about the same whatever its
+    size, and readers hand over smaller batches than that) before they go to the writer."""
     import polars as pl
 
     from dagster_project.lib.bronze.contract import pandera_schema
@@ -539,55 +559,56 @@ def _load_once(
     schema = writer_schema(spec)
     contract = pandera_schema(spec)
     stamp = {SOURCE_KEY: spec.name, PARTITION_KEY: day.isoformat(), LOAD_KEY: load, RUN_KEY: run_id}
+    files = {
+        "bronze": delta_files.PartitionFiles(bronze, f"bronze.{spec.name}", uris["bronze"], lake, schema, day),
+        "quarantine": delta_files.PartitionFiles(
+            quarantine, f"quarantine.{spec.name}", uris["quarantine"], lake, QUARANTINE_SCHEMA, day
+        ),
+    }
+    bronze_columns = [f.name for f in schema if f.name != PARTITION_COLUMN]
+    quarantine_columns = [f.name for f in QUARANTINE_SCHEMA if f.name != PARTITION_COLUMN]
+    writer = delta_files.BackgroundWriter(files["bronze"])
+    uncommitted = set(files)
 
-    def checked(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Every good batch, validated against the typed contract before it is spooled.
+    def validated(group: list[pa.Table]) -> None:
+        rows = pa.concat_tables(group)
+        contract.validate(pl.from_arrow(rows, rechunk=False))
+        writer.put(rows.select(bronze_columns))
 
-        Batches are validated in groups of at least `batch_rows` rows (a zero-copy polars view of them): a
-        validation costs about the same whatever its size, and readers hand over smaller batches than that."""
-        pending: list[pa.RecordBatch] = []
-        rows = 0
-        for batch in batches:
-            pending.append(batch)
-            rows += batch.num_rows
-            if rows >= batch_rows:
-                contract.validate(pl.from_arrow(pa.Table.from_batches(pending, schema), rechunk=False))
-                yield from pending
-                pending, rows = [], 0
-        if pending:
-            contract.validate(pl.from_arrow(pa.Table.from_batches(pending, schema), rechunk=False))
-            yield from pending
-
-    def good_batches(quarantined: pa.ipc.RecordBatchStreamWriter) -> Iterator[pa.RecordBatch]:
+    try:
+        pending: list[pa.Table] = []
+        pending_rows = 0
         for origin, batch in reader.read(batch_rows):
             if forget:
                 before = batch.num_rows
                 batch, forgotten = forget.apply(spec, batch)
                 origin.forgotten += forgotten
                 origin.dropped_as_forgotten += before - batch.num_rows
+            if not batch.num_rows:
+                continue
             reasons = batch.column(REASONS)
-            bad = pc.is_valid(reasons)
-            n_bad = pc.sum(bad).as_py() or 0
-            if n_bad:
+            if reasons.null_count == len(reasons):  # nothing broken: the whole batch is good
+                good = pa.Table.from_batches([lineage.bronze(batch, schema)])
+            else:
+                bad = pc.is_valid(reasons)
                 rejected = batch.filter(bad)
                 origin.quarantined += rejected.num_rows
                 origin.reasons.update(pc.list_flatten(rejected.column(REASONS)).to_pylist())
-                quarantined.write_batch(lineage.quarantine(rejected))
-                batch = batch.filter(pc.invert(bad))
-            if batch.num_rows:
-                origin.loaded += batch.num_rows
-                yield lineage.bronze(batch, schema)
-
-    with tempfile.TemporaryDirectory(prefix="medallion-bronze-") as tmp:
-        good_path, bad_path = Path(tmp) / "bronze.arrows", Path(tmp) / "quarantine.arrows"
-        with (
-            pa.OSFile(str(good_path), "wb") as good_sink,
-            pa.ipc.new_stream(good_sink, schema, options=SPOOL_OPTIONS) as good,
-            pa.OSFile(str(bad_path), "wb") as bad_sink,
-            pa.ipc.new_stream(bad_sink, QUARANTINE_SCHEMA, options=SPOOL_OPTIONS) as bad,
-        ):
-            for batch in checked(good_batches(bad)):
-                good.write_batch(batch)
+                files["quarantine"].write(
+                    pa.Table.from_batches([lineage.quarantine(rejected)]).select(quarantine_columns)
+                )
+                # A batch of quarantined records only may lack the declared columns (quarantine read back).
+                good = _good_rows(lineage.bronze(batch, schema), bad) if len(rejected) < len(batch) else None
+            if good is not None and good.num_rows:
+                origin.loaded += good.num_rows
+                pending.append(good)
+                pending_rows += good.num_rows
+                if pending_rows >= batch_rows:
+                    validated(pending)
+                    pending, pending_rows = [], 0
+        if pending:
+            validated(pending)
+        writer.finish()
         figures = {
             "received": sum(o.received for o in reader.origins),
             "loaded": sum(o.loaded for o in reader.origins),
@@ -595,21 +616,40 @@ def _load_once(
             "duplicates": sum(o.duplicates for o in reader.origins),
             "forgotten": sum(o.forgotten for o in reader.origins),
         }
-        # Read with plain file reads, not a memory map: mapped pages the writer has passed stay in the
-        # process's resident memory, which then grows with the partition (10M rows: about 1.5 GB).
-        with pa.OSFile(str(bad_path)) as source:
-            _replace_partition(
-                quarantine,
-                "quarantine",
-                pa.ipc.open_stream(source),
-                day,
-                {**stamp, **{f"medallion.{k}": v for k, v in figures.items()}},
-                load,
-            )
-        emit("committed", table="quarantine", version=quarantine.version())
-        with pa.OSFile(str(good_path)) as source:
-            _replace_partition(bronze, "bronze", pa.ipc.open_stream(source), day, stamp, load)
-        emit("committed", table="bronze", version=bronze.version())
+        versions: dict[str, int] = {}
+        versions["quarantine"] = _commit(
+            quarantine,
+            "quarantine",
+            files["quarantine"],
+            day,
+            {**stamp, **{f"medallion.{k}": v for k, v in figures.items()}},
+            load,
+            lake,
+            uris["quarantine"],
+        )
+        uncommitted.discard("quarantine")
+        emit("committed", table="quarantine", version=versions["quarantine"])
+        versions["bronze"] = _commit(bronze, "bronze", files["bronze"], day, stamp, load, lake, uris["bronze"])
+        uncommitted.discard("bronze")
+        emit("committed", table="bronze", version=versions["bronze"])
+        return versions
+    finally:
+        writer.abort()
+        for name in uncommitted:
+            files[name].discard()
+
+
+def _good_rows(batch: pa.RecordBatch, bad: pa.BooleanArray) -> pa.Table:
+    """The rows of `batch` that `bad` does not mark, in order: zero-copy slices between the marked rows when
+    they are few runs, a copying filter otherwise."""
+    marked = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    starts = np.concatenate(([0], marked + 1))
+    stops = np.concatenate((marked, [batch.num_rows]))
+    keep = stops > starts
+    if int(keep.sum()) > MAX_GOOD_SLICES:
+        return pa.Table.from_batches([batch.filter(pc.invert(bad))])
+    slices = [batch.slice(int(a), int(b - a)) for a, b in zip(starts[keep], stops[keep], strict=True)]
+    return pa.Table.from_batches(slices, schema=batch.schema)
 
 
 def partition_state(spec: SourceSpec, lake: Lake, business_date: dt.date) -> PartitionState:

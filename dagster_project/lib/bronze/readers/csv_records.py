@@ -89,7 +89,9 @@ def scan(stream: BinaryIO, delimiter: str, *, chunk_bytes: int = CHUNK_BYTES) ->
     if chunk.startswith(BOM):
         chunk = chunk[len(BOM) :]
     while chunk:
-        if state.why_not is None:
+        a = np.frombuffer(chunk, dtype=np.uint8)
+        # ASCII is UTF-8: a chunk of it needs no decoding unless a character began in the chunk before.
+        if state.why_not is None and (decoder.getstate()[0] or int(a.max(initial=0)) >= 0x80):
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
@@ -97,7 +99,7 @@ def scan(stream: BinaryIO, delimiter: str, *, chunk_bytes: int = CHUNK_BYTES) ->
                 state.not_plain(f"not valid UTF-8 (byte 0x{chunk[exc.start]:02X} at offset {at})")
         following = stream.read(chunk_bytes)
         size += len(following)
-        _scan_chunk(state, np.frombuffer(chunk, dtype=np.uint8), following[0] if following else -1)
+        _scan_chunk(state, a, following[0] if following else -1)
         state.offset += len(chunk)
         chunk = following
     _finish(state)
@@ -159,11 +161,18 @@ def _scan_chunk(state: _State, a: np.ndarray, next_byte: int) -> None:
         if lone.any():
             state.not_plain("a carriage return that does not end a line (old Mac or mixed line ends)")
     ends = np.flatnonzero(lf)
-    delims = np.flatnonzero(dl)
     if not len(ends):
-        state.line_delimiters += len(delims)
+        state.line_delimiters += int(np.count_nonzero(dl))
     else:
-        per_line = np.bincount(np.searchsorted(ends, delims), minlength=len(ends) + 1)
+        # Delimiters per line: one sum per segment that a line end closes, and the rest of the chunk.
+        bounds = np.empty(len(ends) + 1, dtype=np.intp)
+        bounds[0] = 0
+        bounds[1:] = ends + 1
+        # (Summed as bytes into int32, which numpy does several times faster than booleans into int64.)
+        if bounds[-1] < len(a):
+            per_line = np.add.reduceat(dl.view(np.uint8), bounds, dtype=np.int32).astype(np.int64)
+        else:
+            per_line = np.append(np.add.reduceat(dl.view(np.uint8), bounds[:-1], dtype=np.int32), 0).astype(np.int64)
         per_line[0] += state.line_delimiters
         stops = ends.astype(np.int64) + state.offset
         starts = np.empty(len(ends), dtype=np.int64)
