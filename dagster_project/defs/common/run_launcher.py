@@ -202,8 +202,8 @@ class _Zygote:
 
 def _serve(requests: IO[str], answers: IO[str]) -> None:
     """Load the code location named on the first line, then fork a run worker per request line."""
-    from dagster._utils.hosted_user_process import recon_repository_from_origin
     from dagster._utils.error import serializable_error_info_from_exc_info
+    from dagster._utils.hosted_user_process import recon_repository_from_origin
 
     origin = deserialize_value(requests.readline(), RepositoryPythonOrigin)
     try:

@@ -87,7 +87,8 @@ def test_a_killed_worker_is_found_dead_and_a_terminated_one_is_canceled(
     run = _wait_for("the run to start", lambda: _started(instance, killed))
     assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
     os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)
-    _wait_for("the worker to be found dead", lambda: launcher.check_run_worker_health(run).status == WorkerStatus.FAILED)
+    dead = WorkerStatus.FAILED
+    _wait_for("the worker to be found dead", lambda: launcher.check_run_worker_health(run).status == dead)
 
     terminated = _launch(instance, hold=tmp_path / "never")
     _wait_for("the run to start", lambda: _started(instance, terminated))
