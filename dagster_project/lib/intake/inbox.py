@@ -25,6 +25,7 @@ held elsewhere turns into a quick `InboxUnavailable` (a 503 the sender retries),
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -130,6 +131,8 @@ def sha256_hex(body: bytes) -> str:
 
 def _utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; everything stored is UTC."""
+    if value.tzinfo is UTC:
+        return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -295,14 +298,34 @@ def _unstorable(error: Exception) -> UnstorableEvent:
     return UnstorableEvent(f"the inbox cannot store this event ({name})")
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    """SQLAlchemy's SQLite text for a UTC datetime (``2025-11-05 12:30:00.000000``) at a third less CPU."""
+    # SQLAlchemy's own format; %-formatting costs half of what an f-string with format specifiers does here
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
 class _BatchInsert:
     """The receiver's hot statement, a multi-row insert of events that skips stored ids, as driver SQL.
 
     Built with SQLAlchemy, the statement cannot be cached (its ON CONFLICT clause has no cache key), so it was
     compiled again for every commit batch, and each value went through SQLAlchemy's per-row parameter
-    machinery: together more CPU than the rest of a delivery's storage. The SQL text is built once per batch
-    size; values go through the same SQLAlchemy type processors as any other write (the stored bytes do
-    not change), and the statement still runs on the SQLAlchemy connection, whose errors it keeps.
+    machinery: together more CPU than the rest of a delivery's storage. Here the SQL text is built once per
+    batch size and runs on the SQLAlchemy connection (whose errors it keeps). Values go through SQLAlchemy's
+    own type processors, except three that give the same text at a fraction of the cost: SQLite's dates and
+    times (which SQLAlchemy formats field by field in Python) and the headers' JSON. `test_inbox` holds each
+    of them to SQLAlchemy's output, so the stored bytes are what any other write would store.
     """
 
     columns = (
@@ -324,10 +347,19 @@ class _BatchInsert:
         self._values = "(" + ", ".join([marker] * len(self.columns)) + f", {commit_xid})"
         self._head = f"INSERT INTO {webhook_events.name} ({', '.join(self.columns)}, commit_xid) VALUES "
         self._tail = " ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id"
-        self._processors = [
-            webhook_events.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.columns
-        ]
         self._sql: dict[int, str] = {}
+        self.processors = {
+            name: webhook_events.c[name].type.dialect_impl(dialect).bind_processor(dialect) or _identity
+            for name in self.columns
+        }
+        self.processors["headers"] = json.dumps
+        if dialect.name == "sqlite":
+            self.processors["event_created_at"] = self.processors["received_at"] = _sqlite_datetime
+            self.processors["event_date"] = date.isoformat
+        self._datetime = self.processors["event_created_at"]
+        self._date = self.processors["event_date"]
+        self._binary = self.processors["body"]
+        self._json = self.processors["headers"]
 
     def statement(self, rows: int) -> str:
         sql = self._sql.get(rows)
@@ -335,18 +367,33 @@ class _BatchInsert:
             sql = self._sql[rows] = self._head + ", ".join([self._values] * rows) + self._tail
         return sql
 
-    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
-        """Insert `rows` (column -> value), skipping ids already stored; the (provider, event id) inserted."""
+    def values(self, event: InboundEvent, first_business_date: date | None) -> tuple[Any, ...]:
+        """The statement's parameters for one event, in `columns` order."""
+        created, received = _utc(event.event_created_at), _utc(event.received_at)
+        return (
+            event.provider,
+            event.event_id,
+            event.event_type,
+            self._datetime(created),
+            self._date(partition_date(created, received, first_business_date)),
+            self._binary(event.body),
+            event.body_sha256,
+            self._json(event.headers),
+            self._datetime(received),
+        )
+
+    def execute(
+        self, conn: Connection, events: Sequence[InboundEvent], first_business_date: date | None
+    ) -> set[tuple[str, str]]:
+        """Insert `events`, skipping ids already stored; the (provider, event id) of those inserted."""
         inserted: set[tuple[str, str]] = set()
-        for start in range(0, len(rows), self.max_rows):
-            chunk = rows[start : start + self.max_rows]
+        for start in range(0, len(events), self.max_rows):
+            chunk = events[start : start + self.max_rows]
             parameters: list[Any] = []
-            for row in chunk:
-                for name, process in zip(self.columns, self._processors, strict=True):
-                    value = row[name]
-                    parameters.append(process(value) if process is not None else value)
+            for event in chunk:
+                parameters += self.values(event, first_business_date)
             result = conn.exec_driver_sql(self.statement(len(chunk)), tuple(parameters))
-            inserted.update((provider, event_id) for provider, event_id in result)
+            inserted.update(tuple(row) for row in result.fetchall())
         return inserted
 
 
@@ -545,9 +592,8 @@ class Inbox:
     def _store_batch(self, conn: Connection, events: Sequence[InboundEvent]) -> list[StoreOutcome]:
         """`_store_one` for a whole batch in three statements at most: one multi-row insert that skips ids
         already stored, one read of the stored hashes of those it skipped, one insert of the conflicts."""
-        rows = [self._row(event) for event in events]
         assert self._batch_insert is not None
-        inserted = self._batch_insert.execute(conn, rows)
+        inserted = self._batch_insert.execute(conn, events, self.first_business_date)
         outcomes: list[StoreOutcome | None] = [None] * len(events)
         skipped: list[int] = []
         for i, event in enumerate(events):
@@ -569,7 +615,7 @@ class Inbox:
             )
             conflicts = []
             for i in skipped:
-                event, row = events[i], rows[i]
+                event, row = events[i], self._row(events[i])
                 stored_sha256 = stored[(event.provider, event.event_id)]
                 if stored_sha256 == row["body_sha256"]:
                     outcomes[i] = "duplicate"

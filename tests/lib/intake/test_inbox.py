@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dagster_project.lib.intake.inbox import (
     InboundEvent,
@@ -15,9 +16,11 @@ from dagster_project.lib.intake.inbox import (
     InboxUnavailable,
     Position,
     UnstorableEvent,
+    _BatchInsert,
     migrate,
     partition_date,
     sha256_hex,
+    webhook_events,
 )
 from tests.postgres import postgres_schema
 
@@ -215,6 +218,62 @@ def test_store_many_commits_a_batch_with_outcomes_in_order(inbox: Inbox):
     assert inbox.store_many(batch) == ["stored", "duplicate", "duplicate", "conflict", "stored"]
     assert [e.event_id for e in inbox.read_since(0)] == ["evt_0", "evt_1", "evt_2"]
     assert inbox.store_many([]) == []
+
+
+def test_a_batch_stores_exactly_what_a_single_sqlalchemy_insert_stores(inbox: Inbox):
+    # the batch insert is driver SQL with its own value conversions; an event stored through SQLAlchemy's
+    # insert (`_store_one`) must give the very same column values
+    created = datetime(2025, 11, 5, 12, 30, tzinfo=timezone(timedelta(hours=2)))  # no microseconds
+    received = datetime(2025, 11, 6, 0, 0, 0, 123, tzinfo=UTC)
+    headers = {"content-type": "application/json", "user-agent": 'Zoë "quoted" \\ agent'}
+    one, many = (
+        InboundEvent("stripe", event_id, "charge.succeeded", created, b"\x00{}\xff", headers, received)
+        for event_id in ("evt_one", "evt_many")
+    )
+    with inbox._writer.begin() as conn:
+        assert inbox._store_one(conn, one) == "stored"
+    assert inbox.store_many([many]) == ["stored"]
+    columns = ", ".join(c for c in _RAW_COLUMNS)
+    with inbox.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"SELECT {columns} FROM webhook_events ORDER BY event_id DESC").all()
+    assert [bytes(v) if isinstance(v, memoryview) else v for v in rows[0]] == [
+        bytes(v) if isinstance(v, memoryview) else v for v in rows[1]
+    ]
+
+
+# every column but the id and event id, as the database returns it (text, not what SQLAlchemy makes of it)
+_RAW_COLUMNS = (
+    "provider",
+    "event_type",
+    "CAST(event_created_at AS TEXT)",
+    "CAST(event_date AS TEXT)",
+    "body",
+    "body_sha256",
+    "CAST(headers AS TEXT)",
+    "CAST(received_at AS TEXT)",
+    "commit_xid > 0",
+)
+
+
+@pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.psycopg2.dialect()], ids=["sqlite", "postgres"])
+def test_the_batch_inserts_value_conversions_give_sqlalchemys_output(dialect: sa.Dialect):
+    fast = _BatchInsert(dialect).processors
+    samples = {
+        "event_created_at": [
+            datetime(2025, 11, 5, 12, 30, tzinfo=UTC),
+            datetime(2025, 11, 5, 12, 30, 1, 7, tzinfo=UTC),
+            datetime(1, 1, 1, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        ],
+        "event_date": [date(2025, 11, 5), date(1, 1, 1), date(9999, 12, 31)],
+        "headers": [{}, {"content-type": "application/json", "user-agent": 'Zoë "x" \\ \u2028'}],
+    }
+    samples["received_at"] = samples["event_created_at"]
+    for name, values in samples.items():
+        sqlalchemy_conversion = webhook_events.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        for value in values:
+            expected = sqlalchemy_conversion(value) if sqlalchemy_conversion else value
+            assert fast[name](value) == expected, (name, value)
 
 
 # --- one event never fails the others; a lock held elsewhere is a quick error, not a hang ------------------
