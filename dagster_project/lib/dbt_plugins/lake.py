@@ -21,6 +21,9 @@ table `<lake>/<schema>/<name>` in one commit, then points the model's view at it
   sends one for every key it recomputed to nothing (its records left bronze; macros/merge_deletes.sql), so
   deletions land in the same single commit as its other changes; a merge without that column is refused.
   A model may send only the rows that changed (select_changes_with_deletes); with none, nothing is committed.
+  A new row whose `_lake_partial` column is true updates only the model's `partial_update_columns` of its key
+  (select_changes_with_ends): a version whose end moved is sent as its key and its end, so the model need not
+  read the rest of the row.
 
 Why DuckDB's delta extension (`delta_scan`) reads, and not dbt-duckdb's own `delta` plugin: that plugin hands
 DuckDB a pyarrow dataset, which only lives on the cursor that registered it, so a source must be copied into
@@ -52,6 +55,8 @@ from dagster_project.lib.lake import Lake
 BATCH_ROWS = 128 * 1024
 # A new row of a merged model with this column true deletes its key (macros/merge_deletes.sql).
 DELETE_MARKER = "_lake_delete"
+# A new row of a merged model with this column true sets only the model's `partial_update_columns` of its key.
+PARTIAL_MARKER = "_lake_partial"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -94,6 +99,14 @@ class Plugin(BasePlugin):
             relation = target_config.relation
             columns = [d[0] for d in cursor.execute(f"SELECT * FROM {relation} LIMIT 0").description]
             has_tombstones = DELETE_MARKER in columns
+            partial_columns = list(options.get("partial_update_columns") or [])
+            has_partial = PARTIAL_MARKER in columns
+            if has_partial and not partial_columns:
+                raise ValueError(
+                    f"lake plugin: {schema}.{table} sends partial rows ({PARTIAL_MARKER}) but its config names "
+                    "no partial_update_columns"
+                )
+            markers = [m for m in (DELETE_MARKER, PARTIAL_MARKER) if m in columns]
             exists = DeltaTable.is_deltatable(uri, storage_options=storage)
             if mode == "merge" and exists:
                 if not has_tombstones:
@@ -107,8 +120,9 @@ class Plugin(BasePlugin):
                 # there is nothing to commit, and delta-rs takes seconds to merge even an empty source.
                 if changes:
                     rows = cursor.execute(f"SELECT * FROM {relation}").to_arrow_reader(BATCH_ROWS)
-                    # A tombstone deletes its key; one that matches nothing is not inserted.
-                    (
+                    # A tombstone deletes its key, a partial row sets its columns; neither is inserted when its
+                    # key matches nothing. The first clause whose predicate holds applies.
+                    merger = (
                         DeltaTable(uri, storage_options=storage)
                         .merge(
                             source=rows,
@@ -117,16 +131,22 @@ class Plugin(BasePlugin):
                             target_alias="t",
                         )
                         .when_matched_delete(predicate=f"s.{DELETE_MARKER}")
-                        .when_matched_update_all(except_cols=[DELETE_MARKER])
-                        .when_not_matched_insert_all(predicate=f"not s.{DELETE_MARKER}", except_cols=[DELETE_MARKER])
-                        .execute()
                     )
+                    full = f"not s.{DELETE_MARKER}"
+                    if has_partial:
+                        merger = merger.when_matched_update(
+                            updates={c: f"s.{c}" for c in partial_columns}, predicate=f"s.{PARTIAL_MARKER}"
+                        )
+                        full += f" and not s.{PARTIAL_MARKER}"
+                    merger.when_matched_update_all(except_cols=markers).when_not_matched_insert_all(
+                        predicate=full, except_cols=markers
+                    ).execute()
             else:
-                # Written in full or by partition, a table is what the model selected; tombstones (a merged
-                # model whose table went missing) have nothing to delete there.
+                # Written in full or by partition, a table is what the model selected; tombstones and partial
+                # rows (a merged model whose table went missing) have nothing to delete or update there.
                 select = (
-                    f"SELECT * EXCLUDE ({DELETE_MARKER}) FROM {relation} WHERE NOT {DELETE_MARKER}"
-                    if has_tombstones
+                    f"SELECT * EXCLUDE ({', '.join(markers)}) FROM {relation} WHERE NOT {' AND NOT '.join(markers)}"
+                    if markers
                     else f"SELECT * FROM {relation}"
                 )
                 rows = cursor.execute(select).to_arrow_reader(BATCH_ROWS)

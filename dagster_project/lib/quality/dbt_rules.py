@@ -16,13 +16,18 @@ rule of its gate, read from the parsed manifest (`dbt parse` writes `target/mani
 | no_unexpected_rows (tests/generic)      | the rows its query returns, `{batch}` the model       |
 | exists_in (tests/generic)               | the columns match a row of `to` (a source or model)   |
 
-A test this module cannot translate (or one restricted with `config: where`, which GX would ignore) fails
-the derivation with the test's name, rather than leaving a declared rule out of the gate.
+A test this module cannot translate (or one restricted with a `config: where` that changes its rule) fails
+the derivation with the test's name, rather than leaving a declared rule out of the gate. The one `where` a
+gated model's test may take restricts it to the run's partition window (`__partition_window__(column)`,
+`__partition_window_keys__(key, column)`, joined by `and`; macros/where_subquery.sql): the rule is the same,
+dbt checks it on the rows the run wrote and the gate on the whole table, so every rule is still checked on
+every row on every run, once.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,12 @@ from dagster_project.lib.quality.gates import Gate
 from dagster_project.lib.quality.rules import Rule
 
 GATE_META_KEY = "gx_gate"
+_IDENTIFIER = r"[a-z_][a-z0-9_]*"
+_WINDOW_PLACEHOLDER = (
+    rf"__partition_window__\(\s*{_IDENTIFIER}\s*\)|__partition_window_keys__\(\s*{_IDENTIFIER}\s*,\s*{_IDENTIFIER}\s*\)"
+)
+# A `where` made only of partition window placeholders (macros/where_subquery.sql), joined by `and`.
+_WINDOW_WHERE = re.compile(rf"\s*(?:{_WINDOW_PLACEHOLDER})(?:\s+(?i:and)\s+(?:{_WINDOW_PLACEHOLDER}))*\s*")
 
 
 @dataclass(frozen=True)
@@ -112,10 +123,12 @@ def rule_from_test(test: Mapping[str, Any], manifest: Mapping[str, Any] | None =
     name = test["test_metadata"]["name"]
     kwargs = test["test_metadata"].get("kwargs") or {}
     column = kwargs.get("column_name") or test.get("column_name")
-    if (test.get("config") or {}).get("where"):
+    where = (test.get("config") or {}).get("where")
+    if where and not is_partition_window_where(where):
         raise ValueError(
             f"dbt test {test['name']} is restricted with `where`, which the GX gate cannot apply; "
-            "write the rule as a no_unexpected_rows query instead"
+            "write the rule as a no_unexpected_rows query instead (a `where` may only name the partition "
+            "window: `__partition_window__(column)`)"
         )
     match name:
         case "not_null":
@@ -146,6 +159,12 @@ def rule_from_test(test: Mapping[str, Any], manifest: Mapping[str, Any] | None =
         f"dbt test {test['name']} ({name}) has no GX translation; add one in lib/quality/dbt_rules.py "
         "or write the rule as a no_unexpected_rows query"
     )
+
+
+def is_partition_window_where(where: str) -> bool:
+    """Whether a test's `where` only restricts it to the run's partition window: the rule stays the same, and
+    the gate, which reads the whole table, checks it on every row."""
+    return _WINDOW_WHERE.fullmatch(where) is not None
 
 
 def _other_relation(test: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:

@@ -11,7 +11,8 @@
       window are replaced (`replace_where`), so a row that left bronze leaves the model too;
     - any other `unique_key`: rows with a key in the new rows are replaced, the others inserted (`merge`);
       the model ends with `select_with_deletes` (macros/merge_deletes.sql), whose tombstones delete the keys
-      it recomputed to nothing, so a key whose records all left bronze leaves the model too.
+      it recomputed to nothing, so a key whose records all left bronze leaves the model too; a model ending
+      with `select_changes_with_ends` may also send rows that set only its `partial_update_columns`.
 -#}
 
 {% macro lake_build(mode, predicate=none) %}
@@ -41,6 +42,7 @@
         'predicate': predicate,
         'unique_key': unique_key,
         'partition_by': partition_by,
+        'partial_update_columns': config.get('partial_update_columns') or [],
         'description': model.get('description') or '',
     }) %}
 

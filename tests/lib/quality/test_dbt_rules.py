@@ -87,6 +87,43 @@ def test_a_test_the_gate_cannot_check_fails_loudly(test, message):
     assert test["name"] in str(info.value)
 
 
+def test_a_test_restricted_to_the_partition_window_keeps_its_rule_for_the_whole_table():
+    # dbt checks the rows of the run's window; the gate checks the same rule on every row.
+    manifest = _manifest(
+        _model("t", {"gx_gate": {"sample_columns": ["id"]}}),
+        _test("t", "unique", {"column_name": "id"}, where="__partition_window__(business_date)"),
+        _test(
+            "t",
+            "no_unexpected_rows",
+            {"query": "select id from {batch} group by id having count(*) > 2"},
+            test_name="rows",
+            description="at most two per id",
+            where="__partition_window_keys__(id, business_date) and __partition_window__(business_date)",
+        ),
+    )
+    assert set(dbt_rules.model_gates(manifest)[0].gate.expectations) == {
+        rules.unique("id"),
+        rules.unexpected_rows("select id from {batch} group by id having count(*) > 2", "at most two per id"),
+    }
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "__partition_window__(business_date) or is_current",
+        "is_current and __partition_window__(business_date)",
+        "__partition_window__(business_date); select 1",
+        "__partition_window__(Business Date)",
+    ],
+)
+def test_a_where_that_changes_the_rule_is_refused_even_beside_the_window(where):
+    manifest = _manifest(
+        _model("t", {"gx_gate": {"sample_columns": ["id"]}}), _test("t", "unique", {"column_name": "id"}, where=where)
+    )
+    with pytest.raises(ValueError, match="restricted with `where`"):
+        dbt_rules.model_gates(manifest)
+
+
 def test_an_unexpected_rows_query_must_read_the_batch():
     with pytest.raises(ValueError, match="batch"):
         rules.unexpected_rows("select 1", "nothing to read")
