@@ -18,11 +18,18 @@ the quality gate) stops the gold step in the same run.
 
 Nothing is built at import: the manifest is read and the steps are built on first use
 (`dbt_assets_definitions()`), when the definitions load.
+
+A step is what `@dbt_assets(select=..., exclude=...)` builds (`dbt_step_assets`), with the selection evaluated
+here on the manifest's JSON (`dbt_select`) instead of by dbt's selection engine: dagster-dbt's would import
+dbt's graph modules and networkx, build dbt's `Manifest` (which starts multiprocessing's resource tracker
+process) and set dbt's global flags, in every process that loads the definitions; that was a tenth of the
+code location's load. tests/defs/transform/test_dbt_steps.py holds the two to the same result.
 """
 
 import functools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -33,8 +40,14 @@ from dagster_dbt import (
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
     DbtProject,
-    dbt_assets,
     get_asset_key_for_model,
+)
+from dagster_dbt.asset_utils import (
+    DAGSTER_DBT_EXCLUDE_METADATA_KEY,
+    DAGSTER_DBT_SELECT_METADATA_KEY,
+    get_node,
+    get_upstream_unique_ids,
+    is_non_asset_node,
 )
 
 from dagster_project import settings
@@ -257,14 +270,151 @@ def partition_window_vars(window: dg.TimeWindow) -> dict[str, str]:
     return {"min_date": window.start.date().isoformat(), "max_date": last_day.date().isoformat()}
 
 
-def build_dbt_step(project: DbtProject, manifest: Mapping[str, Any], step: DbtStep) -> dg.AssetsDefinition:
-    @dbt_assets(
+# The manifest's collections that are members of dbt's selection graph (dagster-dbt's list of them).
+GRAPH_MEMBERS = (
+    "nodes",
+    "sources",
+    "exposures",
+    "functions",
+    "metrics",
+    "semantic_models",
+    "saved_queries",
+    "unit_tests",
+)
+ASSET_RESOURCE_TYPES = ("model", "seed", "snapshot")  # the dbt resources that are assets, as dagster-dbt has them
+
+
+def _matches(criterion: str, props: Mapping[str, Any]) -> bool:
+    method, _, value = criterion.partition(":")
+    if method == "path":
+        # dbt's `path:` method: the file, or a folder holding it, relative to the project
+        return PurePosixPath(props.get("original_file_path") or "").is_relative_to(value)
+    if method == "config.materialized":
+        return (props.get("config") or {}).get("materialized") == value
+    raise ValueError(f"dbt selection method {method!r} (in {criterion!r}) is not evaluated by dbt_select")
+
+
+def _selected_by(criterion: str, manifest: Mapping[str, Any]) -> set[str]:
+    """The members one criterion selects, and the tests of any of them (dbt's eager indirect selection)."""
+    direct = {
+        unique_id
+        for collection in GRAPH_MEMBERS
+        for unique_id, props in (manifest.get(collection) or {}).items()
+        if _matches(criterion, props)
+    }
+    children = manifest["child_map"]
+    return direct | {
+        child
+        for unique_id in direct
+        for child in children.get(unique_id, ())
+        if get_node(manifest, child)["resource_type"] in ("test", "unit_test")
+    }
+
+
+def _selected_by_union(selection: str, manifest: Mapping[str, Any]) -> set[str]:
+    """dbt's selection syntax without graph operators: a space unites, a comma intersects."""
+    selected: set[str] = set()
+    for part in selection.split():
+        selected |= set.intersection(*(_selected_by(criterion, manifest) for criterion in part.split(",")))
+    return selected
+
+
+def dbt_select(manifest: Mapping[str, Any], select: str, exclude: str | None) -> set[str]:
+    """The unique ids `dbt build --select select --exclude exclude` runs, as dagster-dbt has dbt select them
+    from the manifest: each criterion with the tests of what it selects, the exclusion likewise.
+
+    Only the `path:` (a project folder) and `config.materialized:` methods are known here, the ones the steps
+    use; any other fails loudly rather than select something else than dbt would."""
+    selected = _selected_by_union(select, manifest)
+    return selected - _selected_by_union(exclude, manifest) if exclude else selected
+
+
+def dbt_step_specs(
+    translator: DagsterDbtTranslator, manifest: Mapping[str, Any], project: DbtProject | None, selected: set[str]
+) -> tuple[list[dg.AssetSpec], list[dg.AssetCheckSpec]]:
+    """The asset and check specs of the selected dbt resources, built as dagster-dbt's `@dbt_assets` builds them:
+    the specs of the selected models, seeds and snapshots; as checks, their selected tests."""
+    specs: list[dg.AssetSpec] = []
+    check_specs: dict[str, dg.AssetCheckSpec] = {}
+    unique_ids_by_key: dict[dg.AssetKey, set[str]] = {}
+    children = manifest["child_map"]
+    for unique_id in (u for collection in GRAPH_MEMBERS for u in manifest.get(collection) or {} if u in selected):
+        props = get_node(manifest, unique_id)
+        if is_non_asset_node(props) or props["resource_type"] not in ASSET_RESOURCE_TYPES:
+            continue
+        spec = translator.get_asset_spec(manifest, unique_id, project)
+        specs.append(spec)
+        unique_ids_by_key.setdefault(spec.key, set()).add(unique_id)
+        for child in children.get(unique_id, ()):
+            if child in selected and child.startswith("test"):
+                check = translator.get_asset_check_spec(
+                    asset_spec=spec, manifest=manifest, unique_id=child, project=project
+                )
+                if check:
+                    check_specs[check.get_python_identifier()] = check
+        for upstream_id in get_upstream_unique_ids(manifest, props):
+            upstream = translator.get_asset_spec(manifest, upstream_id, project)
+            unique_ids_by_key.setdefault(upstream.key, set()).add(upstream_id)
+            if upstream_id.startswith("source") and translator.settings.enable_source_tests_as_checks:
+                for child in (c for c in children.get(upstream_id, ()) if c.startswith("test")):
+                    check = translator.get_asset_check_spec(
+                        asset_spec=upstream, manifest=manifest, unique_id=child, project=project
+                    )
+                    if check:
+                        check_specs[check.get_python_identifier()] = check
+    shared = {key: ids for key, ids in unique_ids_by_key.items() if len(ids) > 1}
+    if shared and not (
+        translator.settings.enable_duplicate_source_asset_keys
+        and all(get_node(manifest, u)["resource_type"] == "source" for ids in shared.values() for u in ids)
+    ):
+        raise dg.DagsterInvalidDefinitionError(
+            "dbt resources share an asset key: "
+            + "; ".join(f"{key.to_user_string()}: {', '.join(sorted(ids))}" for key, ids in shared.items())
+        )
+    return specs, list(check_specs.values())
+
+
+def dbt_step_assets(
+    *,
+    project: DbtProject,
+    manifest: Mapping[str, Any],
+    select: str,
+    exclude: str | None,
+    name: str,
+    translator: DagsterDbtTranslator,
+    **multi_asset_args: Any,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`@dbt_assets(manifest=..., project=..., select=..., exclude=..., name=..., dagster_dbt_translator=...)`,
+    with the selection evaluated by `dbt_select`: the same multi-asset (subsettable, its dbt selection in the
+    op tags that `DbtCliResource.cli` reads when it runs)."""
+    specs, check_specs = dbt_step_specs(translator, manifest, project, dbt_select(manifest, select, exclude))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.multi_asset(
+            name=name,
+            specs=specs,
+            check_specs=check_specs,
+            can_subset=True,
+            op_tags={
+                DAGSTER_DBT_SELECT_METADATA_KEY: select,
+                **({DAGSTER_DBT_EXCLUDE_METADATA_KEY: exclude} if exclude else {}),
+            },
+            allow_arbitrary_check_specs=True,
+            **multi_asset_args,
+        )
+
+
+def build_dbt_step(
+    project: DbtProject, manifest: Mapping[str, Any], step: DbtStep, translator: DagsterDbtTranslator
+) -> dg.AssetsDefinition:
+    @dbt_step_assets(
         manifest=manifest,
         project=project,
         select=step.select,
         exclude=step.exclude,
         name=step.name,
-        dagster_dbt_translator=MedallionDbtTranslator(),
+        translator=translator,
         partitions_def=daily_partitions if step.partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if step.partitioned else None,
         pool=None if step.partitioned else LAKE_REBUILD_POOL,
@@ -324,8 +474,10 @@ def with_table_facts(context: dg.AssetExecutionContext, event: Any, lake: Lake, 
 def dbt_assets_definitions() -> tuple[dg.AssetsDefinition, ...]:
     """Every dbt step, built once per process from the parsed manifest."""
     project = load_dbt_project()
-    manifest = json.loads(project.manifest_path.read_text())
-    return tuple(build_dbt_step(project, manifest, step) for step in dbt_steps(manifest))
+    manifest = json.loads(project.manifest_path.read_bytes())
+    # One translator for every step: it memoizes the spec of each dbt resource, upstream ones included.
+    translator = MedallionDbtTranslator()
+    return tuple(build_dbt_step(project, manifest, step, translator) for step in dbt_steps(manifest))
 
 
 def model_key(model: str) -> dg.AssetKey:
