@@ -154,6 +154,17 @@ class InboundEvent:
 
 
 @dataclass(frozen=True)
+class PreparedEvents:
+    """Deliveries with the parameters of their insert already computed (`Inbox.prepare`)."""
+
+    events: tuple[InboundEvent, ...]
+    parameters: tuple[tuple[Any, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     id: int
     provider: str
@@ -342,12 +353,16 @@ class _BatchInsert:
     max_rows = 500  # rows per statement: 4,500 parameters, far below what either database allows
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        marker = "?" if dialect.paramstyle == "qmark" else "%s"
-        commit_xid = "pg_current_xact_id()::text::bigint" if dialect.name == "postgresql" else "0"
-        self._values = "(" + ", ".join([marker] * len(self.columns)) + f", {commit_xid})"
+        self._marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._sqlite = dialect.name == "sqlite"
+        commit_xid = "0" if self._sqlite else "pg_current_xact_id()::text::bigint"
+        self._values = "(" + ", ".join([self._marker] * len(self.columns)) + f", {commit_xid})"
         self._head = f"INSERT INTO {webhook_events.name} ({', '.join(self.columns)}, commit_xid) VALUES "
-        self._tail = " ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id"
+        self._tail = " ON CONFLICT (provider, event_id) DO NOTHING"
+        if not self._sqlite:
+            self._tail += " RETURNING provider, event_id"
         self._sql: dict[int, str] = {}
+        self._stored_sql: dict[int, str] = {}
         self.processors = {
             name: webhook_events.c[name].type.dialect_impl(dialect).bind_processor(dialect) or _identity
             for name in self.columns
@@ -382,19 +397,40 @@ class _BatchInsert:
             self._datetime(received),
         )
 
-    def execute(
-        self, conn: Connection, events: Sequence[InboundEvent], first_business_date: date | None
-    ) -> set[tuple[str, str]]:
-        """Insert `events`, skipping ids already stored; the (provider, event id) of those inserted."""
+    def execute(self, conn: Connection, batch: PreparedEvents) -> set[tuple[str, str]]:
+        """Insert the events of `batch`, skipping ids already stored; the (provider, event id) of those inserted."""
         inserted: set[tuple[str, str]] = set()
-        for start in range(0, len(events), self.max_rows):
-            chunk = events[start : start + self.max_rows]
-            parameters: list[Any] = []
-            for event in chunk:
-                parameters += self.values(event, first_business_date)
-            result = conn.exec_driver_sql(self.statement(len(chunk)), tuple(parameters))
-            inserted.update(tuple(row) for row in result.fetchall())
+        for start in range(0, len(batch), self.max_rows):
+            chunk = batch.events[start : start + self.max_rows]
+            # SQLite: the ids already stored, read before inserting rather than returned by the insert, which
+            # would return its rows one step at a time, the driver releasing and taking back the interpreter
+            # lock for each while the event loop wants it. Sound because a SQLite writer holds the database's
+            # write lock from BEGIN IMMEDIATE: no other writer can store one of these ids in between.
+            stored = self._stored(conn, chunk) if self._sqlite else set()
+            parameters = tuple(value for row in batch.parameters[start : start + self.max_rows] for value in row)
+            result = conn.exec_driver_sql(self.statement(len(chunk)), parameters)
+            if self._sqlite:
+                inserted.update((e.provider, e.event_id) for e in chunk if (e.provider, e.event_id) not in stored)
+            else:
+                inserted.update(tuple(row) for row in result.fetchall())
         return inserted
+
+    def _stored(self, conn: Connection, events: Sequence[InboundEvent]) -> set[tuple[str, str]]:
+        """The (provider, event id) of `events` already in the inbox, one statement per provider."""
+        by_provider: dict[str, list[str]] = {}
+        for event in events:
+            by_provider.setdefault(event.provider, []).append(event.event_id)
+        stored: set[tuple[str, str]] = set()
+        for provider, event_ids in by_provider.items():
+            sql = self._stored_sql.get(len(event_ids))
+            if sql is None:
+                markers = ", ".join([self._marker] * len(event_ids))
+                sql = self._stored_sql[len(event_ids)] = (
+                    f"SELECT event_id FROM {webhook_events.name} WHERE provider = {self._marker}"
+                    f" AND event_id IN ({markers})"
+                )
+            stored.update((provider, event_id) for (event_id,) in conn.exec_driver_sql(sql, (provider, *event_ids)))
+        return stored
 
 
 class Inbox:
@@ -541,18 +577,33 @@ class Inbox:
             raise outcome
         return outcome
 
-    def store_many(self, events: Sequence[InboundEvent]) -> list[StoreOutcome | UnstorableEvent]:
+    def prepare(self, events: Sequence[InboundEvent]) -> PreparedEvents:
+        """The deliveries with their insert's parameters, for `store_many`.
+
+        The part of storing that is only computation, for a caller to run where it suits it: the receiver
+        does it on its event loop, so that the thread committing holds the interpreter lock only briefly
+        between database calls instead of contending for it with the loop for every value it converts.
+        """
+        first = self.first_business_date
+        if self._batch_insert is None:
+            return PreparedEvents(tuple(events), ())
+        return PreparedEvents(tuple(events), tuple(self._batch_insert.values(e, first) for e in events))
+
+    def store_many(self, events: Sequence[InboundEvent] | PreparedEvents) -> list[StoreOutcome | UnstorableEvent]:
         """`store` for several deliveries in one transaction (one fsync), outcomes in the same order.
 
         An event whose values the database refuses gets an `UnstorableEvent` in its place and the others are
         committed without it. `InboxUnavailable` (nothing stored) when the inbox itself fails. Events later in
         the batch see the earlier ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
+        `events` may come from `prepare`.
         """
+        batch = events if isinstance(events, PreparedEvents) else self.prepare(events)
+        events = batch.events
         if not events:
             return []
         try:
             with self._writer.begin() as conn:
-                return list(self._store_batch(conn, events))
+                return list(self._store_batch(conn, batch))
         except _PER_EVENT_ERRORS:
             pass  # one of them cannot be stored: find which, one statement per event
         except SQLAlchemyError as error:
@@ -589,11 +640,13 @@ class Inbox:
             "received_at": received,
         }
 
-    def _store_batch(self, conn: Connection, events: Sequence[InboundEvent]) -> list[StoreOutcome]:
+    def _store_batch(self, conn: Connection, batch: PreparedEvents) -> list[StoreOutcome]:
         """`_store_one` for a whole batch in three statements at most: one multi-row insert that skips ids
-        already stored, one read of the stored hashes of those it skipped, one insert of the conflicts."""
+        already stored, one read of the stored hashes of those it skipped, one insert of the conflicts
+        (SQLite: one more, a read of the ids already stored, before the insert)."""
         assert self._batch_insert is not None
-        inserted = self._batch_insert.execute(conn, events, self.first_business_date)
+        events = batch.events
+        inserted = self._batch_insert.execute(conn, batch)
         outcomes: list[StoreOutcome | None] = [None] * len(events)
         skipped: list[int] = []
         for i, event in enumerate(events):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
@@ -76,8 +78,19 @@ def _check_tolerance(timestamp: int, tolerance_seconds: int, now: float | None) 
         raise SignatureError("timestamp_out_of_tolerance")
 
 
-def _hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.digest(key, message, "sha256")  # one call into OpenSSL, no HMAC object
+@functools.lru_cache(maxsize=64)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 with `key` already absorbed. Copying it costs a fifth less than keying a new one, and a
+    receiver checks every delivery against the same few keys."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _hmac_sha256(key: bytes, *message: bytes) -> bytes:
+    """HMAC-SHA256 of the concatenation of `message` (passed in parts, so a body is never copied to prefix it)."""
+    mac = _keyed(key).copy()
+    for part in message:
+        mac.update(part)
+    return mac.digest()
 
 
 # --- Stripe -----------------------------------------------------------------------------------------------
@@ -115,13 +128,14 @@ def verify_stripe(
         raise SignatureError("missing_header")
     timestamp, signatures = _parse_stripe_header(header)
     _check_tolerance(timestamp, tolerance_seconds, now)
-    signed = f"{timestamp}.".encode() + body
+    prefix = f"{timestamp}.".encode()
     # compare bytes: `compare_digest` refuses non-ASCII str, and header values are attacker-controlled
     given = [sig.encode("utf-8", "replace") for sig in signatures]
     for secret in secrets:
-        expected = _hmac_sha256(secret.encode(), signed).hex().encode()
-        if any(hmac.compare_digest(expected, candidate) for candidate in given):
-            return Verified(scheme="stripe", timestamp=timestamp)
+        expected = _hmac_sha256(secret.encode(), prefix, body).hex().encode()
+        for candidate in given:
+            if hmac.compare_digest(expected, candidate):
+                return Verified(scheme="stripe", timestamp=timestamp)
     raise SignatureError("no_matching_signature")
 
 
@@ -151,6 +165,10 @@ def standard_secret_key(secret: str) -> bytes:
     if not key:
         raise ValueError("a Standard Webhooks secret must not be empty")
     return key
+
+
+# the same few secrets for every delivery: decoded once each
+_standard_key = functools.lru_cache(maxsize=64)(standard_secret_key)
 
 
 def _parse_standard_signatures(value: str) -> list[bytes]:
@@ -198,11 +216,12 @@ def verify_standard(
     timestamp = _parse_timestamp(raw_timestamp)
     signatures = _parse_standard_signatures(raw_signatures)
     _check_tolerance(timestamp, tolerance_seconds, now)
-    signed = f"{message_id}.{timestamp}.".encode() + body
+    prefix = f"{message_id}.{timestamp}.".encode()
     for secret in secrets:
-        expected = _hmac_sha256(standard_secret_key(secret), signed)
-        if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
-            return Verified(scheme="standard", timestamp=timestamp, message_id=message_id)
+        expected = _hmac_sha256(_standard_key(secret), prefix, body)
+        for candidate in signatures:
+            if hmac.compare_digest(expected, candidate):
+                return Verified(scheme="standard", timestamp=timestamp, message_id=message_id)
     raise SignatureError("no_matching_signature")
 
 
