@@ -46,6 +46,14 @@ def generate(path: Path, rows: int) -> Path:
     return path
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process, every thread (user + system): steadier than wall time on a shared machine."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_child(kind: str, csv_path: Path, work: Path) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bronze", "--child", kind, str(csv_path), str(work)],
@@ -69,6 +77,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
 
     extra: dict[str, float] = {}
     start = time.perf_counter()
+    cpu = _cpu_seconds()
     if kind == "duckdb_copy":
         con = duckdb.connect()
         target = work / "copy.parquet"
@@ -91,6 +100,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         pandera_schema(CUSTOMERS)
         extra["import_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
+        cpu = _cpu_seconds()
         manifest = Manifest(
             feed="customers",
             file_name=csv_path.name,
@@ -114,6 +124,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         rows = result.received
         extra.update(loaded=result.loaded, quarantined=result.quarantined)
     seconds = time.perf_counter() - start
+    extra["cpu_seconds"] = _cpu_seconds() - cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"kind": kind, "rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb, **extra}))
 
@@ -133,6 +144,8 @@ def run(sizes: list[int], work: Path) -> list[dict]:
                 "hop_rows_per_s": hop["rows"] / hop["seconds"],
                 "hop_peak_rss_mb": hop["peak_rss_mb"],
                 "hop_vs_copy": (hop["rows"] / hop["seconds"]) / (copy["rows"] / copy["seconds"]),
+                "copy_cpu_s": copy["cpu_seconds"],
+                "hop_cpu_s": hop["cpu_seconds"],
                 "hop_import_s": hop["import_seconds"],
                 "loaded": hop["loaded"],
                 "quarantined": hop["quarantined"],

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -68,6 +70,8 @@ _FILE_CONSTANTS = {
 }
 # The longest text DuckDB keeps of a line it rejects.
 _REJECTED_LINE_CHARS = 10_000
+# Batches the query may run ahead of the load (`_prefetched`).
+_PREFETCH_BATCHES = 2
 
 
 class RecordCountMismatch(RuntimeError):
@@ -142,6 +146,10 @@ class PartnerFilesReader:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")  # timestamps without an offset are read as UTC
+            # One DuckDB thread, running ahead of the load on a thread of its own (`_prefetched`): DuckDB's own
+            # threads on a streamed result cost about 40% more CPU (1M rows: 2.2 s against 1.5 s) and leave the
+            # load's work (contract validation, Parquet encoding) less of the machine.
+            con.execute("SET threads = 1")
             for index, manifest in enumerate(self.manifests):
                 origin = OriginLoad(manifest.file_name, sha256=manifest.sha256)
                 self.origins.append(origin)
@@ -222,7 +230,7 @@ class PartnerFilesReader:
         row = 0
         # `execute(...).to_arrow_reader` streams; on DuckDB 1.5 a relation's (`con.sql(...)`) reader
         # materializes the whole result first (3M rows: 729 MB before the first batch instead of 170 MB).
-        for batch in con.execute(query, [str(path)]).to_arrow_reader(batch_rows):
+        for batch in _prefetched(con.execute(query, [str(path)]).to_arrow_reader(batch_rows)):
             numbers = pa.array(np.arange(row + 1, row + batch.num_rows + 1, dtype=np.int64))
             row += batch.num_rows
             yield batch, numbers, None
@@ -290,6 +298,41 @@ class PartnerFilesReader:
             con.unregister(name)
         numbers = pa.array(np.arange(first_row + 1, first_row + typed.num_rows + 1, dtype=np.int64))
         yield typed.combine_chunks().to_batches()[0], numbers, None
+
+
+def _prefetched(batches: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The batches of a query result, read on another thread up to `_PREFETCH_BATCHES` ahead: the query runs
+    (without the GIL) while the load checks and hands on the batches before. The thread is done before this
+    returns or raises, so the connection is free again for the caller."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=_PREFETCH_BATCHES)
+    stop = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                ready.put(batch)
+            ready.put(end)
+        except BaseException as exc:  # noqa: BLE001 - raised on the reading side
+            ready.put(exc)
+
+    thread = threading.Thread(target=run, name="medallion-csv-query", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put, then let the thread see `stop`
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _structural_reason(
