@@ -24,10 +24,12 @@ held elsewhere turns into a quick `InboxUnavailable` (a 503 the sender retries),
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -397,25 +399,42 @@ class _BatchInsert:
             self._datetime(received),
         )
 
-    def execute(self, conn: Connection, batch: PreparedEvents) -> set[tuple[str, str]]:
-        """Insert the events of `batch`, skipping ids already stored; the (provider, event id) of those inserted."""
+    def execute(self, connection: Any, batch: PreparedEvents) -> set[tuple[str, str]]:
+        """Insert the events of `batch` on a driver connection in autocommit mode, skipping ids already stored,
+        and commit; the (provider, event id) of those inserted.
+
+        PostgreSQL: one statement, its own transaction, returning what it inserted (one round trip instead of
+        four with a pool checkout's ping, BEGIN and COMMIT). SQLite: BEGIN IMMEDIATE, a read of the ids already
+        stored, the insert, COMMIT. The ids are read rather than returned by the insert, which would return
+        its rows one step at a time, the driver releasing and taking back the interpreter lock for each while
+        the event loop wants it; sound because the write lock, held from BEGIN IMMEDIATE, keeps any other
+        writer from storing one of them in between.
+        """
         inserted: set[tuple[str, str]] = set()
-        for start in range(0, len(batch), self.max_rows):
-            chunk = batch.events[start : start + self.max_rows]
-            # SQLite: the ids already stored, read before inserting rather than returned by the insert, which
-            # would return its rows one step at a time, the driver releasing and taking back the interpreter
-            # lock for each while the event loop wants it. Sound because a SQLite writer holds the database's
-            # write lock from BEGIN IMMEDIATE: no other writer can store one of these ids in between.
-            stored = self._stored(conn, chunk) if self._sqlite else set()
-            parameters = tuple(value for row in batch.parameters[start : start + self.max_rows] for value in row)
-            result = conn.exec_driver_sql(self.statement(len(chunk)), parameters)
+        cursor = connection.cursor()
+        try:
             if self._sqlite:
-                inserted.update((e.provider, e.event_id) for e in chunk if (e.provider, e.event_id) not in stored)
-            else:
-                inserted.update(tuple(row) for row in result.fetchall())
+                cursor.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(batch), self.max_rows):
+                chunk = batch.events[start : start + self.max_rows]
+                stored = self._stored(cursor, chunk) if self._sqlite else set()
+                parameters = tuple(value for row in batch.parameters[start : start + self.max_rows] for value in row)
+                cursor.execute(self.statement(len(chunk)), parameters)
+                if self._sqlite:
+                    inserted.update((e.provider, e.event_id) for e in chunk if (e.provider, e.event_id) not in stored)
+                else:
+                    inserted.update((provider, event_id) for provider, event_id in cursor.fetchall())
+            if self._sqlite:
+                cursor.execute("COMMIT")
+        except BaseException:
+            if self._sqlite and connection.in_transaction:
+                connection.rollback()
+            raise
+        finally:
+            cursor.close()
         return inserted
 
-    def _stored(self, conn: Connection, events: Sequence[InboundEvent]) -> set[tuple[str, str]]:
+    def _stored(self, cursor: Any, events: Sequence[InboundEvent]) -> set[tuple[str, str]]:
         """The (provider, event id) of `events` already in the inbox, one statement per provider."""
         by_provider: dict[str, list[str]] = {}
         for event in events:
@@ -429,7 +448,8 @@ class _BatchInsert:
                     f"SELECT event_id FROM {webhook_events.name} WHERE provider = {self._marker}"
                     f" AND event_id IN ({markers})"
                 )
-            stored.update((provider, event_id) for (event_id,) in conn.exec_driver_sql(sql, (provider, *event_ids)))
+            cursor.execute(sql, (provider, *event_ids))
+            stored.update((provider, event_id) for (event_id,) in cursor.fetchall())
         return stored
 
 
@@ -458,6 +478,14 @@ class Inbox:
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
         self._batch_insert = _BatchInsert(self.engine.dialect) if self._is_sqlite or self._is_postgres else None
+        # driver connections that commit batches, one per writing thread, kept open across batches
+        self._driver = threading.local()
+        self._driver_connections: list[Any] = []
+        self._driver_lock = threading.Lock()
+        dbapi = self.engine.dialect.loaded_dbapi
+        # what the driver raises for one event's values (the others of its batch are then stored one by one)
+        self._refused: tuple[type[BaseException], ...] = (ValueError, dbapi.DataError, dbapi.IntegrityError)
+        self._driver_error: type[BaseException] = dbapi.Error
 
     @property
     def concurrent_writers(self) -> int:
@@ -465,7 +493,42 @@ class Inbox:
         return 1 if self._is_sqlite else 2
 
     def dispose(self) -> None:
+        with self._driver_lock:
+            connections, self._driver_connections = self._driver_connections, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
         self.engine.dispose()
+
+    def _driver_connection(self) -> Any:
+        """This thread's driver connection for batches: made by the engine's pool (so with the same connect
+        settings: SQLite's pragmas, PostgreSQL's timeouts) and then detached from it, to be kept."""
+        connection = getattr(self._driver, "connection", None)
+        if connection is None:
+            try:
+                proxy = self.engine.raw_connection()
+            except SQLAlchemyError as error:
+                raise _safe(error) from None
+            except self._driver_error as error:  # the pool lets the driver's own errors through
+                raise InboxUnavailable(f"inbox unavailable ({type(error).__name__})") from None
+            connection = proxy.driver_connection
+            proxy.detach()
+            if self._is_postgres:
+                connection.autocommit = True  # each batch is one statement, committed by itself
+            self._driver.connection = connection
+            with self._driver_lock:
+                self._driver_connections.append(connection)
+        return connection
+
+    def _drop_driver_connection(self) -> None:
+        connection = getattr(self._driver, "connection", None)
+        self._driver.connection = None
+        if connection is not None:
+            with self._driver_lock:
+                if connection in self._driver_connections:
+                    self._driver_connections.remove(connection)
+            with contextlib.suppress(Exception):
+                connection.close()
 
     def __enter__(self) -> Inbox:
         return self
@@ -598,16 +661,25 @@ class Inbox:
         `events` may come from `prepare`.
         """
         batch = events if isinstance(events, PreparedEvents) else self.prepare(events)
-        events = batch.events
-        if not events:
+        if not batch.events:
             return []
+        if self._batch_insert is None:
+            raise NotImplementedError(f"inbox backend {self.engine.dialect.name!r} is not supported")
+        connection = self._driver_connection()
         try:
-            with self._writer.begin() as conn:
-                return list(self._store_batch(conn, batch))
-        except _PER_EVENT_ERRORS:
-            pass  # one of them cannot be stored: find which, one statement per event
-        except SQLAlchemyError as error:
-            raise _safe(error) from None
+            inserted = self._batch_insert.execute(connection, batch)
+        except self._refused:
+            return self._store_one_by_one(batch.events)  # one of them cannot be stored: find which
+        except self._driver_error as error:
+            self._drop_driver_connection()  # a connection that failed is not trusted again
+            raise InboxUnavailable(f"inbox unavailable ({type(error).__name__})") from None
+        except BaseException:
+            self._drop_driver_connection()
+            raise
+        return self._outcomes(batch.events, inserted)
+
+    def _store_one_by_one(self, events: Sequence[InboundEvent]) -> list[StoreOutcome | UnstorableEvent]:
+        """`store_many` one statement per event, to give an event the database refuses its own outcome."""
         outcomes: list[StoreOutcome | UnstorableEvent | None] = [None] * len(events)
         pending = list(range(len(events)))
         while pending:
@@ -640,14 +712,12 @@ class Inbox:
             "received_at": received,
         }
 
-    def _store_batch(self, conn: Connection, batch: PreparedEvents) -> list[StoreOutcome]:
-        """`_store_one` for a whole batch in three statements at most: one multi-row insert that skips ids
-        already stored, one read of the stored hashes of those it skipped, one insert of the conflicts
-        (SQLite: one more, a read of the ids already stored, before the insert)."""
-        assert self._batch_insert is not None
-        events = batch.events
-        inserted = self._batch_insert.execute(conn, batch)
+    def _outcomes(self, events: Sequence[InboundEvent], inserted: set[tuple[str, str]]) -> list[StoreOutcome]:
+        """The outcome of each event of a batch whose insert stored `inserted`: the others were stored before
+        (or earlier in the batch) and are a duplicate or a conflict, which one read of the stored hashes and
+        one insert of the conflicts settle."""
         outcomes: list[StoreOutcome | None] = [None] * len(events)
+        inserted = set(inserted)
         skipped: list[int] = []
         for i, event in enumerate(events):
             key = (event.provider, event.event_id)
@@ -657,42 +727,55 @@ class Inbox:
             else:
                 skipped.append(i)
         if skipped:
-            keys = sorted({(events[i].provider, events[i].event_id) for i in skipped})
-            stored = dict(
-                ((row.provider, row.event_id), row.body_sha256)
-                for row in conn.execute(
-                    sa.select(webhook_events.c.provider, webhook_events.c.event_id, webhook_events.c.body_sha256).where(
-                        sa.tuple_(webhook_events.c.provider, webhook_events.c.event_id).in_(keys)
-                    )
+            try:
+                with self._writer.begin() as conn:
+                    self._settle_skipped(conn, events, skipped, outcomes)
+            except _PER_EVENT_ERRORS:
+                # a conflict the database cannot record: each skipped delivery on its own (they are all stored)
+                for i, outcome in zip(skipped, self._store_one_by_one([events[i] for i in skipped]), strict=True):
+                    outcomes[i] = outcome  # type: ignore[assignment]
+            except SQLAlchemyError as error:
+                raise _safe(error) from None
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _settle_skipped(
+        self, conn: Connection, events: Sequence[InboundEvent], skipped: list[int], outcomes: list[Any]
+    ) -> None:
+        keys = sorted({(events[i].provider, events[i].event_id) for i in skipped})
+        stored = dict(
+            ((row.provider, row.event_id), row.body_sha256)
+            for row in conn.execute(
+                sa.select(webhook_events.c.provider, webhook_events.c.event_id, webhook_events.c.body_sha256).where(
+                    sa.tuple_(webhook_events.c.provider, webhook_events.c.event_id).in_(keys)
                 )
             )
-            conflicts = []
-            for i in skipped:
-                event, row = events[i], self._row(events[i])
-                stored_sha256 = stored[(event.provider, event.event_id)]
-                if stored_sha256 == row["body_sha256"]:
-                    outcomes[i] = "duplicate"
-                    continue
-                outcomes[i] = "conflict"
-                conflicts.append(
-                    {
-                        "provider": event.provider,
-                        "event_id": event.event_id,
-                        "stored_sha256": stored_sha256,
-                        "received_sha256": row["body_sha256"],
-                        "body": event.body,
-                        "headers": row["headers"],
-                        "received_at": row["received_at"],
-                    }
-                )
-            if conflicts:
-                conn.execute(
-                    self._insert(webhook_conflicts)
-                    .values(commit_xid=self._commit_xid())
-                    .on_conflict_do_nothing(index_elements=["provider", "event_id", "received_sha256"]),
-                    conflicts,
-                )
-        return [outcome for outcome in outcomes if outcome is not None]
+        )
+        conflicts = []
+        for i in skipped:
+            event, row = events[i], self._row(events[i])
+            stored_sha256 = stored[(event.provider, event.event_id)]
+            if stored_sha256 == row["body_sha256"]:
+                outcomes[i] = "duplicate"
+                continue
+            outcomes[i] = "conflict"
+            conflicts.append(
+                {
+                    "provider": event.provider,
+                    "event_id": event.event_id,
+                    "stored_sha256": stored_sha256,
+                    "received_sha256": row["body_sha256"],
+                    "body": event.body,
+                    "headers": row["headers"],
+                    "received_at": row["received_at"],
+                }
+            )
+        if conflicts:
+            conn.execute(
+                self._insert(webhook_conflicts)
+                .values(commit_xid=self._commit_xid())
+                .on_conflict_do_nothing(index_elements=["provider", "event_id", "received_sha256"]),
+                conflicts,
+            )
 
     def _store_one(self, conn: Connection, event: InboundEvent) -> StoreOutcome:
         created = _utc(event.event_created_at)
