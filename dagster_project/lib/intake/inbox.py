@@ -335,10 +335,10 @@ class _BatchInsert:
     Built with SQLAlchemy, the statement cannot be cached (its ON CONFLICT clause has no cache key), so it was
     compiled again for every commit batch, and each value went through SQLAlchemy's per-row parameter
     machinery: together more CPU than the rest of a delivery's storage. Here the SQL text is built once per
-    batch size and runs on the SQLAlchemy connection (whose errors it keeps). Values go through SQLAlchemy's
-    own type processors, except three that give the same text at a fraction of the cost: SQLite's dates and
-    times (which SQLAlchemy formats field by field in Python) and the headers' JSON. `test_inbox` holds each
-    of them to SQLAlchemy's output, so the stored bytes are what any other write would store.
+    batch size and runs on a driver connection (`Inbox.store_many`). Values go through SQLAlchemy's own type
+    processors, except three that give the same text at a fraction of the cost: SQLite's dates and times
+    (which SQLAlchemy formats field by field in Python) and the headers' JSON. `test_inbox` holds each of them
+    and a whole stored row to SQLAlchemy's output, so the stored bytes are what any other write would store.
     """
 
     columns = (
@@ -653,11 +653,14 @@ class Inbox:
         return PreparedEvents(tuple(events), tuple(self._batch_insert.values(e, first) for e in events))
 
     def store_many(self, events: Sequence[InboundEvent] | PreparedEvents) -> list[StoreOutcome | UnstorableEvent]:
-        """`store` for several deliveries in one transaction (one fsync), outcomes in the same order.
+        """`store` for several deliveries, outcomes in the same order. The new events of the batch are
+        committed together (one transaction, one fsync); resends are then told apart from conflicts, and
+        conflicts recorded, in a second transaction, only when the batch has resends.
 
         An event whose values the database refuses gets an `UnstorableEvent` in its place and the others are
-        committed without it. `InboxUnavailable` (nothing stored) when the inbox itself fails. Events later in
-        the batch see the earlier ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
+        committed without it. `InboxUnavailable` when the inbox itself fails: nothing was stored, or (a failure
+        in the second transaction) only new events, which a retry finds as duplicates. Events later in the
+        batch see the earlier ones, so the same event twice in a batch is ``stored`` then ``duplicate``.
         `events` may come from `prepare`.
         """
         batch = events if isinstance(events, PreparedEvents) else self.prepare(events)
