@@ -4,6 +4,7 @@ Dagster's freshness daemon evaluates the policies (PASS, WARN, FAIL) against eac
 materialization; the UI shows the state beside the asset, and the alert sensors report an overdue asset.
 """
 
+import functools
 from datetime import timedelta
 
 import dagster as dg
@@ -19,6 +20,7 @@ GOLD_FRESHNESS = DailyDeadline("11:00", days="mon-fri")
 EXPECTATION_METADATA_KEY = "medallion/freshness"
 
 
+@functools.cache  # one per declaration: Dagster walks up to a thousand ticks of a cron to validate it
 def freshness_policy(freshness: Freshness) -> dg.FreshnessPolicy:
     """A declaration as Dagster's policy: a deadline is a cron policy over the 24 hours before it."""
     if isinstance(freshness, DailyDeadline):

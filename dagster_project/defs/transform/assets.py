@@ -471,10 +471,17 @@ def with_table_facts(context: dg.AssetExecutionContext, event: Any, lake: Lake, 
 
 
 @functools.cache
+def dbt_manifest() -> tuple[DbtProject, Mapping[str, Any]]:
+    """The dbt project and its parsed manifest, read once per process (and, under `dagster dev`, parsed once):
+    the steps and the gates (defs/transform/checks.py) are built from the same ones."""
+    project = load_dbt_project()
+    return project, json.loads(project.manifest_path.read_bytes())
+
+
+@functools.cache
 def dbt_assets_definitions() -> tuple[dg.AssetsDefinition, ...]:
     """Every dbt step, built once per process from the parsed manifest."""
-    project = load_dbt_project()
-    manifest = json.loads(project.manifest_path.read_bytes())
+    project, manifest = dbt_manifest()
     # One translator for every step: it memoizes the spec of each dbt resource, upstream ones included.
     translator = MedallionDbtTranslator()
     return tuple(build_dbt_step(project, manifest, step, translator) for step in dbt_steps(manifest))

@@ -15,9 +15,8 @@ from dagster_dbt import get_asset_key_for_model
 
 from dagster_project.defs.common.gates import gate_check_result, per_partition
 from dagster_project.defs.common.resources import LakeResource
-from dagster_project.defs.transform.assets import assets_for_model
-from dagster_project.defs.transform.resources import load_dbt_project
-from dagster_project.lib.quality.dbt_rules import ModelGate, load_manifest, model_gates
+from dagster_project.defs.transform.assets import assets_for_model, dbt_manifest
+from dagster_project.lib.quality.dbt_rules import ModelGate, model_gates
 
 
 def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -58,4 +57,5 @@ def model_gates_checks(manifest: Mapping[str, Any]) -> list[dg.AssetChecksDefini
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(asset_checks=model_gates_checks(load_manifest(load_dbt_project().manifest_path)))
+    _, manifest = dbt_manifest()  # the one the dbt steps were built from
+    return dg.Definitions(asset_checks=model_gates_checks(manifest))

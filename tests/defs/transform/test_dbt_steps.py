@@ -1,7 +1,6 @@
 """The dbt steps select and describe exactly what dagster-dbt's `@dbt_assets` (with dbt's own selection engine)
 would, from the project's parsed manifest: same assets, specs, checks, op tags and step settings."""
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ import pytest
 from dagster_dbt import DbtProject, dbt_assets
 from dagster_dbt.asset_utils import (
     DAGSTER_DBT_MANIFEST_METADATA_KEY,
-    DAGSTER_DBT_PROJECT_METADATA_KEY,
     DAGSTER_DBT_TRANSLATOR_METADATA_KEY,
 )
 from dagster_dbt.utils import select_unique_ids
@@ -26,14 +24,16 @@ def built(parsed_manifest: Path) -> dict[str, dg.AssetsDefinition]:
 
 @pytest.fixture(scope="module")
 def project(built: dict[str, dg.AssetsDefinition]) -> DbtProject:
-    """The project the steps were built with (the same object: specs carry it in their metadata)."""
-    step = next(iter(built.values()))
-    return step.specs_by_key[next(iter(step.keys))].metadata[DAGSTER_DBT_PROJECT_METADATA_KEY]
+    """The project the steps were built with (the same object their specs carry)."""
+    project, _ = assets.dbt_manifest()
+    return project
 
 
 @pytest.fixture(scope="module")
-def manifest(project: DbtProject) -> dict[str, Any]:
-    return json.loads(project.manifest_path.read_bytes())
+def manifest(built: dict[str, dg.AssetsDefinition]) -> Mapping[str, Any]:
+    """The manifest the steps were built with, not the file as it may be now."""
+    _, manifest = assets.dbt_manifest()
+    return manifest
 
 
 def reference_step(project: DbtProject, manifest: Mapping[str, Any], step: assets.DbtStep) -> dg.AssetsDefinition:
@@ -71,7 +71,7 @@ def steps(manifest: Mapping[str, Any]) -> list[assets.DbtStep]:
     return assets.dbt_steps(manifest)
 
 
-def test_the_selection_is_dbts(project: DbtProject, manifest: dict[str, Any]) -> None:
+def test_the_selection_is_dbts(project: DbtProject, manifest: Mapping[str, Any]) -> None:
     selections = [(s.select, s.exclude) for s in steps(manifest)]
     # the parts of the syntax the steps use, alone and together
     selections += [("path:models/staging", None), ("path:models/marts", "path:models/marts/customers")]
@@ -80,13 +80,13 @@ def test_the_selection_is_dbts(project: DbtProject, manifest: dict[str, Any]) ->
         assert assets.dbt_select(manifest, select, exclude) == set(expected), (select, exclude)
 
 
-def test_a_selection_method_not_evaluated_here_fails(manifest: dict[str, Any]) -> None:
+def test_a_selection_method_not_evaluated_here_fails(manifest: Mapping[str, Any]) -> None:
     with pytest.raises(ValueError, match="tag"):
         assets.dbt_select(manifest, "tag:nightly", None)
 
 
 def test_each_step_is_what_dbt_assets_builds(
-    built: dict[str, dg.AssetsDefinition], project: DbtProject, manifest: dict[str, Any]
+    built: dict[str, dg.AssetsDefinition], project: DbtProject, manifest: Mapping[str, Any]
 ) -> None:
     assert set(built) == {s.name for s in steps(manifest)}
     for step in steps(manifest):
