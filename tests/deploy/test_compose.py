@@ -260,6 +260,18 @@ def test_code_location_gets_every_platform_setting(services: dict[str, dict[str,
     } & set(receiver)
 
 
+def test_the_receiver_runs_worker_processes_on_its_postgresql_inbox(
+    services: dict[str, dict[str, Any]], dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project import settings
+
+    receiver = services["webhook-receiver"]["environment"]
+    assert interpolate(receiver["MEDALLION_WEBHOOK_INBOX_URL"], dotenv).startswith("postgresql")
+    for env in (dotenv, {}):  # the .env of `cp .env.example .env`, and none
+        monkeypatch.setenv("MEDALLION_WEBHOOK_WORKERS", interpolate(receiver["MEDALLION_WEBHOOK_WORKERS"], env))
+        assert settings.webhook_workers() == 2
+
+
 def test_alerts_are_configured_from_env_in_the_code_location_only(services: dict[str, dict[str, Any]]) -> None:
     # The alert sensors are evaluated in the code location; runs execute there too.
     for variable in sorted(ALERT_VARIABLES):

@@ -378,6 +378,7 @@ def test_templates_are_named_by_kind(chart_dir: Path, chart: helm_python.Chart) 
         (merged({"userCode": {"resources": {"requests": {"memory": None}}}}), "requests without memory"),
         (merged({"webhookReceiver": {"resources": {"limits": None}}}), "no limits"),
         (merged({"webhookReceiver": {"replicaCount": 0}}), "zero replicas"),
+        (merged({"webhookReceiver": {"workers": 0}}), "zero receiver workers"),
         (
             merged({"webhookReceiver": {"ingress": {"enabled": True, "tls": {"enabled": True}}}}),
             "TLS without secret",
@@ -643,13 +644,27 @@ def test_webhook_receiver_serves_http_with_health_and_readiness(chart: helm_pyth
     assert pod["automountServiceAccountToken"] is False
     assert deployment["spec"]["replicas"] == 2
     assert set(env_of(container)) == {
+        "MEDALLION_WEBHOOK_WORKERS",
         "MEDALLION_WEBHOOK_INBOX_URL",
         "MEDALLION_WEBHOOK_SECRETS_STRIPE",
         "MEDALLION_WEBHOOK_SECRETS_SHOP",
     }
+    # one worker process per pod by default: its CPU limit is half a core
+    assert env_of(container)["MEDALLION_WEBHOOK_WORKERS"] == {"name": "MEDALLION_WEBHOOK_WORKERS", "value": "1"}
+    assert container["resources"]["limits"]["cpu"] == "500m"
     pdb = one(docs, "PodDisruptionBudget", f"{RELEASE}-webhook-receiver")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert by_kind(docs, "Ingress") == [] and by_kind(docs, "HorizontalPodAutoscaler") == []
+
+
+def test_receiver_worker_processes_follow_the_values(chart: helm_python.Chart, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = merged({"webhookReceiver": {"workers": 2, "resources": {"limits": {"cpu": "2", "memory": "1Gi"}}}})
+    docs = manifests(render(chart, values))
+    container = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")["spec"]["template"]["spec"]["containers"][0]
+    monkeypatch.setenv("MEDALLION_WEBHOOK_WORKERS", env_of(container)["MEDALLION_WEBHOOK_WORKERS"]["value"])
+    from dagster_project import settings
+
+    assert settings.webhook_workers() == 2
 
 
 def test_ingress_terminates_tls_for_the_receiver(chart: helm_python.Chart) -> None:
