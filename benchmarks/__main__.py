@@ -10,6 +10,7 @@ drop-to-gold. --large adds the lakehouse section's 10M-row partition (peak memor
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from benchmarks import bronze, drop_to_gold, gates, lakehouse, load, webhooks_load
@@ -104,22 +105,31 @@ def webhooks_throughput_section(seconds: float) -> None:
         f"\n## Webhook receiver throughput: concurrency 32, {seconds:.0f} s each, beside a no-op endpoint on the "
         "same server stack, durable commits (SQLite synchronous=FULL, PostgreSQL synchronous_commit)"
     )
+    load_before = os.getloadavg()[0]
     r = webhooks_load.throughput(concurrency=32, seconds=seconds, rounds=4)
     print(
         f"PostgreSQL synchronous_commit: {r['postgres_synchronous_commit']}; each measured in {r['rounds']} turns "
-        "taken in rotation (req/s: median of the turns; latency: all requests)"
+        f"taken in rotation (req/s: median of the turns; latency: all requests); {r['cores']} cores; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    print(f"{'endpoint':<34} {'req/s':>8} {'vs no-op':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7}")
-    for key, label in [
+    print(
+        f"{'':<34} {'':>8} {'':>8} {'':>7} {'':>7} {'':>7} {'CPU us per request':^26}\n"
+        f"{'endpoint':<34} {'req/s':>8} {'vs no-op':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7} "
+        f"{'client':>8} {'server':>8} {'database':>8}"
+    )
+    rows = [
         ("noop", "no-op endpoint"),
         ("sqlite", "receiver, SQLite inbox"),
         ("postgres_1", "receiver, PostgreSQL, 1 process"),
         ("postgres_2", "receiver, PostgreSQL, 2 processes"),
-    ]:
+    ]
+    for key, label in rows:
         f = r[key]
+        database = f"{f['cpu_us_database']:>8.0f}" if "cpu_us_database" in f else f"{'-':>8}"
         print(
             f"{label:<34} {f['req_per_s']:>8,.0f} {f['req_per_s'] / r['noop']['req_per_s']:>8.2f} "
-            f"{f['p50_ms']:>7.1f} {f['p99_ms']:>7.1f} {sum(f['errors'].values()):>7}"
+            f"{f['p50_ms']:>7.1f} {f['p99_ms']:>7.1f} {sum(f['errors'].values()):>7} "
+            f"{f['cpu_us_client']:>8.0f} {f['cpu_us_server']:>8.0f} {database}"
         )
     noop = r["noop"]["req_per_s"]
     sqlite, pg1, pg2 = r["sqlite"], r["postgres_1"], r["postgres_2"]
@@ -130,6 +140,12 @@ def webhooks_throughput_section(seconds: float) -> None:
     print(f"  PostgreSQL p99: {_verdict(pg1['p99_ms'] <= 100)} ({pg1['p99_ms']:.0f} ms)")
     scale = pg2["req_per_s"] / pg1["req_per_s"]
     print(f"  2 processes vs 1 on one PostgreSQL inbox: {_verdict(scale >= 1.6)} ({scale:.2f}x)")
+    ceiling = webhooks_load.scale_out_ceiling(pg1, pg2, r["cores"])
+    print(
+        f"  what {r['cores']} cores allow, from the CPU each request cost (client + receiver + database): one process "
+        f"at most {ceiling['one']:,.0f} req/s (one core for the receiver), two at most {ceiling['two']:,.0f} "
+        f"(every core shared by all): {ceiling['ratio']:.2f}x"
+    )
 
 
 def _bronze_event_ids(inbox_url: str, lake: Path) -> list[str]:

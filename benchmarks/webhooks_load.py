@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -437,57 +437,158 @@ class _Phase:
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # CPU seconds spent inside the measured window by the load client, the server process(es) and, on
+    # PostgreSQL, the database backends serving them
+    cpu: Counter[str] = field(default_factory=Counter)
 
     def figures(self) -> dict[str, Any]:
+        per_request = {
+            f"cpu_us_{role}": round(seconds / self.requests * 1e6, 1) if self.requests else 0.0
+            for role, seconds in sorted(self.cpu.items())
+        }
         return {
             "requests": self.requests,
             "errors": dict(self.errors),
             "req_per_s": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
             "p50_ms": round(_percentile(self.latencies, 0.50) * 1000, 1),
             "p99_ms": round(_percentile(self.latencies, 0.99) * 1000, 1),
-        }
+        } | per_request
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends a request only once the previous one was answered (no
+    pipelining), the way a PSP's sender uses a connection. Bare asyncio: the client shares the machine's cores
+    with the server it measures, so the less it spends per request, the more the figures are the server's."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("connection closed before the response"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        del self.buffer[: end + 4 + length]
+        if b"\r\nconnection: close" in head:
+            self.open = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(int(head[9:12]))
+
+    async def request(self, data: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = self.loop.create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+def _request(port: int, body: bytes, signature: str) -> bytes:
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nstripe-signature: {signature}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 async def _hammer(
-    ports: list[int], bodies: Iterator[tuple[bytes, str]], *, concurrency: int, warmup: float, seconds: float
+    ports: list[int],
+    bodies: Iterator[tuple[bytes, str]],
+    *,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    meter: Callable[[], Counter[str]] | None = None,
 ) -> _Phase:
-    """`concurrency` clients, spread evenly over `ports`, each posting the next signed body as soon as its last
-    one was answered; only what is answered inside the measured window (after `warmup`) counts."""
-    import aiohttp
-
+    """`concurrency` connections, spread evenly over `ports`, each posting the next signed body as soon as its
+    last one was answered; only what is answered inside the measured window (after `warmup`) counts, and
+    `meter` (cumulative CPU seconds by role) is read at the window's two ends."""
     phase = _Phase()
-    cursor = bodies
     loop = asyncio.get_running_loop()
     start = loop.time() + warmup
     end = start + seconds
+    readings: list[tuple[Counter[str], float]] = []
+
+    def read_meter() -> None:
+        readings.append(((meter() if meter else Counter()), time.process_time()))
+
+    loop.call_at(start, read_meter)
+    loop.call_at(end, read_meter)
 
     async def client(port: int) -> None:
-        connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            url = f"http://127.0.0.1:{port}/webhooks/stripe"
-            while (now := loop.time()) < end:
-                body, signature = next(cursor)
-                headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
-                sent = now
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        status = response.status
-                except aiohttp.ClientError as error:
-                    status, kind = 0, type(error).__name__
+        connection: _Connection | None = None
+        while (now := loop.time()) < end:
+            body, signature = next(bodies)
+            try:
+                if connection is None or not connection.open:
+                    _, connection = await loop.create_connection(lambda: _Connection(loop), "127.0.0.1", port)
+                status = await connection.request(_request(port, body, signature))
+            except OSError as error:
+                status, kind = 0, type(error).__name__
+                connection = None
+            else:
+                kind = f"http_{status}"
+            done = loop.time()
+            if start <= now and done <= end:
+                if 200 <= status < 300:
+                    phase.requests += 1
+                    phase.latencies.append(done - now)
                 else:
-                    kind = f"http_{status}"
-                done = loop.time()
-                if start <= sent and done <= end:
-                    if 200 <= status < 300:
-                        phase.requests += 1
-                        phase.latencies.append(done - sent)
-                    else:
-                        phase.errors[kind] += 1
+                    phase.errors[kind] += 1
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
 
     await asyncio.gather(*(client(ports[i % len(ports)]) for i in range(concurrency)))
     phase.seconds = seconds
+    if len(readings) == 2:
+        (first, client_first), (last, client_last) = readings
+        phase.cpu = Counter({role: last[role] - first[role] for role in last})
+        phase.cpu["client"] = client_last - client_first
     return phase
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The client's loop: uvloop where installed (the server runs on it too), for the same reason as `_Connection`."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of the processes `pids` and their children (uvicorn's workers)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *process.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def _signed_bodies(secret: str, prefix: str) -> Iterator[tuple[bytes, str]]:
@@ -531,9 +632,10 @@ def throughput(
 
     The four are measured in turn, `rounds` times over (each turn `seconds / rounds` long), so that whatever
     else the machine does weighs on all of them alike; req/s is the median of the turns, latencies are pooled.
+    Each also gets the CPU time it cost per request: the load client's, the server processes' and the
+    PostgreSQL backends' serving them. On a machine where the three share a few cores, these say how many
+    requests per second the cores could give at most, whatever the wall clock shows.
     """
-    import sqlalchemy as sa
-
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-throughput-"))
     secret = "whsec_bench_" + secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
@@ -547,13 +649,28 @@ def throughput(
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
         synchronous_commit = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
     separator = "&" if "?" in postgres_url else "?"
-    pg_url = f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
-    processes: list[subprocess.Popen[bytes]] = []
+    # the application name finds the receivers' backends, whose CPU is counted
+    pg_url = f"{postgres_url}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
+    processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, argv: list[str], extra: dict[str, str]) -> int:
         port = _free_port()
-        processes.append(_start([*argv, str(port)], env | extra, workdir / f"{name}.log", port))
+        processes[name] = _start([*argv, str(port)], env | extra, workdir / f"{name}.log", port)
         return port
+
+    def backends() -> list[int]:
+        with admin.connect() as conn:
+            query = "SELECT pid FROM pg_stat_activity WHERE application_name = %(name)s"
+            return [pid for (pid,) in conn.exec_driver_sql(query, {"name": schema})]
+
+    def meter(servers: list[str], database: bool) -> Callable[[], Counter[str]]:
+        def read() -> Counter[str]:
+            cpu = Counter({"server": _cpu_seconds(processes[name].pid for name in servers)})
+            if database:
+                cpu["database"] = _cpu_seconds(backends())
+            return cpu
+
+        return read
 
     try:
         migrate(pg_url)
@@ -563,26 +680,30 @@ def throughput(
         )
         pg_ports = [start(f"postgres_{i}", receiver, {"MEDALLION_WEBHOOK_INBOX_URL": pg_url}) for i in (1, 2)]
         targets = {
-            "noop": [noop_port],
-            "sqlite": [sqlite_port],
-            "postgres_1": pg_ports[:1],
-            "postgres_2": pg_ports,
+            "noop": ([noop_port], meter(["noop"], False)),
+            "sqlite": ([sqlite_port], meter(["sqlite"], False)),
+            "postgres_1": (pg_ports[:1], meter(["postgres_1"], True)),
+            "postgres_2": (pg_ports, meter(["postgres_1", "postgres_2"], True)),
         }
         turns: dict[str, list[_Phase]] = {name: [] for name in targets}
         for turn in range(rounds):
-            for name, ports in targets.items():
+            for name, (ports, read) in targets.items():
                 bodies = _signed_bodies(secret, f"{name}_{turn}")
-                phase = _hammer(ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds / rounds)
-                turns[name].append(asyncio.run(phase))
+                phase = _hammer(
+                    ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds / rounds, meter=read
+                )
+                with contextlib.closing(_event_loop()) as loop:
+                    turns[name].append(loop.run_until_complete(phase))
         with Inbox(pg_url) as inbox:
             postgres_rows = inbox.count()
     finally:
-        _stop(processes)
+        _stop(list(processes.values()))
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.dispose()
 
     results: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds, "rounds": rounds}
+    results["cores"] = len(os.sched_getaffinity(0))
     for name, phases in turns.items():
         pooled = _Phase(
             requests=sum(p.requests for p in phases),
@@ -591,6 +712,7 @@ def throughput(
         )
         for p in phases:
             pooled.errors.update(p.errors)
+            pooled.cpu.update(p.cpu)
         figures = pooled.figures()
         figures["req_per_s"] = round(statistics.median(p.requests / p.seconds for p in phases), 1)
         figures["req_per_s_turns"] = [round(p.requests / p.seconds) for p in phases]
@@ -599,6 +721,26 @@ def throughput(
     results["postgres_rows"] = postgres_rows
     results["workdir"] = str(workdir)
     return results
+
+
+def scale_out_ceiling(one: dict[str, Any], two: dict[str, Any], cores: int) -> dict[str, float]:
+    """The most requests per second `cores` allow one receiver process and two, from what each request cost in
+    CPU in `throughput` (its ``postgres_1`` and ``postgres_2`` figures).
+
+    The load client, the receivers and the database share the cores. A receiver process runs Python on one core
+    at a time, so one process can go no faster than one core gives it; two can use every core, but the client's
+    and the database's CPU per request take their part of them.
+    """
+
+    def seconds(figures: dict[str, Any], role: str) -> float:
+        return float(figures.get(f"cpu_us_{role}", 0.0)) / 1e6
+
+    def total(figures: dict[str, Any]) -> float:
+        return sum(seconds(figures, role) for role in ("client", "server", "database"))
+
+    one_rate = min(1 / seconds(one, "server"), cores / total(one))
+    two_rate = min(2 / seconds(two, "server"), cores / total(two))
+    return {"one": one_rate, "two": two_rate, "ratio": two_rate / one_rate}
 
 
 if __name__ == "__main__":
