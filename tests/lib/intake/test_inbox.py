@@ -147,8 +147,11 @@ def test_migrate_is_idempotent(inbox_url: str):
         assert inbox.count() == 0
 
 
-def test_concurrent_writers_store_each_event_once(inbox: Inbox):
-    # 8 threads deliver the same 50 events: every store succeeds, each event lands once
+def test_concurrent_writers_store_each_event_once(inbox_url: str):
+    # 8 threads deliver the same 50 events: every store succeeds, each event lands once. SQLite writers take
+    # turns: on a loaded machine a turn can come later than the default lock timeout, which this is not about.
+    migrate(inbox_url)
+    inbox = Inbox(inbox_url, lock_timeout_seconds=120)
     errors: list[BaseException] = []
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -171,6 +174,7 @@ def test_concurrent_writers_store_each_event_once(inbox: Inbox):
     assert outcomes.count("stored") == 50
     assert outcomes.count("duplicate") == 350
     events = inbox.read_since(0, limit=1000)
+    inbox.dispose()
     assert sorted(e.event_id for e in events) == sorted(f"evt_{i}" for i in range(50))
 
 
