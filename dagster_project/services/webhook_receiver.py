@@ -257,10 +257,15 @@ class GroupCommitter:
             if task.get_loop() is asyncio.get_running_loop():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        same_loop = self._loop is asyncio.get_running_loop()
         self._tasks, self._loop = [], None
         if self._threads is not None:
-            self._threads.shutdown(wait=False)  # a commit still running finishes on its own
-            self._threads = None
+            threads, self._threads = self._threads, None
+            if same_loop:
+                # a commit still running finishes before anything (the inbox's disposal) can close its connection
+                await asyncio.to_thread(threads.shutdown)
+            else:
+                threads.shutdown(wait=False)
 
     async def _run(self, wakeup: asyncio.Event) -> None:
         while True:
