@@ -136,14 +136,16 @@ class PartitionFiles:
             remote = obstore.open_writer(self.lake.store, f"{self.lake.relative(self.uri)}/{self._path}")
             self._sink = pa.PythonFile(_ObjectWriter(remote), mode="w")
         # No dictionary pages but for the dictionary-encoded columns (the load's constants): most columns are
-        # near-unique (ids, emails, times), where a writer pays for a dictionary it then abandons. No Arrow
-        # schema in the footer: every reader takes the types from the table, and strings are plain strings.
+        # near-unique (ids, emails, times), where a writer pays for a dictionary it then abandons. Statistics
+        # only for the columns the table keeps them for in its log: the footer holds no raw value of a personal
+        # column either. No Arrow schema in the footer: readers take the types from the table.
         self._writer = pq.ParquetWriter(
             self._sink,
             self.file_schema,
             compression="zstd",
             compression_level=1,
             use_dictionary=self.dictionary or False,
+            write_statistics=[n for n in self.file_schema.names if n in self.stats_columns] or False,
             store_schema=False,
             metadata_collector=self._footers,
         )

@@ -66,10 +66,6 @@ if TYPE_CHECKING:
 # Rows a reader hands over at most, and per typed-contract validation: large enough that a validation's fixed
 # cost is small, small enough that what is in flight (a reader's batch, a validation group) stays well in memory.
 DEFAULT_BATCH_ROWS = 128 * 1024
-# A batch with more separate runs of quarantined records than this is split by a copying filter; with fewer,
-# its good records are kept as zero-copy slices of it (nearly every batch: broken records are rare).
-MAX_GOOD_SLICES = 512
-
 # Lineage a reader gives each record; the engine adds the rest (`_source`, `_schema_version`, run columns).
 READER_LINEAGE = ("_source_file", "_source_row", "_checksum_sha256", "_received_at")
 REASONS = "_reasons"
@@ -575,9 +571,15 @@ def _load_once(
         contract.validate(pl.from_arrow(rows, rechunk=False))
         writer.put(rows.select(bronze_columns))
 
+    def quarantine_written(group: list[pa.Table]) -> None:
+        # Quarantined records are few per batch: gathered into row groups of a useful size.
+        files["quarantine"].write(pa.concat_tables(group).select(quarantine_columns))
+
     try:
         pending: list[pa.Table] = []
         pending_rows = 0
+        quarantined: list[pa.Table] = []
+        quarantined_rows = 0
         for origin, batch in reader.read(batch_rows):
             if forget:
                 before = batch.num_rows
@@ -587,19 +589,19 @@ def _load_once(
             if not batch.num_rows:
                 continue
             reasons = batch.column(REASONS)
-            if reasons.null_count == len(reasons):  # nothing broken: the whole batch is good
-                good = pa.Table.from_batches([lineage.bronze(batch, schema)])
-            else:
+            if reasons.null_count < len(reasons):  # some records broke a rule
                 bad = pc.is_valid(reasons)
                 rejected = batch.filter(bad)
                 origin.quarantined += rejected.num_rows
                 origin.reasons.update(pc.list_flatten(rejected.column(REASONS)).to_pylist())
-                files["quarantine"].write(
-                    pa.Table.from_batches([lineage.quarantine(rejected)]).select(quarantine_columns)
-                )
-                # A batch of quarantined records only may lack the declared columns (quarantine read back).
-                good = _good_rows(lineage.bronze(batch, schema), bad) if len(rejected) < len(batch) else None
-            if good is not None and good.num_rows:
+                quarantined.append(pa.Table.from_batches([lineage.quarantine(rejected)]))
+                quarantined_rows += rejected.num_rows
+                if quarantined_rows >= batch_rows:
+                    quarantine_written(quarantined)
+                    quarantined, quarantined_rows = [], 0
+                batch = batch.filter(pc.invert(bad))
+            if batch.num_rows:
+                good = pa.Table.from_batches([lineage.bronze(batch, schema)])
                 origin.loaded += good.num_rows
                 pending.append(good)
                 pending_rows += good.num_rows
@@ -608,6 +610,8 @@ def _load_once(
                     pending, pending_rows = [], 0
         if pending:
             validated(pending)
+        if quarantined:
+            quarantine_written(quarantined)
         writer.finish()
         figures = {
             "received": sum(o.received for o in reader.origins),
@@ -637,19 +641,6 @@ def _load_once(
         writer.abort()
         for name in uncommitted:
             files[name].discard()
-
-
-def _good_rows(batch: pa.RecordBatch, bad: pa.BooleanArray) -> pa.Table:
-    """The rows of `batch` that `bad` does not mark, in order: zero-copy slices between the marked rows when
-    they are few runs, a copying filter otherwise."""
-    marked = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
-    starts = np.concatenate(([0], marked + 1))
-    stops = np.concatenate((marked, [batch.num_rows]))
-    keep = stops > starts
-    if int(keep.sum()) > MAX_GOOD_SLICES:
-        return pa.Table.from_batches([batch.filter(pc.invert(bad))])
-    slices = [batch.slice(int(a), int(b - a)) for a, b in zip(starts[keep], stops[keep], strict=True)]
-    return pa.Table.from_batches(slices, schema=batch.schema)
 
 
 def partition_state(spec: SourceSpec, lake: Lake, business_date: dt.date) -> PartitionState:

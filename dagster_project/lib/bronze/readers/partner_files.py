@@ -40,8 +40,8 @@ recorded when it landed (`LandedFileChanged` otherwise, naming the file and both
 nothing of it is committed). The digest is taken during the counting scan, which reads every byte anyway, so
 a large file is not read once more for it. So `_checksum_sha256` in bronze is always the digest of the bytes
 the rows were read from, and equal to the manifest's. On a local lake DuckDB reads the landed file itself
-(alongside the scan): the check catches a file changed at rest, while a file rewritten during the load would also have to
-keep its record count to pass the count check after it.
+(alongside the scan): the check catches a file changed at rest, while a file rewritten during the load would
+also have to keep its record count to pass the count check after it.
 """
 
 from __future__ import annotations
