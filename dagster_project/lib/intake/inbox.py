@@ -668,18 +668,24 @@ class Inbox:
             return []
         if self._batch_insert is None:
             raise NotImplementedError(f"inbox backend {self.engine.dialect.name!r} is not supported")
-        connection = self._driver_connection()
-        try:
-            inserted = self._batch_insert.execute(connection, batch)
-        except self._refused:
-            return self._store_one_by_one(batch.events)  # one of them cannot be stored: find which
-        except self._driver_error as error:
-            self._drop_driver_connection()  # a connection that failed is not trusted again
-            raise InboxUnavailable(f"inbox unavailable ({type(error).__name__})") from None
-        except BaseException:
-            self._drop_driver_connection()
-            raise
-        return self._outcomes(batch.events, inserted)
+        for attempt in (1, 2):
+            connection = self._driver_connection()
+            try:
+                inserted = self._batch_insert.execute(connection, batch)
+            except self._refused:
+                return self._store_one_by_one(batch.events)  # one of them cannot be stored: find which
+            except self._driver_error as error:
+                self._drop_driver_connection()  # a connection that failed is not trusted again
+                # A connection the server closed since the last batch (a restart, an idle timeout): once, on a
+                # new one. Whatever the lost connection may have committed is found stored, never stored twice.
+                if attempt == 1 and self.engine.dialect.is_disconnect(error, connection, None):
+                    continue
+                raise InboxUnavailable(f"inbox unavailable ({type(error).__name__})") from None
+            except BaseException:
+                self._drop_driver_connection()
+                raise
+            return self._outcomes(batch.events, inserted)
+        raise AssertionError("unreachable")
 
     def _store_one_by_one(self, events: Sequence[InboundEvent]) -> list[StoreOutcome | UnstorableEvent]:
         """`store_many` one statement per event, to give an event the database refuses its own outcome."""

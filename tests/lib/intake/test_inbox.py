@@ -430,6 +430,18 @@ def _once_readable(inbox: Inbox, count: int, start: Position | None = None, limi
 
 
 @pytest.mark.postgres
+def test_a_batch_after_the_server_closed_the_writing_connection_is_stored_on_a_new_one(postgres_url: str):
+    with Inbox(postgres_url) as inbox:
+        assert inbox.store_many([_event("evt_1")]) == ["stored"]
+        backend = inbox._driver.connection.info.backend_pid
+        with inbox.engine.connect() as conn:  # as a server restart or an idle timeout would
+            assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})").scalar() is True
+        assert inbox.store_many([_event("evt_2"), _event("evt_1")]) == ["stored", "duplicate"]
+        assert inbox._driver.connection.info.backend_pid != backend
+        assert sorted(e.event_id for e in inbox.read_since(0)) == ["evt_1", "evt_2"]
+
+
+@pytest.mark.postgres
 def test_postgres_writers_do_not_wait_for_each_other_and_late_commits_are_read_in_commit_order(postgres_url: str):
     url = postgres_url
     with Inbox(url, lock_timeout_seconds=5) as writer, Inbox(url) as other, Inbox(url) as reader:
