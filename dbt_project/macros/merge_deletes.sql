@@ -60,22 +60,25 @@
     The final select of a merged model that finds what changed from narrow columns and reads whole rows only
     where it must (customers_history, dim_customers): `changed` are whole rows to replace or insert (already
     compared with the stored ones), `ends` the keys whose `partial_update_columns` alone changed, with those
-    columns (the lake plugin updates only them), `removed` the keys the run recomputed to nothing. Any other
-    build writes `rows` as they are.
+    columns (the lake plugin updates only them; none for a model without such updates), `removed` the keys the
+    run recomputed to nothing. Any other build writes `rows` as they are.
 -#}
 {% macro select_changes_with_ends(rows, changed, ends, removed) -%}
     {%- if is_incremental() -%}
-        select *, false as _lake_delete, false as _lake_partial,
+        {%- set partial = ', false as _lake_partial' if ends else '' %}
+        select *, false as _lake_delete{{ partial }},
         from {{ changed }}
+        {%- if ends %}
 
         union all by name
 
         select *, false as _lake_delete, true as _lake_partial,
         from {{ ends }}
+        {%- endif %}
 
         union all by name
 
-        select *, true as _lake_delete, false as _lake_partial,
+        select *, true as _lake_delete{{ partial }},
         from {{ removed }}
     {%- else -%}
         select * from {{ rows }}

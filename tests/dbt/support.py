@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -108,3 +109,9 @@ def dbt_command(workdir: Path, *args: str) -> list[str]:
         *("--project-dir", project_dir, "--profiles-dir", project_dir),
         *("--target-path", str(workdir / "target"), "--log-path", str(workdir / "logs")),
     ]
+
+
+def failing_tests(workdir: Path) -> dict[str, int]:
+    """Failing rows per data test of the last dbt command (its run_results.json)."""
+    results = json.loads((workdir / "target" / "run_results.json").read_text())["results"]
+    return {r["unique_id"].split(".")[2]: r["failures"] for r in results if r["status"] == "fail"}

@@ -24,7 +24,7 @@ from deltalake import DeltaTable, write_deltalake
 from dagster_project import settings
 from dagster_project.lib.quality.dbt_rules import load_manifest, model_gates
 from dagster_project.lib.quality.gx_runner import validate_lake
-from tests.dbt.support import Dbt, customer, write_bronze_partition
+from tests.dbt.support import Dbt, customer, failing_tests, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
@@ -51,12 +51,6 @@ def by_key(con: duckdb.DuckDBPyConnection, table: str, key: str) -> dict[Any, di
 
 def dump(con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> dict[str, list[tuple]]:
     return {t: sorted(con.execute(f"select * from {t}").fetchall(), key=repr) for t in tables}
-
-
-def failing_tests(workdir: Path) -> dict[str, int]:
-    """Failing rows per data test of the last dbt command (its run_results.json)."""
-    results = json.loads((workdir / "target" / "run_results.json").read_text())["results"]
-    return {r["unique_id"].split(".")[2]: r["failures"] for r in results if r["status"] == "fail"}
 
 
 def loaded_once(lake: Path, workdir: Path, name: str, load: Callable[[], None]) -> None:

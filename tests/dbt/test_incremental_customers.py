@@ -14,7 +14,10 @@ import duckdb
 import pytest
 from deltalake import DeltaTable
 
-from tests.dbt.support import Dbt, customer, write_bronze_partition
+from dagster_project import settings
+from dagster_project.lib.quality.dbt_rules import load_manifest, model_gates
+from dagster_project.lib.quality.gx_runner import validate_lake
+from tests.dbt.support import Dbt, customer, failing_tests, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
@@ -159,3 +162,38 @@ def test_a_run_rewrites_only_what_its_window_changed(lake: Path, dbt: Dbt, wareh
     assert dump(warehouse()) == state
     assert {t: versions(t) for t in tables} == before
     assert DeltaTable(str(lake / "silver" / "stg_acme__customers")).version() == silver_before
+
+
+def test_a_windowed_run_tests_the_window_and_the_gate_still_checks_every_row(
+    lake: Path, dbt: Dbt, workdir: Path
+) -> None:
+    data = days()
+    for day in (DAY_1, DAY_2, DAY_3):
+        write_bronze_partition(lake, day, data[day])
+    dbt("build", *CUSTOMERS)
+    # Customer 1's version delivered on day 1 breaks two rules of dim_customers: a status outside the accepted
+    # values, and a second current version of the customer (its day-3 version is current).
+    DeltaTable(str(lake / "gold" / "dim_customers")).update(
+        predicate=f"customer_id = 1 and _source_business_date = '{DAY_1}'",
+        updates={"status": "'bogus'", "is_current": "true"},
+    )
+    status = "accepted_values_dim_customers_status__active__inactive__closed"
+    one_current = "dim_customers_one_current_version_per_customer"
+
+    # A run of day 2 checks the rows delivered on day 2, and every row of the customers it has a version of.
+    assert dbt("test", "--select", "dim_customers", *window(DAY_2), check=False).returncode != 0
+    assert failing_tests(workdir) == {one_current: 1}
+    assert dbt("test", "--select", "dim_customers", *window(DAY_1), check=False).returncode != 0
+    assert failing_tests(workdir) == {status: 1, one_current: 1}
+    assert dbt("test", "--select", "dim_customers", check=False).returncode != 0
+    assert failing_tests(workdir) == {status: 1, one_current: 1}
+
+    # The model's gate checks the same rules on every row, whatever the window.
+    [gate] = [g for g in model_gates(load_manifest(workdir / "target" / "manifest.json")) if g.model == "dim_customers"]
+    result = validate_lake(
+        settings.lake(), gate.relation, gate.gate.name, gate.gate.expectations, sample_columns=gate.gate.sample_columns
+    )
+    assert {(o.expectation, o.column) for o in result.failed} == {
+        ("expect_column_values_to_be_in_set", "status"),
+        ("exactly one current row per customer_id", None),
+    }

@@ -8,14 +8,17 @@
     A run reads the window's versions and the current records of those customers, not their whole history: a
     record here that came from outside the window is still the latest of every version outside it, so the
     customer's latest is the later of it and the window's. Only a customer whose record came from the window and
-    whose window versions are now older (or gone) has its other versions read. Records that did not change are
-    not rewritten (select_changes_with_deletes).
+    whose window versions are now older (or gone) has its other versions read. The latest is chosen from narrow
+    columns (which record each one is), and only a record from the window or a fallback is read in whole; records
+    that did not change are not rewritten (select_changes_with_ends). Partitioned by business_date, so that the
+    window's records are read without the rest.
 -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='customer_id',
+        partition_by='business_date',
         on_schema_change='fail',
     )
 }}
@@ -57,9 +60,11 @@ recomputed_customers as (
 
 ),
 
+-- The stored records of those customers, narrow: which record each one is.
 existing as (
 
-    select * from {{ this }}
+    select customer_id, updated_at, business_date, _source_file,
+    from {{ this }}
     semi join recomputed_customers using (customer_id)
 
 ),
@@ -92,34 +97,27 @@ fallback_customers as (
 
 candidates as (
 
-    select {{ columns }} _source_row,
+    select customer_id, updated_at, business_date, _source_file, _source_row,
     from window_versions
 
     union all
 
-    select {{ columns }} cast(null as bigint) as _source_row,
+    select customer_id, updated_at, business_date, _source_file, cast(null as bigint) as _source_row,
     from existing
     where not {{ in_partition_window('business_date') }}
 
     union all
 
-    select {{ columns }} _source_row,
+    select customer_id, updated_at, business_date, _source_file, _source_row,
     from {{ ref('stg_acme__customer_versions') }}
     semi join fallback_customers using (customer_id)
     where not {{ in_partition_window('business_date') }}
 
 ),
-{%- else -%}
-candidates as (
-
-    select * from {{ ref('stg_acme__customer_versions') }}
-
-),
-{%- endif %}
 
 latest as (
 
-    select *
+    select customer_id, business_date,
     from candidates
     -- A record that came from outside the window never ties with one from inside it (their business dates
     -- differ), so its missing _source_row is never compared.
@@ -130,11 +128,55 @@ latest as (
 
 ),
 
+-- The records read in whole: from the window, or another day's than the stored one. A stored record from
+-- outside the window that stays the latest is the row it was: it is not read.
+read_records as (
+
+    select latest.customer_id, latest.business_date,
+    from latest
+    left join existing
+        on latest.customer_id = existing.customer_id
+    where {{ in_partition_window('latest.business_date') }}
+        or existing.business_date is distinct from latest.business_date
+
+),
+
+-- Joined on business_date too, so the scan reads only the partitions the records came from.
 final as (
 
     select {{ columns }}
-    from latest
+    from {{ ref('stg_acme__customer_versions') }}
+    inner join read_records using (customer_id, business_date)
+
+),
+
+changed as (
+
+    select * from final
+    except
+    select * from {{ this }}
+    where {{ in_partition_window('business_date') }}
+
+),
+
+removed as (
+
+    select customer_id,
+    from existing
+    anti join latest using (customer_id)
 
 )
+{%- else -%}
+final as (
 
-{{ select_changes_with_deletes('final', 'existing') }}
+    select {{ columns }}
+    from {{ ref('stg_acme__customer_versions') }}
+    qualify row_number() over (
+        partition by customer_id
+        order by updated_at desc, business_date desc, _source_file desc, _source_row desc
+    ) = 1
+
+)
+{%- endif %}
+
+{{ select_changes_with_ends('final', 'changed', none, 'removed') }}
