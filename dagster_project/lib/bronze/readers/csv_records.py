@@ -35,6 +35,7 @@ import numpy as np
 
 BOM = b"\xef\xbb\xbf"
 QUOTE, CR, LF = ord('"'), ord("\r"), ord("\n")
+QUOTE_BYTE, CR_BYTE = bytes([QUOTE]), bytes([CR])
 CHUNK_BYTES = 4 * 1024 * 1024
 # Longest record of a plain file: DuckDB's own limit (`max_line_size`) is 2 MB.
 PLAIN_RECORD_BYTES = 1024 * 1024
@@ -99,7 +100,7 @@ def scan(stream: BinaryIO, delimiter: str, *, chunk_bytes: int = CHUNK_BYTES) ->
                 state.not_plain(f"not valid UTF-8 (byte 0x{chunk[exc.start]:02X} at offset {at})")
         following = stream.read(chunk_bytes)
         size += len(following)
-        _scan_chunk(state, a, following[0] if following else -1)
+        _scan_chunk(state, a, following[0] if following else -1, QUOTE_BYTE in chunk, CR_BYTE in chunk)
         state.offset += len(chunk)
         chunk = following
     _finish(state)
@@ -132,12 +133,16 @@ def _delimiter_byte(delimiter: str) -> int:
     return encoded[0]
 
 
-def _scan_chunk(state: _State, a: np.ndarray, next_byte: int) -> None:
+def _scan_chunk(state: _State, a: np.ndarray, next_byte: int, has_quote: bool = True, has_cr: bool = True) -> None:
+    """Scan chunk `a`; `has_quote` and `has_cr` may be False only when the chunk holds no such byte (found
+    by a bytes search, much faster than an array comparison): most chunks hold neither."""
     delim = state.delimiter
-    is_quote = a == QUOTE
-    quoted = state.in_quote or bool(is_quote.any())
+    quoted = state.in_quote or has_quote
+    is_quote = a == QUOTE if quoted else None
+    quoted = state.in_quote or (is_quote is not None and bool(is_quote.any()))
     outside: np.ndarray | None = None
     if quoted:
+        assert is_quote is not None
         # The quote state after each byte: every quote flips it, which is how RFC 4180 quoting reads;
         # `_check_quotes` makes sure the chunk quotes no other way (a quote inside an unquoted field,
         # text after a closing quote), which DuckDB would read differently.
@@ -149,12 +154,14 @@ def _scan_chunk(state: _State, a: np.ndarray, next_byte: int) -> None:
         state.in_quote = bool(after[-1])
     else:
         state.prev_closing = False
-    lf, cr, dl = a == LF, a == CR, a == delim
+    lf, dl = a == LF, a == delim
+    cr = a == CR if has_cr else None
     if outside is not None:
         lf &= outside
-        cr &= outside
         dl &= outside
-    if cr.any():
+        if cr is not None:
+            cr &= outside
+    if cr is not None and cr.any():
         lone = cr.copy()
         lone[:-1] &= ~lf[1:]
         lone[-1] &= next_byte != LF
