@@ -235,7 +235,7 @@ class GroupCommitter:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # a thread per writer, kept for the committer's life: handing a batch to it costs less than to
-        # Starlette's shared thread pool, which is paid once per batch
+        # Starlette's shared thread pool, and each keeps its own database connection (`Inbox.store_many`)
         self._threads: ThreadPoolExecutor | None = None
 
     async def store(self, event: InboundEvent) -> StoreOutcome:
