@@ -149,10 +149,7 @@ class PartnerFilesReader:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")  # timestamps without an offset are read as UTC
-            # One DuckDB thread, running ahead of the load on a thread of its own (`_Prefetch`): DuckDB's own
-            # threads on a streamed result cost about 40% more CPU (1M rows: 2.2 s against 1.5 s) and leave the
-            # load's work (contract validation, Parquet encoding) less of the machine.
-            con.execute("SET threads = 1")
+            _share_cores(con)
             for index, manifest in enumerate(self.manifests):
                 origin = OriginLoad(manifest.file_name, sha256=manifest.sha256)
                 self.origins.append(origin)
@@ -336,6 +333,19 @@ class PartnerFilesReader:
             con.unregister(name)
         numbers = pa.array(np.arange(first_row + 1, first_row + typed.num_rows + 1, dtype=np.int64))
         yield typed.combine_chunks().to_batches()[0], numbers, None
+
+
+def _share_cores(con: duckdb.DuckDBPyConnection) -> None:
+    """Leave one of the CPUs DuckDB would use (its default honours cgroup limits) to the load's own threads:
+    contract validation, and Parquet encoding of the batches before. The query runs ahead of the load on a
+    thread of its own (`_Prefetch`). On two CPUs that is one DuckDB thread: DuckDB's threads on a streamed
+    result cost about 40% more CPU there (1M rows: 2.2 s against 1.5 s), fewer with a streaming buffer that
+    lets them run ahead (1.7 s with 64 MB)."""
+    cpus = int(con.execute("SELECT current_setting('threads')").fetchone()[0])  # type: ignore[index]
+    threads = max(1, cpus - 1)
+    con.execute(f"SET threads = {threads}")
+    if threads > 1:
+        con.execute("SET streaming_buffer_size = '64MB'")
 
 
 class _Prefetch:
