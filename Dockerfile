@@ -38,6 +38,10 @@ COPY dbt_project ./dbt_project
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-default-groups
 
+# The project's modules compiled too (uv compiles site-packages only): with PYTHONDONTWRITEBYTECODE and a
+# read-only /app, every process that loads the code location would compile them again.
+RUN /app/.venv/bin/python -m compileall -q --invalidation-mode checked-hash dagster_project
+
 # dagster-dbt loads dbt_project/target/manifest.json when the code location starts; build it now so
 # no pod has to parse the project. Parsing opens no lake; the paths only have to be set.
 RUN MEDALLION_DATA_DIR=/tmp/build \
