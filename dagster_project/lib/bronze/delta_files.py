@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 # Bytes of compressed data in a file before the next row group goes to a new file.
 TARGET_FILE_BYTES = 32 * 1024 * 1024
-# Groups of rows waiting for the encoder thread: enough to keep it busy, few enough to keep memory flat.
-QUEUE_DEPTH = 2
+# Groups of rows waiting for the encoder thread: it encodes a group in about a quarter of the time the load
+# takes to read and check the next, so one keeps it busy.
+QUEUE_DEPTH = 1
 # Delta's default when a table names no statistics columns (`delta.dataSkippingNumIndexedCols`).
 DEFAULT_INDEXED_COLUMNS = 32
 

@@ -73,8 +73,8 @@ _FILE_CONSTANTS = {
 # The longest text DuckDB keeps of a line it rejects.
 _REJECTED_LINE_CHARS = 10_000
 # Batches the query may run ahead of the load (`_Prefetch`): enough to cover the scan of a plain file (about a
-# third of DuckDB's time), few enough to stay small (a batch of 128K customer records: about 15 MB).
-_PREFETCH_BATCHES = 4
+# sixth of DuckDB's time), few enough to stay small (a batch of 128K customer records: about 15 MB).
+_PREFETCH_BATCHES = 2
 
 
 class RecordCountMismatch(RuntimeError):
