@@ -38,6 +38,26 @@ def _with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(automation_condition=FOLLOW_UPSTREAM)
 
 
+# Who gets which policy: the groups that follow upstream, and the layers whose keys carry a freshness policy.
+FOLLOWING_GROUPS = frozenset({"silver", "gold", "reverse_etl"})
+FRESHNESS_KEY_PREFIXES = ("bronze/", "gold/")
+
+
+def with_policies(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """The spec with the policies that cut across the domains: automation for the groups that follow upstream,
+    the declared freshness for bronze and gold.
+
+    The same assets as the selections `group:"silver" or group:"gold" or group:"reverse_etl"` and
+    `key:"bronze/*" or key:"gold/*"` (which `map_resolved_asset_specs` resolves with external assets
+    included), told from the spec itself: a selection would have Dagster build the whole asset graph once
+    per policy, and a selection string would load Dagster's ANTLR parser, while the definitions load."""
+    if spec.group_name in FOLLOWING_GROUPS:
+        spec = _with_automation(spec)
+    if spec.key.to_user_string().startswith(FRESHNESS_KEY_PREFIXES):
+        spec = with_freshness(spec)
+    return spec
+
+
 # Declared in code so that it starts RUNNING: Dagster's implicit default sensor starts stopped, and then
 # nothing follows the intake until someone finds the toggle.
 AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
@@ -87,14 +107,6 @@ def defs() -> dg.Definitions:
             dg.Definitions(sensors=[AUTOMATION_SENSOR], executor=dg.in_process_executor),
         )
         with warnings.catch_warnings():
-            # Mapping specs by selection is marked preview in 1.13; it is the documented way to apply a policy.
-            warnings.simplefilter("ignore", dg.PreviewWarning)
+            warnings.simplefilter("ignore", dg.PreviewWarning)  # mapping specs is marked preview in 1.13
             warnings.simplefilter("ignore", dg.BetaWarning)
-            # Selections as objects, not strings: a string is parsed by Dagster's ANTLR grammar, whose runtime
-            # would load with the definitions only for these two. `group:"silver" or group:"gold" or
-            # group:"reverse_etl"`, and `key:"bronze/*" or key:"gold/*"` (every key of a layer has two parts).
-            return loaded.map_resolved_asset_specs(
-                func=_with_automation, selection=dg.AssetSelection.groups("silver", "gold", "reverse_etl")
-            ).map_resolved_asset_specs(
-                func=with_freshness, selection=dg.AssetSelection.key_prefixes("bronze", "gold", include_sources=True)
-            )
+            return loaded.map_asset_specs(func=with_policies)
