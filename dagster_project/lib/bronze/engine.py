@@ -575,12 +575,13 @@ def _load_once(
         # Quarantined records are few per batch: gathered into row groups of a useful size.
         files["quarantine"].write(pa.concat_tables(group).select(quarantine_columns))
 
+    batches = reader.read(batch_rows)
     try:
         pending: list[pa.Table] = []
         pending_rows = 0
         quarantined: list[pa.Table] = []
         quarantined_rows = 0
-        for origin, batch in reader.read(batch_rows):
+        for origin, batch in batches:
             if forget:
                 before = batch.num_rows
                 batch, forgotten = forget.apply(spec, batch)
@@ -638,6 +639,11 @@ def _load_once(
         emit("committed", table="bronze", version=versions["bronze"])
         return versions
     finally:
+        # A reader stopped early frees what it holds now (a query running ahead, a connection), not when the
+        # garbage collector gets to it.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         writer.abort()
         for name in uncommitted:
             files[name].discard()
