@@ -185,3 +185,21 @@ def test_a_table_with_other_columns_is_refused_and_nothing_is_committed(land: La
         _load(landing_lake)
     assert DeltaTable(uri).version() == 0
     assert DeltaTable(landing_lake.table("quarantine", "customers")).version() == 0  # created empty, never written
+
+
+def test_the_encoder_thread_refuses_a_missing_required_value_and_the_error_reaches_the_load(tmp_path: Path) -> None:
+    lake = Lake.parse(str(tmp_path / "lake"))
+    uri = lake.table("bronze", "t")
+    schema = pa.schema(
+        [pa.field("id", pa.int64(), nullable=False), pa.field(PARTITION_COLUMN, pa.date32(), nullable=False)]
+    )
+    table = DeltaTable.create(uri, schema, partition_by=[PARTITION_COLUMN])
+    files = delta_files.PartitionFiles(table, "bronze.t", uri, lake, schema, dt.date(2025, 11, 5))
+    writer = delta_files.BackgroundWriter(files)
+    file_schema = pa.schema([schema.field("id")])
+    writer.put(pa.table({"id": [1, 2]}, schema=file_schema))
+    writer.put(pa.table({"id": [3, None]}, schema=file_schema))
+    with pytest.raises(ValueError, match="bronze.t: column id is declared not null"):
+        writer.finish()
+    files.discard()
+    assert _data_files(uri) == set()
