@@ -79,8 +79,8 @@ def collector_paused() -> Iterator[None]:
     The load creates a few hundred thousand objects that live as long as the process (the modules, classes and
     functions of Dagster, dagster-dbt, dbt and ours, the definitions). Left to the collector, they are scanned
     over and over as they pile up and again after the load, in every process that loads the code location
-    (each run's among them). The price is the cyclic garbage the first load leaves, which stays (about 2 MB
-    measured); a later load in the same process (tests) freezes nothing."""
+    (each run's among them). The price is the cyclic garbage the first load leaves, which stays: some 6,000
+    objects, about 1 MB, measured. A later load in the same process (tests) freezes nothing."""
     enabled = gc.isenabled()
     gc.disable()
     try:
