@@ -33,7 +33,10 @@ statistics (a filter on business_date read 1 of 28 files), and it reads object s
 S3/GCS/Azure support with the lake's credentials. Writes go through deltalake, which the extension cannot do.
 
 A commit that loses to a concurrent writer raises; the Dagster step's retry policy runs the models again
-from fresh inputs (retrying the same rows could commit a result computed before the other writer's).
+from fresh inputs (retrying the same rows could commit a result computed before the other writer's). A merged
+model computes its rows from its own table, so before it runs the materialization pins that table (`pin`): its
+view reads the version current then, and the merge commits on top of that very version, so a commit that lands
+between the model's read and its merge is a conflict too, not a change the merge silently overrides.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Plugin(BasePlugin):
         root = str(plugin_config.get("root") or "")
         self._lake = Lake.parse(root, settings.lake_storage_options())
         self._conn: DuckDBPyConnection | None = None
+        # (schema, table) -> the DeltaTable a merged model is reading, pinned before it runs (mode `pin`).
+        self._pinned: dict[tuple[str, str], Any] = {}
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
         # What does not fit in memory spills to a folder of this process only, removed when it exits; by
@@ -95,7 +100,13 @@ class Plugin(BasePlugin):
         storage = self._lake.delta_options()
         mode = options.get("mode", "overwrite")
         cursor = self._conn.cursor()
+        latest_view = f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._lake.duckdb_scan(uri)}"
+        pinned = None
         try:
+            if mode == "pin":
+                self._pin(cursor, schema, table, uri, storage)
+                return
+            pinned = self._pinned.pop((schema, table), None)
             relation = target_config.relation
             columns = [d[0] for d in cursor.execute(f"SELECT * FROM {relation} LIMIT 0").description]
             has_tombstones = DELETE_MARKER in columns
@@ -123,7 +134,7 @@ class Plugin(BasePlugin):
                     # A tombstone deletes its key, a partial row sets its columns; neither is inserted when its
                     # key matches nothing. The first clause whose predicate holds applies.
                     merger = (
-                        DeltaTable(uri, storage_options=storage)
+                        (pinned or DeltaTable(uri, storage_options=storage))
                         .merge(
                             source=rows,
                             predicate=" and ".join(f"t.{k} = s.{k}" for k in options["unique_key"]),
@@ -164,6 +175,22 @@ class Plugin(BasePlugin):
                         storage_options=storage,
                         description=options.get("description") or None,
                     )
-            cursor.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {self._lake.duckdb_scan(uri)}")
+            cursor.execute(latest_view)
+            pinned = None
         finally:
+            if pinned is not None:
+                # A write that failed leaves the view on the table's latest version too, not on the one it read.
+                cursor.execute(latest_view)
             cursor.close()
+
+    def _pin(self, cursor: DuckDBPyConnection, schema: str, table: str, uri: str, storage: dict[str, str]) -> None:
+        """Point the model's view at its table's current version, and keep that version for its merge."""
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(uri, storage_options=storage):
+            return
+        delta = DeltaTable(uri, storage_options=storage)
+        scan = self._lake.duckdb_scan(uri)
+        pinned_scan = f"{scan.removesuffix(')')}, version := {int(delta.version())})"
+        cursor.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM {pinned_scan}")
+        self._pinned[(schema, table)] = delta

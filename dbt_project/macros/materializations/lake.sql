@@ -27,6 +27,12 @@
 
     {{ run_hooks(pre_hooks, inside_transaction=False) }}
     {{ run_hooks(pre_hooks, inside_transaction=True) }}
+    {%- if mode == 'merge' %}
+        {#- The model reads its own table: pin the version it reads, which its merge then commits on. -#}
+        {% do adapter.store_relation('lake', this, [], '', 'delta', {
+            'schema': this.schema, 'identifier': this.identifier, 'mode': 'pin',
+        }) %}
+    {%- endif %}
     {% call statement('main') -%}
         create or replace table {{ scratch }} as (
             {{ model['compiled_code'] }}
