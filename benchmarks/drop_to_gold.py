@@ -266,6 +266,7 @@ class RunFigures:
     step_seconds: float  # summed step compute times: the work
     partitions: str
     failed_steps: list[str] = field(default_factory=list)
+    retried_steps: list[str] = field(default_factory=list)  # a lost commit race, retried by the step's policy
 
 
 def run_figures(inst: Any) -> list[RunFigures]:
@@ -274,7 +275,7 @@ def run_figures(inst: Any) -> list[RunFigures]:
     figures = []
     for record in inst.get_run_records():
         run = record.dagster_run
-        pids, step_ms, failed = set(), 0.0, []
+        pids, step_ms, failed, retried = set(), 0.0, [], []
         for entry in inst.all_logs(run.run_id):
             event = entry.dagster_event
             if event is None:
@@ -285,6 +286,8 @@ def run_figures(inst: Any) -> list[RunFigures]:
                 step_ms += event.event_specific_data.duration_ms or 0
             elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
                 failed.append(event.step_key or "")
+            elif event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
+                retried.append(event.step_key or "")
         tags = run.tags
         partitions = tags.get("dagster/partition") or (
             f"{tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}"
@@ -303,6 +306,7 @@ def run_figures(inst: Any) -> list[RunFigures]:
                 step_seconds=step_ms / 1000,
                 partitions=partitions,
                 failed_steps=failed,
+                retried_steps=retried,
             )
         )
     return figures
@@ -358,9 +362,12 @@ def print_report(result: dict[str, Any]) -> None:
     for d in result["drops"]:
         print(f"{d['day']:>12} {d['seconds']:>15.1f}")
     print(f"p50 {result['p50']:.1f} s, p95 {result['p95']:.1f} s, max {result['max']:.1f} s")
-    print(f"runs: {len(runs)}, failed: {len(failed)}")
+    print(f"runs: {len(runs)}, failed: {len(failed)}, steps retried: {sum(len(r.retried_steps) for r in runs)}")
     for r in failed:
         print(f"  FAILED {r.job} {r.partitions} {r.run_id}: steps {', '.join(r.failed_steps) or '-'}")
+    for r in runs:
+        if r.retried_steps:
+            print(f"  retried in {r.job} {r.partitions} {r.run_id}: {', '.join(r.retried_steps)}")
     by_job: dict[str, list[RunFigures]] = {}
     for r in runs:
         by_job.setdefault(r.job, []).append(r)

@@ -11,6 +11,16 @@ import dagster as dg
 
 from dagster_project.defs.common.freshness import with_freshness
 
+# Every blocking check of every dep has passed, or the dep will be materialized this tick in the same run as
+# the asset (will_be_requested is true only then): its checks ride along in that run, and one that fails stops
+# the asset there. Dagster's `all_deps_blocking_checks_passed()` asks the checks themselves to be requested,
+# which checks that ride along never are: the first day of a dbt model with tests then held its children
+# back a whole tick (a separate run for `dim_customers` after `customers_history`).
+DEPS_BLOCKING_CHECKS_PASSED = dg.AutomationCondition.all_deps_match(
+    dg.AutomationCondition.all_checks_match(dg.AutomationCondition.check_passed(), blocking_only=True)
+    | dg.AutomationCondition.will_be_requested()
+).with_label("all deps' blocking checks passed")
+
 # Silver, gold and reverse ETL follow their upstreams unattended, for any partition (not only the latest, so a
 # backfilled bronze day flows on too), and never while an upstream blocking check has failed.
 # An unpartitioned asset (a full-table model) sees every partition of a daily upstream: for it, a dep counts
@@ -24,7 +34,7 @@ FOLLOW_UPSTREAM = (
     ).with_label("no dep missing")
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    & DEPS_BLOCKING_CHECKS_PASSED
     & ~dg.AutomationCondition.any_deps_match(
         dg.AutomationCondition.any_checks_match(
             dg.AutomationCondition.check_failed() & ~dg.AutomationCondition.will_be_requested(),
@@ -67,6 +77,11 @@ AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
     # A drop waits for a tick before it moves on from bronze: Dagster's default of 30 s was a large part of
     # the time from a partner's file to gold (benchmarks/drop_to_gold.py).
     minimum_interval_seconds=10,
+    # Runs, not backfills: a tick asking for several days of one asset (a PSP batch spans three) would
+    # otherwise become a backfill, which Dagster's backfill daemon starts only on its next pass, every 30 s,
+    # and then one asset at a time: up to a minute more from a webhook to gold. Each day's run writes only
+    # its own partition; a commit that loses to another's is retried (defs/transform/assets.py).
+    emit_backfills=False,
     description="Evaluates every automation condition: silver, gold and reverse ETL follow what landed in bronze.",
 )
 

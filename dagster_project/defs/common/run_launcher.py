@@ -13,10 +13,14 @@ imported and loaded it once; a run is a fork of it (copy-on-write, milliseconds)
   starts; `check_run_worker_health` finds a killed worker at the next monitoring poll and the run fails.
 - Termination: the run is marked canceling and its process gets SIGTERM, which Dagster's run worker turns into
   an interrupt (as on Kubernetes).
+- Preloaded libraries: `preload_modules` (launcher config) are imported by the zygote after the code location,
+  so a run does not import them again: libraries every run needs but the code location keeps out of its own
+  load (Great Expectations: seconds of imports). Only libraries that are safe to fork after import belong
+  there: none that starts a thread pool it cannot rebuild in the child (polars' does not, and is left out).
 - Local only: runs execute on the launcher's host, as under `dagster dev`. Production (Helm) launches each run
   as a Kubernetes Job; compose keeps Dagster's default launcher.
 
-    python -m dagster_project.defs.common.run_launcher   # a zygote: the origin on stdin's first line
+    python -m dagster_project.defs.common.run_launcher   # a zygote: the origin and modules to preload on stdin
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import dagster as dg
@@ -42,8 +46,9 @@ READY = "ready"
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run in a fork of a process that has the run's code location loaded."""
 
-    def __init__(self, inst_data: ConfigurableClassData | None = None) -> None:
+    def __init__(self, inst_data: ConfigurableClassData | None = None, preload_modules: Sequence[str] = ()) -> None:
         self._inst_data = inst_data
+        self._preload_modules = list(preload_modules)
         self._zygotes: dict[str, _Zygote] = {}
         self._lock = threading.Lock()
         super().__init__()
@@ -54,11 +59,18 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict:
-        return {}
+        return {
+            "preload_modules": dg.Field(
+                [str],
+                is_required=False,
+                default_value=[],
+                description="Modules the zygote imports after loading the code location, for every run to inherit.",
+            )
+        }
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> WarmRunLauncher:
-        return cls(inst_data=inst_data)
+        return cls(inst_data=inst_data, preload_modules=config_value.get("preload_modules", []))
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
@@ -73,7 +85,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             if zygote is None or zygote.load != load or not zygote.alive():
                 if zygote is not None:
                     zygote.stop()
-                zygote = self._zygotes[location] = _Zygote.start(repository, load)
+                zygote = self._zygotes[location] = _Zygote.start(repository, load, self._preload_modules)
             zygote.fork(run.run_id, serialize_value(self._instance.get_ref()))
 
     @property
@@ -142,7 +154,7 @@ class _Zygote:
         self.load = load
 
     @classmethod
-    def start(cls, origin: RepositoryPythonOrigin, load: str) -> _Zygote:
+    def start(cls, origin: RepositoryPythonOrigin, load: str, preload: Sequence[str]) -> _Zygote:
         pointer = origin.code_pointer
         process = subprocess.Popen(
             [origin.executable_path, "-m", __name__],
@@ -152,7 +164,7 @@ class _Zygote:
             text=True,
         )
         zygote = cls(process, load)
-        zygote._send(serialize_value(origin))
+        zygote._send(json.dumps({"origin": serialize_value(origin), "preload": list(preload)}))
         answer = zygote._receive()
         if answer != READY:
             zygote.stop()
@@ -201,13 +213,19 @@ class _Zygote:
 
 
 def _serve(requests: IO[str], answers: IO[str]) -> None:
-    """Load the code location named on the first line, then fork a run worker per request line."""
+    """Load the code location named on the first line (and import the modules to preload), then fork a run worker
+    per request line."""
+    import importlib
+
     from dagster._utils.error import serializable_error_info_from_exc_info
     from dagster._utils.hosted_user_process import recon_repository_from_origin
 
-    origin = deserialize_value(requests.readline(), RepositoryPythonOrigin)
+    start = json.loads(requests.readline())
+    origin = deserialize_value(start["origin"], RepositoryPythonOrigin)
     try:
         recon_repository_from_origin(origin).get_definition()  # the imports and caches every run inherits
+        for module in start["preload"]:
+            importlib.import_module(module)
     except Exception:
         error = serializable_error_info_from_exc_info(sys.exc_info())
         answers.write(error.to_string().replace("\n", " | ") + "\n")

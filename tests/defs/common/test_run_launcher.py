@@ -64,7 +64,7 @@ def _finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None
 def _materialized(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
     [event] = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     metadata = event.event_log_entry.asset_materialization.metadata
-    return {name: metadata[name].value for name in ("pid", "imported_in")}
+    return {name: metadata[name].value for name in ("pid", "imported_in", "packages")}
 
 
 def test_runs_are_forks_of_one_process_that_loaded_the_code(instance: dg.DagsterInstance) -> None:
@@ -77,6 +77,10 @@ def test_runs_are_forks_of_one_process_that_loaded_the_code(instance: dg.Dagster
     assert a["pid"] != b["pid"]
     assert a["imported_in"] == b["imported_in"] not in (a["pid"], b["pid"], os.getpid())
     assert instance.get_run_by_id(first).tags[PID_TAG] == str(a["pid"])
+    # The modules the launcher's config preloads are there too, though neither the location nor Dagster
+    # imports them.
+    preloaded = instance.run_launcher.inst_data.config_dict["preload_modules"]
+    assert preloaded and set(preloaded) <= set(a["packages"])
 
 
 def test_a_killed_worker_is_found_dead_and_a_terminated_one_is_canceled(

@@ -27,6 +27,17 @@ def gate() -> dg.AssetCheckResult:
 def silver_daily() -> None: ...
 
 
+@dg.asset_check(asset=silver_daily, blocking=True, partitions_def=daily_partitions)
+def silver_test() -> dg.AssetCheckResult:  # a dbt test: it rides along with its model, never requested itself
+    return dg.AssetCheckResult(passed=True)
+
+
+@dg.asset(
+    key=["gold", "daily"], deps=[silver_daily], partitions_def=daily_partitions, automation_condition=FOLLOW_UPSTREAM
+)
+def gold_daily() -> None: ...
+
+
 @dg.asset(key=["silver", "table"], deps=[bronze], automation_condition=FOLLOW_UPSTREAM)
 def silver_table() -> None: ...
 
@@ -35,8 +46,8 @@ def silver_table() -> None: ...
 def gold() -> None: ...
 
 
-DEFS = dg.Definitions(assets=[bronze, silver_daily, silver_table, gold], asset_checks=[gate])
-DOWNSTREAM = [silver_daily.key, silver_table.key, gold.key]
+DEFS = dg.Definitions(assets=[bronze, silver_daily, silver_table, gold, gold_daily], asset_checks=[gate, silver_test])
+DOWNSTREAM = [silver_daily.key, silver_table.key, gold.key, gold_daily.key]
 
 
 def test_daily_and_unpartitioned_steps_follow_upstream_only_past_passing_gates() -> None:
@@ -59,11 +70,13 @@ def test_daily_and_unpartitioned_steps_follow_upstream_only_past_passing_gates()
         cursor = None
         assert requested() == {}  # nothing upstream yet
 
-        # Bronze has one day out of hundreds: the unpartitioned table does not wait for the other days.
+        # Bronze has one day out of hundreds: the unpartitioned table does not wait for the other days. The
+        # daily gold goes in the same run as its daily silver, whose test has never run: it runs in that run.
         GATE_PASSES["value"] = True
         run([bronze.key], "2025-01-02")
-        assert requested() == {"silver/daily": ["2025-01-02"], "silver/table": [None]}
-        run([silver_daily.key, silver_table.key], "2025-01-02")
+        day = ["2025-01-02"]
+        assert requested() == {"silver/daily": day, "silver/table": [None], "gold/daily": day}
+        run([silver_daily.key, silver_table.key, gold_daily.key], "2025-01-02")
         assert requested() == {"gold/table": [None]}
         run([gold.key])
         assert requested() == {}
@@ -77,4 +90,5 @@ def test_daily_and_unpartitioned_steps_follow_upstream_only_past_passing_gates()
         # that it has been built before: a failure of silver in that run still stops it).
         GATE_PASSES["value"] = True
         run([bronze.key], "2025-01-03")
-        assert requested() == {"silver/daily": ["2025-01-03"], "silver/table": [None], "gold/table": [None]}
+        day = ["2025-01-03"]
+        assert requested() == {"silver/daily": day, "silver/table": [None], "gold/table": [None], "gold/daily": day}
