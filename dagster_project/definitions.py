@@ -36,11 +36,9 @@ FOLLOW_UPSTREAM = (
     & ~dg.AutomationCondition.in_progress()
     & DEPS_BLOCKING_CHECKS_PASSED
     & ~dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.any_checks_match(
-            dg.AutomationCondition.check_failed() & ~dg.AutomationCondition.will_be_requested(),
-            blocking_only=True,
-        )
-    ).with_label("any dep blocking check failed")
+        dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed(), blocking_only=True)
+        & ~dg.AutomationCondition.will_be_requested()
+    ).with_label("a dep that stays as it is failed a blocking check")
 ).with_label("follow upstream past passing gates")
 
 

@@ -12,6 +12,7 @@ from dagster_project.definitions import FOLLOW_UPSTREAM
 from dagster_project.defs.common.partitions import daily_partitions
 
 GATE_PASSES = {"value": True}
+SILVER_TEST_PASSES = {"value": True}
 
 
 @dg.asset(key=["bronze", "feed"], partitions_def=daily_partitions)
@@ -29,7 +30,7 @@ def silver_daily() -> None: ...
 
 @dg.asset_check(asset=silver_daily, blocking=True, partitions_def=daily_partitions)
 def silver_test() -> dg.AssetCheckResult:  # a dbt test: it rides along with its model, never requested itself
-    return dg.AssetCheckResult(passed=True)
+    return dg.AssetCheckResult(passed=SILVER_TEST_PASSES["value"])
 
 
 @dg.asset(
@@ -92,3 +93,23 @@ def test_daily_and_unpartitioned_steps_follow_upstream_only_past_passing_gates()
         run([bronze.key], "2025-01-03")
         day = ["2025-01-03"]
         assert requested() == {"silver/daily": day, "silver/table": [None], "gold/table": [None], "gold/daily": day}
+
+        run([silver_daily.key, silver_table.key, gold.key, gold_daily.key], "2025-01-03")
+        assert requested() == {}
+
+        # A dbt test of silver fails: what reads that day of silver waits...
+        SILVER_TEST_PASSES["value"] = False
+        run([bronze.key], "2025-01-04")
+        day = ["2025-01-04"]
+        assert requested() == {"silver/daily": day, "silver/table": [None], "gold/table": [None], "gold/daily": day}
+        run([silver_daily.key, silver_table.key], "2025-01-04")
+        assert requested() == {}
+
+        # ...until the model is rebuilt. Its daily child goes in the same run, where the rebuilt model's test
+        # rides along and stops it if it fails again; the unpartitioned one cannot share that run and waits for
+        # the test's result.
+        SILVER_TEST_PASSES["value"] = True
+        run([bronze.key], "2025-01-04")
+        assert requested() == {"silver/daily": day, "silver/table": [None], "gold/daily": day}
+        run([silver_daily.key, silver_table.key, gold_daily.key], "2025-01-04")
+        assert requested() == {"gold/table": [None]}
