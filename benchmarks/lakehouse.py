@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 
 from dagster_project import settings
-from dagster_project.lib.lake import Lake
+from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 
 PII_KEY = "bench-only-hmac-key-0123456789abcdef"
 ROWS_PER_DAY = 100_000
@@ -349,7 +349,8 @@ class PartitionJob:
 
 def process_partition(job: PartitionJob, *, silver: bool = True) -> dict[str, Any]:
     """Land the date's file, load its bronze partition through the engine, then (`silver`) run the silver
-    daily step for the date, retried as Dagster's retry policy for dbt steps does. Runs in a worker process."""
+    daily step for the date, run again after a lost commit race as the Dagster dbt steps are. Runs in a worker
+    process."""
     from dagster_project.lib.bronze.engine import load_partition
     from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
     from dagster_project.lib.intake.landing import land_file, landed_files
@@ -402,10 +403,10 @@ def process_partition(job: PartitionJob, *, silver: bool = True) -> dict[str, An
 
 
 def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
-    """`dbt build` of the silver daily step for one date, retried like the Dagster step (CONFLICT_RETRY)."""
+    """`dbt build` of the silver daily step for one date, run again after a lost commit race like the Dagster step
+    (`CONFLICT_RETRIES`, `conflict_delay`); any other failure ends it."""
     window = json.dumps({"min_date": day, "max_date": day})
     errors: list[str] = []
-    retry = None
     attempt = 0
     while True:
         attempt += 1
@@ -414,20 +415,18 @@ def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
             return {"ok": True, "dbt_attempts": attempt, "dbt_errors": errors, "dbt_peak_rss_mib": run.peak_rss_mib}
         errors.append(_first_error(run.output))
         (scratch / f"dbt-attempt-{attempt}.out").write_text(run.output)
-        if retry is None:
-            # Imported only on a retry: the policy the Dagster dbt steps run with.
-            from dagster_project.defs.transform.assets import CONFLICT_RETRY
+        # Imported only on a failure: the rule the Dagster dbt steps run by.
+        from dagster_project.defs.transform.assets import CONFLICT_RETRIES, conflict_delay
 
-            retry = CONFLICT_RETRY
-        if attempt > retry.max_retries:
+        if LOST_COMMIT_RACE not in run.output or attempt > CONFLICT_RETRIES:
             return {"ok": False, "dbt_attempts": attempt, "dbt_errors": errors, "error": errors[-1]}
-        time.sleep(max(0.0, retry.calculate_delay(attempt)))
+        time.sleep(conflict_delay(attempt - 1))
 
 
 def _first_error(output: str) -> str:
     """The line of a failed dbt run that says why: a lost Delta commit if it was one, else the first error."""
     lines = [line.strip() for line in output.splitlines()]
-    for words in (("Commit failed", "CommitFailed", "concurrent"), ("Error", "error")):
+    for words in ((LOST_COMMIT_RACE,), ("Error", "error")):
         found = next((line for line in lines if any(w in line for w in words)), None)
         if found:
             return found[:300]
@@ -790,7 +789,7 @@ def print_fan_out(result: dict[str, Any]) -> None:
     print(
         f"each process lands its date's partner file ({result['rows_per_partition']:,} rows), loads bronze through "
         f"the engine, then runs the dbt_silver_daily step for its date (`dbt build --select {result['dbt_select']}`), "
-        "retried like the Dagster step (CONFLICT_RETRY)"
+        "run again after a lost commit race like the Dagster step"
     )
     print(
         f"{'mode':>9} {'processes':>9} {'wall s':>7} {'rows in':>9} {'bronze+quar.':>12} {'failed runs':>11} "

@@ -34,6 +34,9 @@ _RELATIVE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))(?!.*//)[^\x00]+$")
 DUCKDB_EXTENSIONS = ("httpfs", "aws", "azure", "delta")
 # Layers holding Delta tables; each becomes a DuckDB schema of the same name in `Lake.attach`.
 LAYERS = ("bronze", "quarantine", "silver", "gold")
+# How a write that lost to a concurrent writer of the same Delta table says so, wherever its message goes (a
+# dbt model's error, as the dbt step reads it to decide whether running again can help).
+LOST_COMMIT_RACE = "lost a commit race"
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 

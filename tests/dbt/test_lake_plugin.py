@@ -14,6 +14,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from dagster_project.lib.dbt_plugins.lake import Plugin
+from dagster_project.lib.lake import LOST_COMMIT_RACE
 
 
 def _target(relation: str | None, **config: Any) -> TargetConfig:
@@ -42,7 +43,7 @@ def test_a_merge_fails_when_its_table_changed_after_the_model_read_it(plugin) ->
     con.execute("create table scratch as select k, v || '!' as v, false as _lake_delete from gold.t")
     assert con.execute("select k from scratch order by k").fetchall() == [(1,), (2,)]
 
-    with pytest.raises(CommitFailedError):
+    with pytest.raises(CommitFailedError, match=f"^{LOST_COMMIT_RACE}: another run committed to gold.t first"):
         lake.store(_target("scratch", mode="merge", unique_key=["k"]))
 
     assert _rows(uri) == [(1, "a"), (2, "b"), (3, "c")]  # the other run's commit, and nothing of the stale merge

@@ -10,7 +10,8 @@ rebuilt from all of its inputs on every run, so it has no partitions: the UI the
 (dagster-open-platform, defs/dbt/assets.py).
 
 Runs of different partitions run at once. A Delta commit that loses to a concurrent writer of the same
-table fails its model; the step's retry policy then runs dbt again from fresh inputs. Full rebuilds of
+table fails its model; the step then runs dbt again from fresh inputs (and only then: a failed test fails
+the step at once). Full rebuilds of
 one layer take one `LAKE_REBUILD_POOL` slot at a time: two at once would compute the same tables twice.
 
 Silver and gold stay separate steps of a run so that a blocking check on a silver asset (a dbt test or
@@ -28,6 +29,7 @@ code location's load. tests/defs/transform/test_dbt_steps.py holds the two to th
 
 import functools
 import json
+import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,13 +51,14 @@ from dagster_dbt.asset_utils import (
     get_upstream_unique_ids,
     is_non_asset_node,
 )
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from dagster_project import settings
 from dagster_project.defs.common import catalog
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
 from dagster_project.lib.bronze.catalog import PARTITION_COLUMN
-from dagster_project.lib.lake import Lake
+from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 from dagster_project.lib.sources.registry import SOURCES
 
 BRONZE = "bronze"
@@ -72,8 +75,10 @@ LAYERS = (SILVER, GOLD)  # in run order
 
 INCREMENTAL = "config.materialized:incremental"
 DBT_NODE_TYPES = ("model", "snapshot", "seed")
-# A lost commit race (another run wrote the same Delta table first) fails the step; dbt then runs again.
-CONFLICT_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# A step whose dbt lost a commit race (another run wrote the same Delta table first) runs dbt again, from fresh
+# inputs, after a growing, jittered delay; any other failure (a failed test, a broken model) fails it at once.
+CONFLICT_RETRIES = 3
+CONFLICT_DELAY_SECONDS = 5.0
 
 
 def layer_of(dbt_resource_props: Mapping[str, Any]) -> str:
@@ -418,7 +423,6 @@ def build_dbt_step(
         partitions_def=daily_partitions if step.partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if step.partitioned else None,
         pool=None if step.partitioned else LAKE_REBUILD_POOL,
-        retry_policy=CONFLICT_RETRY,
     )
     def _dbt_step(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
         args = ["build"]
@@ -429,10 +433,23 @@ def build_dbt_step(
             args += ["--vars", json.dumps(window)]
             day = window["min_date"] if window["min_date"] == window["max_date"] else None
         lake = Lake.parse(dbt.lake_root, settings.lake_storage_options())
-        for event in dbt.cli(args, context=context).stream():
-            yield with_table_facts(context, event, lake, day)
+        try:
+            for event in dbt.cli(args, context=context).stream():
+                yield with_table_facts(context, event, lake, day)
+        except DagsterDbtCliRuntimeError as error:
+            if LOST_COMMIT_RACE not in str(error):
+                raise
+            raise dg.RetryRequested(
+                max_retries=CONFLICT_RETRIES, seconds_to_wait=conflict_delay(context.retry_number)
+            ) from error
 
     return _dbt_step
+
+
+def conflict_delay(retry_number: int) -> float:
+    """Seconds before running again after the `retry_number`th lost commit race: doubling, +-50% so that two
+    runs that collided do not collide again."""
+    return CONFLICT_DELAY_SECONDS * 2**retry_number * random.uniform(0.5, 1.5)
 
 
 def with_table_facts(context: dg.AssetExecutionContext, event: Any, lake: Lake, day: str | None) -> Any:

@@ -32,11 +32,12 @@ the database (`materialization: table`) for every model to see it: all of bronze
 statistics (a filter on business_date read 1 of 28 files), and it reads object stores through DuckDB's own
 S3/GCS/Azure support with the lake's credentials. Writes go through deltalake, which the extension cannot do.
 
-A commit that loses to a concurrent writer raises; the Dagster step's retry policy runs the models again
-from fresh inputs (retrying the same rows could commit a result computed before the other writer's). A merged
-model computes its rows from its own table, so before it runs the materialization pins that table (`pin`): its
-view reads the version current then, and the merge commits on top of that very version, so a commit that lands
-between the model's read and its merge is a conflict too, not a change the merge silently overrides.
+A commit that loses to a concurrent writer raises deltalake's `CommitFailedError`, its message starting with
+`LOST_COMMIT_RACE`; the Dagster step then runs the models again from fresh inputs (retrying the same rows
+could commit a result computed before the other writer's). A merged model computes its rows from its own table,
+so before it runs the materialization pins that table (`pin`): its view reads the version current then, and the
+merge commits on top of that very version, so a commit that lands between the model's read and its merge is a
+conflict too, not a change the merge silently overrides.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from dbt.adapters.duckdb.utils import TargetConfig
 from duckdb import DuckDBPyConnection
 
 from dagster_project import settings
-from dagster_project.lib.lake import Lake
+from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 
 BATCH_ROWS = 128 * 1024
 # A new row of a merged model with this column true deletes its key (macros/merge_deletes.sql).
@@ -90,6 +91,7 @@ class Plugin(BasePlugin):
 
     def store(self, target_config: TargetConfig) -> None:
         from deltalake import DeltaTable, write_deltalake
+        from deltalake.exceptions import CommitFailedError
 
         assert self._conn is not None, "the lake plugin stores only after dbt opened its connection"
         options = dict(target_config.config)
@@ -177,6 +179,10 @@ class Plugin(BasePlugin):
                     )
             cursor.execute(latest_view)
             pinned = None
+        except CommitFailedError as exc:
+            raise CommitFailedError(
+                f"{LOST_COMMIT_RACE}: another run committed to {schema}.{table} first ({exc})"
+            ) from exc
         finally:
             if pinned is not None:
                 # A write that failed leaves the view on the table's latest version too, not on the one it read.

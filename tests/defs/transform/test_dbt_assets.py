@@ -4,12 +4,15 @@ import importlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable, write_deltalake
 
 from dagster_project import settings
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
@@ -270,3 +273,64 @@ def test_a_failing_silver_test_stops_gold_in_the_same_run(
         materialized = {m.asset_key for m in result.get_asset_materialization_events()}
         assert not materialized & GOLD_KEYS
         assert "dbt_gold" not in {e.step_key for e in result.get_step_success_events()}
+        # A failed test is not run again: only a lost commit race is.
+        assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+def test_a_lost_commit_race_runs_dbt_again_from_fresh_inputs(
+    assets: ModuleType,
+    steps: dict[str, dg.AssetsDefinition],
+    dbt_resource: MedallionDbtCliResource,
+    lake: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with dg.instance_for_test() as instance:
+        assert _materialize(steps, dbt_resource, instance).success  # the merged model's table exists now
+        # Day 2 is delivered again with a change: the next run merges it into silver.
+        day_2 = [
+            customer(1, "2025-01-02", "2025-01-02T08:00:00", email="ada@example.com", status="closed", row=1),
+            customer(2, "2025-01-02", "2025-01-02T09:00:00", email="bob@example.org", status="inactive", row=2),
+        ]
+        write_bronze_partition(lake, "2025-01-02", day_2)
+        # Another writer commits new customers to the merged silver table, one after the other, until the step
+        # has lost a race to it and asks to run again.
+        table = str(lake / "silver" / "stg_acme__customers")
+        template = DeltaTable(table).to_pyarrow_table().slice(0, 1)
+        key = template.schema.get_field_index("customer_id")
+        lost = threading.Event()
+        committed: list[int] = []
+
+        def other_writer() -> None:
+            while not lost.is_set():
+                customer_id = 1000 + len(committed)
+                row = template.set_column(key, "customer_id", pa.array([customer_id], template.column(key).type))
+                write_deltalake(table, row, mode="append")
+                committed.append(customer_id)
+
+        delays: list[int] = []
+
+        def conflict_delay(retry_number: int) -> float:
+            delays.append(retry_number)
+            lost.set()
+            return 0.0
+
+        monkeypatch.setattr(assets, "conflict_delay", conflict_delay)
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        try:
+            result = _materialize(steps, dbt_resource, instance)
+        finally:
+            lost.set()
+            writer.join()
+
+        assert result.success
+        assert delays == [0]
+        retried = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert retried == ["dbt_silver_daily"]
+    # The run that went again read the other writer's commits instead of overriding them.
+    with duckdb.connect() as con:
+        Lake.parse(str(lake)).attach(con)
+        customers = {r[0] for r in con.execute("select customer_id from silver.stg_acme__customers").fetchall()}
+        statuses = dict(con.execute("select customer_id, status from silver.stg_acme__customers").fetchall())
+    assert committed and customers == {1, 2, *committed}
+    assert (statuses[1], statuses[2]) == ("closed", "inactive")

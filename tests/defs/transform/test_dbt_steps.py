@@ -49,7 +49,6 @@ def reference_step(project: DbtProject, manifest: Mapping[str, Any], step: asset
         partitions_def=assets.daily_partitions if step.partitioned else None,
         backfill_policy=dg.BackfillPolicy.single_run() if step.partitioned else None,
         pool=None if step.partitioned else assets.LAKE_REBUILD_POOL,
-        retry_policy=assets.CONFLICT_RETRY,
     )
     def _step(context: dg.AssetExecutionContext, dbt: assets.MedallionDbtCliResource):  # noqa: ANN202
         yield from ()
