@@ -301,6 +301,20 @@ def load_forget_list(lake: Lake, key: bytes | Callable[[], bytes]) -> ForgetList
     return ForgetList(key() if callable(key) else key, frozenset(hashes))
 
 
+def subjects_of_request(lake: Lake, request_id: str) -> int:
+    """How many subjects the request `request_id` added to the forget list (whoever recorded them: `medallion
+    erase` before it starts the job, or the job from its config)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(lake.table(*FORGET_LIST), storage_options=lake.delta_options())
+    except TableNotFoundError:
+        return 0
+    requests = table.to_pyarrow_table(columns=["request_id"]).column("request_id")
+    return pc.sum(pc.equal(requests, request_id)).as_py() or 0
+
+
 def record_requests(
     lake: Lake, key: bytes, subjects: Iterable[Subject], *, request_id: str, requested_at: dt.datetime
 ) -> ForgetList:

@@ -3,6 +3,8 @@ on local disk and on S3 (a real S3 API on loopback)."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import duckdb
 import pytest
@@ -264,6 +266,7 @@ def test_erased_customers_leave_no_byte_behind_and_everyone_else_stays(demo: Dem
     assert cli(["erase", "--customer-id", str(by_id_only), "--email", next(iter(by_id[by_email]))]) == 0
     receipt = capsys.readouterr().out
     assert "forget list" in receipt and not any(e in receipt for e in emails)
+    assert json.loads(receipt[receipt.index("\n{") :])["subjects"] == 2  # the two this request added
 
     # The id is searched as a number only for the customer erased by id: an address names no order.
     hits = [h for n, d in _stored_objects().items() for h in _mentions(n, d, needles, {by_id_only})]

@@ -41,7 +41,7 @@ def erase_inputs(
     inbox: InboxResource,
 ) -> dict:
     from dagster_project.lib import erase
-    from dagster_project.lib.erasure import Subject, load_forget_list, record_requests
+    from dagster_project.lib.erasure import Subject, record_requests, subjects_of_request
 
     key = pii_key.key_bytes()
     subjects = [Subject("customer_id", str(c)) for c in config.customer_ids] + [
@@ -49,9 +49,8 @@ def erase_inputs(
     ]
     request_id = config.request_id or f"erase-{context.run_id[:8]}"
     root = lake.lake
-    before = len(load_forget_list(root, key).hashes)
     forget = record_requests(root, key, subjects, request_id=request_id, requested_at=dt.datetime.now(dt.UTC))
-    receipt = erase.Receipt(request_id, subjects=len(forget.hashes) - before, forget_list=len(forget.hashes))
+    receipt = erase.Receipt(request_id, subjects=subjects_of_request(root, request_id), forget_list=len(forget.hashes))
     _delete_earlier_runs_with_identifiers(context)  # their subjects are in the forget list by now
     with inbox.open() as store:
         store.migrate()  # an inbox nothing was delivered to yet is searched as the empty inbox it is
