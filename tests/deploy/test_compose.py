@@ -235,6 +235,18 @@ def test_local_workspace_loads_the_package_in_process(repo_root: Path) -> None:
     assert location["python_module"]["working_directory"] == "."
 
 
+def test_the_receiver_gets_every_receiver_setting_of_env_example(
+    services: dict[str, dict[str, Any]], env_example: dict[str, tuple[str, bool]]
+) -> None:
+    receiver = services["webhook-receiver"]["environment"]
+    published_port = "MEDALLION_WEBHOOK_PORT"  # the host port compose publishes the receiver on
+    settings = {name for name in env_example if name.startswith("MEDALLION_WEBHOOK_")} - {published_port}
+    assert "MEDALLION_WEBHOOK_MAX_HEADER_BYTES" in settings
+    assert settings - set(receiver) == set()
+    for name in settings:  # a value set in .env reaches the receiver
+        assert receiver[name] is None or "${" + name in str(receiver[name]) or name.endswith("_INBOX_URL"), name
+
+
 def test_code_location_gets_every_platform_setting(services: dict[str, dict[str, Any]]) -> None:
     environment = services["user-code"]["environment"]
     runtime_only = {

@@ -742,6 +742,24 @@ def test_config_map_carries_the_platform_settings(chart: helm_python.Chart) -> N
     assert all(isinstance(v, str) for v in data.values())
 
 
+def test_the_receivers_limits_follow_the_values(chart: helm_python.Chart, monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"maxHeaderBytes": 8192, "maxHeaderCount": 50, "headerTimeoutSeconds": 5, "bodyTimeoutSeconds": 7.5}
+    docs = manifests(render(chart, merged({"config": {"webhooks": limits}})))
+    deployment = one(docs, "Deployment", f"{RELEASE}-webhook-receiver")
+    [source] = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    config_map = one(docs, "ConfigMap", source["configMapRef"]["name"])
+    for name, value in config_map["data"].items():
+        monkeypatch.setenv(name, value)
+    from dagster_project import settings
+
+    assert (
+        settings.webhook_max_header_bytes(),
+        settings.webhook_max_header_count(),
+        settings.webhook_header_timeout_seconds(),
+        settings.webhook_body_timeout_seconds(),
+    ) == (8192, 50, 5.0, 7.5)
+
+
 # --------------------------------------------------------------------------------------------------
 # alerts: the settings in the ConfigMap, the channels' tokens and password by Secret reference
 # --------------------------------------------------------------------------------------------------
