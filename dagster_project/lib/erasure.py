@@ -255,6 +255,20 @@ class ForgetList:
         return raw
 
 
+def _record_data(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The data of an Airbyte record: its `_airbyte_data` object (or the JSON text of one) when it has that
+    column, else the record itself; None when `_airbyte_data` holds anything else."""
+    nested = record.get("_airbyte_data")
+    if nested is None:
+        return record
+    if isinstance(nested, str):
+        try:
+            nested = json.loads(nested)
+        except ValueError:
+            return None
+    return nested if isinstance(nested, dict) else None
+
+
 def raw_values(spec: SourceSpec, raw: str) -> dict[str, Any]:
     """A raw record as received, as column name -> value: a JSON object (Airbyte records; its `_airbyte_data`
     if it has one), else a delimited line in the declared column order. Empty when it is neither."""
@@ -266,13 +280,8 @@ def raw_values(spec: SourceSpec, raw: str) -> dict[str, Any]:
             return {}
         if not isinstance(record, dict):
             return {}
-        nested = record.get("_airbyte_data")
-        if isinstance(nested, str):
-            try:
-                nested = json.loads(nested)
-            except ValueError:
-                nested = None
-        return nested if isinstance(nested, dict) else record
+        data = _record_data(record)
+        return record if data is None else data
     if not isinstance(spec.reader, PartnerFiles):
         return {}
     try:
@@ -394,7 +403,7 @@ def redact_delimited(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: F
 def redact_json_lines(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: ForgetList) -> int:
     """Copy a file of Airbyte records (JSON Lines, gzip or not) without what names a forgotten subject;
     returns how many records named one. A record's data is its `_airbyte_data` object when it has one,
-    else the record itself. Untouched lines are copied byte for byte."""
+    else the record itself. Untouched lines, and lines that are no record, are copied byte for byte."""
     head = src.read(2)
     src = io.BufferedReader(_Prefixed(head, src))  # type: ignore[arg-type]
     compressed = head == b"\x1f\x8b"
@@ -407,14 +416,11 @@ def redact_json_lines(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: 
         except ValueError:
             writer.write(line)  # the reader reports it; erasure leaves it as it is
             continue
-        if not isinstance(record, dict):
-            writer.write(line)
+        data = _record_data(record) if isinstance(record, dict) else None
+        if data is None or not forget.record_names_subject(spec, data):
+            writer.write(line)  # a record the reader refuses is quarantined whole, and erased there
             continue
         nested = record.get("_airbyte_data")
-        data = json.loads(nested) if isinstance(nested, str) else nested if isinstance(nested, dict) else record
-        if not forget.record_names_subject(spec, data):
-            writer.write(line)
-            continue
         changed += 1
         if spec.on_erasure == OnErasure.DELETE:
             continue

@@ -19,7 +19,14 @@ from dagster_project import settings
 from dagster_project.lib import erase
 from dagster_project.lib.bronze.engine import load_partition
 from dagster_project.lib.checksums import crc32_hex
-from dagster_project.lib.erasure import ForgetList, Subject, load_forget_list, record_requests, subject_hash
+from dagster_project.lib.erasure import (
+    ForgetList,
+    Subject,
+    load_forget_list,
+    record_requests,
+    redact_json_lines,
+    subject_hash,
+)
 from dagster_project.lib.intake.landing import all_landed_files, land_file
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.masking import pii_token
@@ -211,3 +218,26 @@ def test_records_are_matched_column_wise_as_they_are_one_by_one() -> None:
     assert count == 4 and kept.column("customer_id").to_pylist() == [9]
     as_text = batch.set_column(0, "customer_id", pa.array(["007", "8", None, "x", "10"]))
     assert forget._named(CUSTOMERS, as_text) == [True, True, True, False, True]
+
+
+def test_airbyte_records_are_redacted_in_each_shape_and_a_broken_line_is_left_to_the_reader() -> None:
+    forget = ForgetList(KEY, frozenset({subject_hash("customer_id", 7, KEY)}))
+    lines = [
+        {"_airbyte_raw_id": "a", "_airbyte_data": {"customer_id": 7, "order_id": 1}},
+        {"_airbyte_raw_id": "b", "_airbyte_data": json.dumps({"customer_id": 7, "order_id": 2})},
+        {"_airbyte_raw_id": "c", "customer_id": 7, "order_id": 3},
+        {"_airbyte_raw_id": "d", "_airbyte_data": "{not json"},
+        {"_airbyte_raw_id": "e", "_airbyte_data": {"customer_id": 8, "order_id": 5}},
+    ]
+    src = "".join(json.dumps(line) + "\n" for line in lines).encode() + b"[1, 2]\n"
+    dst = io.BytesIO()
+
+    named = redact_json_lines(ORDERS, io.BytesIO(src), dst, forget)
+
+    assert named == 3
+    written = dst.getvalue().splitlines()
+    records = [json.loads(line) for line in written[:-1]]
+    data = [r["_airbyte_data"] for r in records[:2]] + [records[2]]
+    data[1] = json.loads(data[1])  # JSON text stays JSON text
+    assert [(d["customer_id"], d["order_id"]) for d in data] == [(None, 1), (None, 2), (None, 3)]  # redacted
+    assert written[3:] == [json.dumps(lines[3]).encode(), json.dumps(lines[4]).encode(), b"[1, 2]"]  # as they were
