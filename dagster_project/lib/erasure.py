@@ -403,7 +403,8 @@ def redact_delimited(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: F
 def redact_json_lines(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: ForgetList) -> int:
     """Copy a file of Airbyte records (JSON Lines, gzip or not) without what names a forgotten subject;
     returns how many records named one. A record's data is its `_airbyte_data` object when it has one,
-    else the record itself. Untouched lines, and lines that are no record, are copied byte for byte."""
+    else the record itself. Untouched lines are copied byte for byte. A line that is no record (the reader
+    refuses the file, naming the line) keeps its bytes but a forgotten subject's e-mail addresses."""
     head = src.read(2)
     src = io.BufferedReader(_Prefixed(head, src))  # type: ignore[arg-type]
     compressed = head == b"\x1f\x8b"
@@ -414,11 +415,17 @@ def redact_json_lines(spec: SourceSpec, src: IO[bytes], dst: IO[bytes], forget: 
         try:
             record = json.loads(line)
         except ValueError:
-            writer.write(line)  # the reader reports it; erasure leaves it as it is
-            continue
+            record = None
         data = _record_data(record) if isinstance(record, dict) else None
-        if data is None or not forget.record_names_subject(spec, data):
-            writer.write(line)  # a record the reader refuses is quarantined whole, and erased there
+        if data is None:
+            text, count = forget.redact_text(line.decode("utf-8", errors="surrogateescape"))
+            if count:
+                changed += 1
+                line = text.encode("utf-8", errors="surrogateescape")
+            writer.write(line)
+            continue
+        if not forget.record_names_subject(spec, data):
+            writer.write(line)
             continue
         nested = record.get("_airbyte_data")
         changed += 1

@@ -220,8 +220,8 @@ def test_records_are_matched_column_wise_as_they_are_one_by_one() -> None:
     assert forget._named(CUSTOMERS, as_text) == [True, True, True, False, True]
 
 
-def test_airbyte_records_are_redacted_in_each_shape_and_a_broken_line_is_left_to_the_reader() -> None:
-    forget = ForgetList(KEY, frozenset({subject_hash("customer_id", 7, KEY)}))
+def test_airbyte_records_are_redacted_in_each_shape_and_lines_that_are_no_record_lose_only_addresses() -> None:
+    forget = ForgetList(KEY, frozenset({subject_hash("customer_id", 7, KEY), subject_hash("email", "gone@x.org", KEY)}))
     lines = [
         {"_airbyte_raw_id": "a", "_airbyte_data": {"customer_id": 7, "order_id": 1}},
         {"_airbyte_raw_id": "b", "_airbyte_data": json.dumps({"customer_id": 7, "order_id": 2})},
@@ -229,13 +229,17 @@ def test_airbyte_records_are_redacted_in_each_shape_and_a_broken_line_is_left_to
         {"_airbyte_raw_id": "d", "_airbyte_data": "{not json"},
         {"_airbyte_raw_id": "e", "_airbyte_data": {"customer_id": 8, "order_id": 5}},
     ]
-    src = "".join(json.dumps(line) + "\n" for line in lines).encode() + b"[1, 2]\n"
+    broken = b'{"_airbyte_raw_id": "f", "note": "mail gone@x.org or kept@x.org", \xff\n'
+    src = "".join(json.dumps(line) + "\n" for line in lines).encode() + b"[1, 2]\n" + broken
     dst = io.BytesIO()
 
     named = redact_json_lines(ORDERS, io.BytesIO(src), dst, forget)
 
-    assert named == 3
+    assert named == 4
     written = dst.getvalue().splitlines()
+    # A line that is no record keeps its bytes, the forgotten address aside.
+    assert written[-1] == b'{"_airbyte_raw_id": "f", "note": "mail [erased] or kept@x.org", \xff'
+    written = written[:-1]
     records = [json.loads(line) for line in written[:-1]]
     data = [r["_airbyte_data"] for r in records[:2]] + [records[2]]
     data[1] = json.loads(data[1])  # JSON text stays JSON text

@@ -11,8 +11,8 @@ rebuilt from all of its inputs on every run, so it has no partitions: the UI the
 
 Runs of different partitions run at once. A Delta commit that loses to a concurrent writer of the same
 table fails its model; the step then runs dbt again from fresh inputs (and only then: a failed test fails
-the step at once). Full rebuilds of
-one layer take one `LAKE_REBUILD_POOL` slot at a time: two at once would compute the same tables twice.
+the step at once). Full rebuilds of one layer take one `LAKE_REBUILD_POOL` slot at a time: two at once would
+compute the same tables twice.
 
 Silver and gold stay separate steps of a run so that a blocking check on a silver asset (a dbt test or
 the quality gate) stops the gold step in the same run.
