@@ -404,7 +404,7 @@ def process_partition(job: PartitionJob, *, silver: bool = True) -> dict[str, An
 
 def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
     """`dbt build` of the silver daily step for one date, run again after a lost commit race like the Dagster step
-    (`CONFLICT_RETRIES`, `conflict_delay`); any other failure ends it."""
+    (`CONFLICT_RETRY`, `conflict_delay`); any other failure ends it."""
     window = json.dumps({"min_date": day, "max_date": day})
     errors: list[str] = []
     attempt = 0
@@ -416,9 +416,9 @@ def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
         errors.append(_first_error(run.output))
         (scratch / f"dbt-attempt-{attempt}.out").write_text(run.output)
         # Imported only on a failure: the rule the Dagster dbt steps run by.
-        from dagster_project.defs.transform.assets import CONFLICT_RETRIES, conflict_delay
+        from dagster_project.defs.transform.assets import CONFLICT_RETRY, conflict_delay
 
-        if LOST_COMMIT_RACE not in run.output or attempt > CONFLICT_RETRIES:
+        if LOST_COMMIT_RACE not in run.output or attempt == CONFLICT_RETRY.attempts:
             return {"ok": False, "dbt_attempts": attempt, "dbt_errors": errors, "error": errors[-1]}
         time.sleep(conflict_delay(attempt - 1))
 

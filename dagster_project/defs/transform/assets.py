@@ -59,6 +59,7 @@ from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_part
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
 from dagster_project.lib.bronze.catalog import PARTITION_COLUMN
 from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
+from dagster_project.lib.retry import RetryPolicy
 from dagster_project.lib.sources.registry import SOURCES
 
 BRONZE = "bronze"
@@ -77,8 +78,9 @@ INCREMENTAL = "config.materialized:incremental"
 DBT_NODE_TYPES = ("model", "snapshot", "seed")
 # A step whose dbt lost a commit race (another run wrote the same Delta table first) runs dbt again, from fresh
 # inputs, after a growing, jittered delay; any other failure (a failed test, a broken model) fails it at once.
-CONFLICT_RETRIES = 3
-CONFLICT_DELAY_SECONDS = 5.0
+# As many attempts as a bronze load: eight runs of different days merging into one table at once all finish.
+CONFLICT_RETRY = RetryPolicy(attempts=8, first_delay=5.0, max_delay=60.0)
+_JITTER = random.Random()
 
 
 def layer_of(dbt_resource_props: Mapping[str, Any]) -> str:
@@ -440,16 +442,16 @@ def build_dbt_step(
             if LOST_COMMIT_RACE not in str(error):
                 raise
             raise dg.RetryRequested(
-                max_retries=CONFLICT_RETRIES, seconds_to_wait=conflict_delay(context.retry_number)
+                max_retries=CONFLICT_RETRY.attempts - 1, seconds_to_wait=conflict_delay(context.retry_number)
             ) from error
 
     return _dbt_step
 
 
 def conflict_delay(retry_number: int) -> float:
-    """Seconds before running again after the `retry_number`th lost commit race: doubling, +-50% so that two
-    runs that collided do not collide again."""
-    return CONFLICT_DELAY_SECONDS * 2**retry_number * random.uniform(0.5, 1.5)
+    """Seconds to wait before running again after the step's `retry_number`th retry lost a commit race (0: its
+    first run): `CONFLICT_RETRY`'s full jitter, so runs that collided once do not collide again in lockstep."""
+    return CONFLICT_RETRY.delay(retry_number + 1, _JITTER)
 
 
 def with_table_facts(context: dg.AssetExecutionContext, event: Any, lake: Lake, day: str | None) -> Any:

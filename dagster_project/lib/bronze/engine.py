@@ -43,7 +43,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -58,6 +57,7 @@ from dagster_project.lib.bronze import delta_files
 from dagster_project.lib.bronze.contract import LINEAGE_COLUMNS, PARTITION_COLUMN, QUARANTINE_SCHEMA, bronze_schema
 from dagster_project.lib.erasure import ForgetList
 from dagster_project.lib.lake import Lake
+from dagster_project.lib.retry import RetryPolicy
 from dagster_project.lib.sources.spec import SourceSpec
 
 if TYPE_CHECKING:
@@ -196,26 +196,6 @@ OpenReader = Callable[[], AbstractContextManager[Reader]]
 
 class ConcurrentLoadError(RuntimeError):
     """A partition load lost its commit to concurrent loads of the same partition on every attempt."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a load lost to a concurrent commit is tried again, and how long it waits in between.
-
-    The wait before attempt n+1 is drawn uniformly from [0, min(max_delay, first_delay * 2**(n-1))] ("full
-    jitter"), so loads that collided once do not collide again in lockstep."""
-
-    attempts: int = 8
-    first_delay: float = 0.2
-    max_delay: float = 10.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"RetryPolicy: attempts must be at least 1, not {self.attempts}")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_delay, self.first_delay * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True)
