@@ -266,7 +266,7 @@ class RunFigures:
     step_seconds: float  # summed step compute times: the work
     partitions: str
     failed_steps: list[str] = field(default_factory=list)
-    retried_steps: list[str] = field(default_factory=list)  # a lost commit race, retried by the step's policy
+    retried_steps: list[str] = field(default_factory=list)  # run again by the step after a lost commit race
 
 
 def run_figures(inst: Any) -> list[RunFigures]:

@@ -25,8 +25,8 @@ DEPS_BLOCKING_CHECKS_PASSED = dg.AutomationCondition.all_deps_match(
 # backfilled bronze day flows on too), and never while an upstream blocking check has failed.
 # An unpartitioned asset (a full-table model) sees every partition of a daily upstream: for it, a dep counts
 # as present once any day of it exists (days without deliveries stay missing forever), and a failed gate on
-# any day holds it back. For a daily asset both read exactly as `~any_deps_missing()` and
-# `all_deps_blocking_checks_passed()` do, on its own day.
+# any day holds it back. For a daily asset both read as `~any_deps_missing()` and
+# DEPS_BLOCKING_CHECKS_PASSED do, on its own day.
 FOLLOW_UPSTREAM = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
     & dg.AutomationCondition.all_deps_match(

@@ -294,17 +294,22 @@ def raw_values(spec: SourceSpec, raw: str) -> dict[str, Any]:
 # -- the forget list in the lake ------------------------------------------------------------------------------
 
 
-def load_forget_list(lake: Lake, key: bytes | Callable[[], bytes]) -> ForgetList:
-    """The lake's forget list (empty when nobody was erased yet). `key` may be a function giving it, called
-    only when the list names someone: a lake nobody was erased from needs no key to load bronze."""
+def _forget_list_column(lake: Lake, column: str) -> pa.ChunkedArray:
+    """One column of the lake's forget list; empty when nobody was erased yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
         table = DeltaTable(lake.table(*FORGET_LIST), storage_options=lake.delta_options())
     except TableNotFoundError:
-        return ForgetList(b"")
-    hashes = table.to_pyarrow_table(columns=["subject_hash"]).column("subject_hash").to_pylist()
+        return pa.chunked_array([], FORGET_LIST_SCHEMA.field(column).type)
+    return table.to_pyarrow_table(columns=[column]).column(column)
+
+
+def load_forget_list(lake: Lake, key: bytes | Callable[[], bytes]) -> ForgetList:
+    """The lake's forget list (empty when nobody was erased yet). `key` may be a function giving it, called
+    only when the list names someone: a lake nobody was erased from needs no key to load bronze."""
+    hashes = _forget_list_column(lake, "subject_hash").to_pylist()
     if not hashes:
         return ForgetList(b"")
     return ForgetList(key() if callable(key) else key, frozenset(hashes))
@@ -313,15 +318,7 @@ def load_forget_list(lake: Lake, key: bytes | Callable[[], bytes]) -> ForgetList
 def subjects_of_request(lake: Lake, request_id: str) -> int:
     """How many subjects the request `request_id` added to the forget list (whoever recorded them: `medallion
     erase` before it starts the job, or the job from its config)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        table = DeltaTable(lake.table(*FORGET_LIST), storage_options=lake.delta_options())
-    except TableNotFoundError:
-        return 0
-    requests = table.to_pyarrow_table(columns=["request_id"]).column("request_id")
-    return pc.sum(pc.equal(requests, request_id)).as_py() or 0
+    return pc.sum(pc.equal(_forget_list_column(lake, "request_id"), request_id)).as_py() or 0
 
 
 def record_requests(
