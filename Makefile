@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen
 DBT_DIR := dbt_project
 STAMP := .venv/.medallion-installed
 
-.PHONY: help install demo dev test test-fast bench lint format clean browser
+.PHONY: help install demo dev test test-fast bench lint format clean browser wrk
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,11 +35,19 @@ SFTP_PORT :=
 dev: install  ## the Dagster UI (:3000, PORT=) with sensors and automation, webhooks (:8000, WEBHOOKS_PORT=), SFTP (:2222, SFTP_PORT=)
 	$(RUN) medallion dev --port $(PORT) --webhooks-port $(WEBHOOKS_PORT) $(if $(SFTP_PORT),--sftp-port $(SFTP_PORT))
 
-browser:  ## headless Chromium for the UI test (Debian package)
-	@command -v chromium >/dev/null || { \
+# A Debian package, installed as root where it is missing: $(call debian-package,<command>,<package>,<who needs it>)
+define debian-package
+	@command -v $(1) >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "The UI test needs Chromium: install the 'chromium' package" >&2; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  else echo "$(3) needs $(1): install the '$(2)' package" >&2; exit 1; fi; }
+endef
+
+browser:  ## headless Chromium for the UI test (Debian package)
+	$(call debian-package,chromium,chromium,The UI test)
+
+wrk:  ## the HTTP load client of the receiver benchmark (Debian package)
+	$(call debian-package,wrk,wrk,The webhook receiver benchmark)
 
 test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on two workers
 	$(RUN) pytest -n 2 --dist loadgroup
@@ -48,7 +56,7 @@ test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, Postgr
 	$(RUN) pytest -n 2 tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
 	  -m "not slow and not postgres and not ui"
 
-bench: install  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out, drop to gold
+bench: install wrk  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out, drop to gold
 	$(RUN) python -m benchmarks
 
 lint: install  ## ruff

@@ -435,8 +435,10 @@ def _serve_noop(port: int) -> None:
 class _Phase:
     requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # latency percentiles (seconds); over several wrk runs, the highest of theirs: no pooled figure is higher
+    p50: float = 0.0
+    p99: float = 0.0
     # CPU seconds spent inside the measured window by the load client, the server process(es) and, on
     # PostgreSQL, the database backends serving them
     cpu: Counter[str] = field(default_factory=Counter)
@@ -450,129 +452,112 @@ class _Phase:
             "requests": self.requests,
             "errors": dict(self.errors),
             "req_per_s": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
-            "p50_ms": round(_percentile(self.latencies, 0.50) * 1000, 1),
-            "p99_ms": round(_percentile(self.latencies, 0.99) * 1000, 1),
+            "p50_ms": round(self.p50 * 1000, 1),
+            "p99_ms": round(self.p99 * 1000, 1),
         } | per_request
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection that sends a request only once the previous one was answered (no
-    pipelining), the way a PSP's sender uses a connection. Bare asyncio: the client shares the machine's cores
-    with the server it measures, so the less it spends per request, the more the figures are the server's."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
-        self.open = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.open = True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError("connection closed before the response"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        length = 0
-        at = head.find(b"\r\ncontent-length:")
-        if at >= 0:
-            stop = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
-        if len(self.buffer) < end + 4 + length:
-            return
-        del self.buffer[: end + 4 + length]
-        if b"\r\nconnection: close" in head:
-            self.open = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(int(head[9:12]))
-
-    async def request(self, data: bytes) -> int:
-        assert self.transport is not None
-        self.waiter = self.loop.create_future()
-        self.transport.write(data)
-        return await self.waiter
+# wrk, in C, loads the machine less per request than any Python client could: the client shares the cores with
+# the server it measures. Each request is a distinct event signed just before the turn; the script sends them in
+# turn and reports what it saw as JSON on its last line.
+WRK_SCRIPT = r"""
+local requests, sent = {}, 0
+function init(args)
+  local file = assert(io.open(args[1], "rb"))
+  local data = file:read("*a")
+  file:close()
+  local at = 1
+  while at <= #data do
+    local stop = data:find("\0", at, true)
+    requests[#requests + 1] = data:sub(at, stop - 1)
+    at = stop + 1
+  end
+end
+function request()
+  sent = sent + 1
+  return requests[(sent - 1) % #requests + 1]
+end
+function done(summary, latency, _)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "microseconds": %d, "p50_us": %d, "p99_us": %d, "connect": %d, "read": %d, '
+    .. '"write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+# More distinct events than a turn can send at this rate: an event sent twice is answered without a write.
+WRK_MAX_RATE = 20_000
 
 
-def _request(port: int, body: bytes, signature: str) -> bytes:
-    head = (
-        f"POST /webhooks/stripe HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nstripe-signature: {signature}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+def _signed_requests(path: Path, port: int, secret: str, prefix: str, count: int) -> Path:
+    """`count` raw HTTP requests, each a distinct event with its `Stripe-Signature`, NUL-separated, for wrk."""
+    templates = [body for _, body in make_stripe_events(1000)]
+    now = int(time.time())
+    with path.open("wb") as out:
+        for i in range(count):
+            body = templates[i % len(templates)].replace(b"evt_load_", f"evt_{prefix}_{i // len(templates)}_".encode())
+            head = (
+                f"POST /webhooks/stripe HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+                f"stripe-signature: {sign_stripe(body, secret, now)}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            )
+            out.write(head.encode() + body + b"\0")
+    return path
 
 
-async def _hammer(
+def _wrk(
     ports: list[int],
-    bodies: Iterator[tuple[bytes, str]],
+    secret: str,
+    prefix: str,
+    workdir: Path,
     *,
     concurrency: int,
-    warmup: float,
     seconds: float,
     meter: Callable[[], Counter[str]] | None = None,
 ) -> _Phase:
-    """`concurrency` connections, spread evenly over `ports`, each posting the next signed body as soon as its
-    last one was answered; only what is answered inside the measured window (after `warmup`) counts, and
-    `meter` (cumulative CPU seconds by role) is read at the window's two ends."""
+    """`concurrency` keep-alive connections, spread evenly over `ports` (one wrk per port), each posting the next
+    signed event as soon as its last one was answered, for `seconds` (whole ones: wrk's unit); `meter` (cumulative CPU seconds by role) is
+    read before and after. Over several ports, p50 and p99 are the highest port's: pooled ones are no higher."""
+    script = workdir / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
+    count = int(WRK_MAX_RATE * seconds / len(ports)) + 1000
+    runs = []
+    for i, port in enumerate(ports):
+        requests = _signed_requests(workdir / f"wrk-{prefix}-{i}.bin", port, secret, f"{prefix}_{i}", count)
+        connections = concurrency // len(ports) + (i < concurrency % len(ports))
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+        runs.append((argv + [f"http://127.0.0.1:{port}", "--", str(requests)], requests))
+    before = meter() if meter else Counter()
+    processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for argv, _ in runs]
     phase = _Phase()
-    loop = asyncio.get_running_loop()
-    start = loop.time() + warmup
-    end = start + seconds
-    readings: list[tuple[Counter[str], float]] = []
-
-    def read_meter() -> None:
-        readings.append(((meter() if meter else Counter()), time.process_time()))
-
-    loop.call_at(start, read_meter)
-    loop.call_at(end, read_meter)
-
-    async def client(port: int) -> None:
-        connection: _Connection | None = None
-        while (now := loop.time()) < end:
-            body, signature = next(bodies)
-            try:
-                if connection is None or not connection.open:
-                    _, connection = await loop.create_connection(lambda: _Connection(loop), "127.0.0.1", port)
-                status = await connection.request(_request(port, body, signature))
-            except OSError as error:
-                status, kind = 0, type(error).__name__
-                connection = None
-            else:
-                kind = f"http_{status}"
-            done = loop.time()
-            if start <= now and done <= end:
-                if 200 <= status < 300:
-                    phase.requests += 1
-                    phase.latencies.append(done - now)
-                else:
-                    phase.errors[kind] += 1
-        if connection is not None and connection.transport is not None:
-            connection.transport.close()
-
-    await asyncio.gather(*(client(ports[i % len(ports)]) for i in range(concurrency)))
-    phase.seconds = seconds
-    if len(readings) == 2:
-        (first, client_first), (last, client_last) = readings
-        phase.cpu = Counter({role: last[role] - first[role] for role in last})
-        phase.cpu["client"] = client_last - client_first
+    client_cpu = 0.0
+    p50s, p99s = [], []
+    for process, (_, requests) in zip(processes, runs, strict=True):
+        assert process.stdout is not None
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
+        figures = json.loads(output.strip().splitlines()[-1])
+        if figures["requests"] > count:
+            raise RuntimeError(f"wrk sent {figures['requests']} requests, more than the {count} distinct events")
+        requests.unlink()
+        client_cpu += usage.ru_utime + usage.ru_stime
+        phase.seconds = max(phase.seconds, figures["microseconds"] / 1e6)
+        phase.requests += figures["requests"] - figures["status"]
+        for kind in ("connect", "read", "write", "status", "timeout"):
+            if figures[kind]:
+                phase.errors[kind] += figures[kind]
+        p50s.append(figures["p50_us"] / 1e6)
+        p99s.append(figures["p99_us"] / 1e6)
+    after = meter() if meter else Counter()
+    phase.cpu = Counter({role: after[role] - before[role] for role in after})
+    phase.cpu["client"] = client_cpu
+    phase.p50 = max(p50s)
+    phase.p99 = max(p99s)
     return phase
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """The client's loop: uvloop where installed (the server runs on it too), for the same reason as `_Connection`."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _cpu_seconds(pids: Iterable[int]) -> float:
@@ -631,7 +616,8 @@ def throughput(
     and two receiver processes on one PostgreSQL inbox, `seconds` each.
 
     The four are measured in turn, `rounds` times over (each turn `seconds / rounds` long), so that whatever
-    else the machine does weighs on all of them alike; req/s is the median of the turns, latencies are pooled.
+    else the machine does weighs on all of them alike; req/s is the median of the turns, p50 and p99 the highest
+    turn's.
     Each also gets the CPU time it cost per request: the load client's, the server processes' and the
     PostgreSQL backends' serving them. On a machine where the three share a few cores, these say how many
     requests per second the cores could give at most, whatever the wall clock shows.
@@ -688,12 +674,18 @@ def throughput(
         turns: dict[str, list[_Phase]] = {name: [] for name in targets}
         for turn in range(rounds):
             for name, (ports, read) in targets.items():
-                bodies = _signed_bodies(secret, f"{name}_{turn}")
-                phase = _hammer(
-                    ports, bodies, concurrency=concurrency, warmup=warmup, seconds=seconds / rounds, meter=read
+                # the warm-up's events are others than the measured turn's, and its figures are dropped
+                _wrk(ports, secret, f"{name}_{turn}_warm", workdir, concurrency=concurrency, seconds=warmup)
+                phase = _wrk(
+                    ports,
+                    secret,
+                    f"{name}_{turn}",
+                    workdir,
+                    concurrency=concurrency,
+                    seconds=seconds / rounds,
+                    meter=read,
                 )
-                with contextlib.closing(_event_loop()) as loop:
-                    turns[name].append(loop.run_until_complete(phase))
+                turns[name].append(phase)
         with Inbox(pg_url) as inbox:
             postgres_rows = inbox.count()
     finally:
@@ -707,8 +699,9 @@ def throughput(
     for name, phases in turns.items():
         pooled = _Phase(
             requests=sum(p.requests for p in phases),
-            latencies=[latency for p in phases for latency in p.latencies],
             seconds=sum(p.seconds for p in phases),
+            p50=max(p.p50 for p in phases),
+            p99=max(p.p99 for p in phases),
         )
         for p in phases:
             pooled.errors.update(p.errors)
