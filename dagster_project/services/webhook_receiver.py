@@ -139,9 +139,54 @@ class JsonLogFormatter(logging.Formatter):
         return self._encoder.encode(entry)
 
 
+class LoopTurnHandler(logging.StreamHandler):
+    """Writes the info lines logged in one turn of the running event loop with one write, at the turn's end.
+
+    A commit batch answers its deliveries in one turn: one write instead of one per delivery, each of which
+    would let the committing thread take the interpreter lock and the loop wait to get it back (about a tenth
+    of a delivery's CPU time under load). Warnings and errors, and lines logged outside the loop, are written
+    at once, with whatever is waiting before them. What a SIGKILL can lose is the info lines of one turn.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno < logging.WARNING:
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                self._scheduled = True
+                loop.call_soon(self.flush)
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._scheduled = False
+            lines, self._lines = self._lines, []
+            try:
+                if lines:
+                    self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} log lines lost"}))
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr for the receiver and uvicorn's own loggers."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopTurnHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     # what a record would otherwise look up for every delivery logged; the JSON lines carry none of it
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

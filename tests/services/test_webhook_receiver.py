@@ -17,6 +17,7 @@ from dagster_project.services.loopback import serve_in_thread
 from dagster_project.services.webhook_receiver import (
     GroupCommitter,
     JsonLogFormatter,
+    LoopTurnHandler,
     create_app,
     create_app_from_settings,
     provider_schemes,
@@ -480,6 +481,46 @@ async def test_logs_are_json_with_outcome_and_never_carry_payload_or_secrets(
     everything = caplog.text + json.dumps(lines)
     for secret in (marker, STRIPE_SECRET, STRIPE_OLD_SECRET, STANDARD_SECRET, "v1="):
         assert secret not in everything
+
+
+class _Writes:
+    """A stream that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_info_lines_of_one_loop_turn_are_written_together_and_warnings_at_once():
+    stream = _Writes()
+    handler = LoopTurnHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("medallion.test_loop_turn")
+    log.propagate, log.handlers[:] = False, [handler]
+    log.setLevel(logging.INFO)
+
+    for i in range(3):
+        log.info("delivery %d", i)
+    assert stream.writes == [], "info lines wait for the end of the loop's turn"
+    await asyncio.sleep(0)
+    assert stream.writes == ["delivery 0\ndelivery 1\ndelivery 2\n"]
+
+    log.info("delivery 3")
+    log.warning("inbox unavailable")
+    assert stream.writes[1:] == ["delivery 3\ninbox unavailable\n"], "a warning is written at once, in order"
+
+    await asyncio.to_thread(log.info, "from a thread")
+    assert stream.writes[2:] == ["from a thread\n"], "outside the loop, at once"
+    log.info("at shutdown")
+    handler.flush()  # what logging.shutdown() does at exit
+    assert stream.writes[3:] == ["at shutdown\n"]
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 4, "nothing is written twice"
 
 
 async def test_storage_errors_are_logged_without_values(tmp_path: Path, caplog: pytest.LogCaptureFixture):

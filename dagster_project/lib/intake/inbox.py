@@ -399,16 +399,17 @@ class _BatchInsert:
             self._datetime(received),
         )
 
-    def execute(self, connection: Any, batch: PreparedEvents) -> set[tuple[str, str]]:
+    def execute(self, connection: Any, batch: PreparedEvents, *, read_first: bool = False) -> set[tuple[str, str]]:
         """Insert the events of `batch` on a driver connection in autocommit mode, skipping ids already stored,
         and commit; the (provider, event id) of those inserted.
 
         PostgreSQL: one statement, its own transaction, returning what it inserted (one round trip instead of
-        four with a pool checkout's ping, BEGIN and COMMIT). SQLite: BEGIN IMMEDIATE, a read of the ids already
-        stored, the insert, COMMIT. The ids are read rather than returned by the insert, which would return
-        its rows one step at a time, the driver releasing and taking back the interpreter lock for each while
-        the event loop wants it; sound because the write lock, held from BEGIN IMMEDIATE, keeps any other
-        writer from storing one of them in between.
+        four with a pool checkout's ping, BEGIN and COMMIT). SQLite: BEGIN IMMEDIATE, the insert, COMMIT. The
+        insert is not asked to return its rows, which it would do one step at a time, the driver releasing and
+        taking back the interpreter lock for each while the event loop wants it. When it inserted every row
+        (no resend: the usual case), those are the rows; when not, the transaction is rolled back and run again
+        with a read of the ids already stored first (`read_first`). Sound because the write lock, held from
+        BEGIN IMMEDIATE, keeps any other writer from storing one of them in between.
         """
         inserted: set[tuple[str, str]] = set()
         cursor = connection.cursor()
@@ -417,13 +418,17 @@ class _BatchInsert:
                 cursor.execute("BEGIN IMMEDIATE")
             for start in range(0, len(batch), self.max_rows):
                 chunk = batch.events[start : start + self.max_rows]
-                stored = self._stored(cursor, chunk) if self._sqlite else set()
                 parameters = tuple(value for row in batch.parameters[start : start + self.max_rows] for value in row)
-                cursor.execute(self.statement(len(chunk)), parameters)
-                if self._sqlite:
-                    inserted.update((e.provider, e.event_id) for e in chunk if (e.provider, e.event_id) not in stored)
-                else:
+                if not self._sqlite:
+                    cursor.execute(self.statement(len(chunk)), parameters)
                     inserted.update((provider, event_id) for provider, event_id in cursor.fetchall())
+                    continue
+                stored = self._stored(cursor, chunk) if read_first else set()
+                cursor.execute(self.statement(len(chunk)), parameters)
+                if not read_first and cursor.rowcount != len(chunk):
+                    connection.rollback()
+                    return self.execute(connection, batch, read_first=True)
+                inserted.update((e.provider, e.event_id) for e in chunk if (e.provider, e.event_id) not in stored)
             if self._sqlite:
                 cursor.execute("COMMIT")
         except BaseException:
