@@ -492,11 +492,6 @@ class Inbox:
         self._refused: tuple[type[BaseException], ...] = (ValueError, dbapi.DataError, dbapi.IntegrityError)
         self._driver_error: type[BaseException] = dbapi.Error
 
-    @property
-    def concurrent_writers(self) -> int:
-        """How many transactions writing events can usefully run at once: SQLite has a single writer."""
-        return 1 if self._is_sqlite else 2
-
     def dispose(self) -> None:
         with self._driver_lock:
             connections, self._driver_connections = self._driver_connections, []
