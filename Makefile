@@ -52,9 +52,9 @@ wrk:  ## the HTTP load client of the receiver benchmark (Debian package)
 test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on two workers
 	$(RUN) pytest -n 2 --dist loadgroup
 
-test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, the demo or the UI (< 1 min)
+test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, S3, the demo or the UI (about 1 min)
 	$(RUN) pytest -n 2 tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
-	  -m "not slow and not postgres and not ui"
+	  -m "not slow and not postgres and not ui and not s3"
 
 bench: install wrk  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out, drop to gold
 	$(RUN) python -m benchmarks

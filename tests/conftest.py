@@ -127,10 +127,14 @@ def s3_lake(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.F
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `pytest -n`, the tests that share the PostgreSQL database `test` run on one worker, one at a time."""
+    """Under `pytest -n`, the tests that share the PostgreSQL database `test` run on one worker, one at a time.
+    A test that takes the S3 server as a fixture is marked `s3` (one that asks for it by parameter is marked
+    where the parameter is declared)."""
     for item in items:
         if item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.xdist_group("postgres"))
+        if {"s3_endpoint", "s3_lake"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.s3)
 
 
 def _manifest_is_current(manifest: Path, project_dir: Path) -> bool:

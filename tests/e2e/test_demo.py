@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.sftp, pytest.mark.xdist_group("demo"
 VOLATILE = {"_ingested_at", "_run_id"}
 
 
-@pytest.fixture(scope="module", params=["local", "s3"])
+@pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
     # Module-scoped per lake: one demo run serves the tests below; they restore what they change.
     mp = pytest.MonkeyPatch()

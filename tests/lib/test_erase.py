@@ -40,7 +40,7 @@ KEY = b"test-only-hmac-key-0123456789abcdef"
 DAYS = [dt.date(2025, 11, 5), dt.date(2025, 11, 6)]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "s3":
         return Lake.parse(request.getfixturevalue("s3_lake"), settings.lake_storage_options())

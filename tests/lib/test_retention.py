@@ -34,7 +34,7 @@ NOW = dt.datetime(2025, 12, 31, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def landing_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     """The lake, on a local folder or on a bucket of the loopback S3 server (also what `land` lands into)."""
     if request.param == "local":

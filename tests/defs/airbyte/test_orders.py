@@ -176,7 +176,7 @@ def test_rebuilding_a_partition_gives_the_same_rows(lake: Path) -> None:
     assert (_rows(lake, "bronze"), _rows(lake, "quarantine")) == first
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def lake_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A lake in the test's folder, or on an S3 bucket of the loopback S3 server."""
     return str(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("s3_lake")

@@ -32,8 +32,12 @@ def _wait_for(what: str, condition: Callable[[], object]) -> object:
 
 
 @pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+def instance(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dg.DagsterInstance]:
+    """The instance of infra/dagster/dagster.yaml; a test marked `no_preload` drops the launcher's preloads
+    (Great Expectations' 2.5 s of CPU in every zygote), which only the test about them needs."""
     config = yaml.safe_load((REPO_ROOT / "infra/dagster/dagster.yaml").read_text())
+    if request.node.get_closest_marker("no_preload"):
+        config["run_launcher"]["config"]["preload_modules"] = []
     home = tmp_path / "dagster"
     home.mkdir()
     config["storage"] = {"sqlite": {"base_dir": str(home)}}
@@ -83,6 +87,7 @@ def test_runs_are_forks_of_one_process_that_loaded_the_code(instance: dg.Dagster
     assert preloaded and set(preloaded) <= set(a["packages"])
 
 
+@pytest.mark.no_preload
 def test_a_killed_worker_is_found_dead_and_a_terminated_one_is_canceled(
     instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
@@ -102,6 +107,7 @@ def test_a_killed_worker_is_found_dead_and_a_terminated_one_is_canceled(
     assert not launcher.terminate(terminated)  # nothing left to stop
 
 
+@pytest.mark.no_preload
 def test_a_run_still_launches_after_its_zygote_died(instance: dg.DagsterInstance, tmp_path: Path) -> None:
     hold = tmp_path / "go"
     running = _launch(instance, hold=hold)

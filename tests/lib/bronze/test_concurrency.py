@@ -107,7 +107,7 @@ def _summary(result: LoadResult) -> dict[str, Any]:
 # --- fixtures and parent-side helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))
@@ -211,6 +211,7 @@ def assert_exactly_once(lake: Lake, good: set[int], bad: int, run_id: str, day: 
 # --- one partition, two runs, two landing states -------------------------------------------------------------
 
 
+@pytest.mark.slow  # processes of their own
 @pytest.mark.parametrize("pause", ["reading", "committed:quarantine"])
 def test_a_load_that_read_an_older_landing_state_retries_and_every_landed_row_is_in_bronze_once(
     lake: Lake, children: Children, tmp_path: Path, pause: str
@@ -237,6 +238,7 @@ def test_a_load_that_read_an_older_landing_state_retries_and_every_landed_row_is
 # --- many partitions at once ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # processes of their own
 def test_eight_processes_load_eight_partitions_at_once_with_nothing_lost(
     lake: Lake, children: Children, tmp_path: Path
 ) -> None:
@@ -265,6 +267,7 @@ def test_eight_processes_load_eight_partitions_at_once_with_nothing_lost(
         assert table.version() == len(days), f"{layer}: one create and one commit per partition, none lost"
 
 
+@pytest.mark.slow  # processes of their own
 def test_a_load_with_quarantined_records_completes_on_one_cpu(lake: Lake, children: Children, tmp_path: Path) -> None:
     """Both commits of a load go through with one runtime thread (a pod with a one-CPU limit)."""
     land(lake, tmp_path, range(1, 51), bad=3)
@@ -277,6 +280,7 @@ def test_a_load_with_quarantined_records_completes_on_one_cpu(lake: Lake, childr
 # --- a load killed between its two commits -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # processes of their own
 def test_a_load_killed_between_its_two_commits_is_detected_and_the_next_load_repairs_the_pair(
     lake: Lake, children: Children, tmp_path: Path
 ) -> None:

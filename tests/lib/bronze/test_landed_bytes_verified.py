@@ -27,7 +27,7 @@ LANDED = customers_csv([customer(1), customer(2), customer(3, status="deleted")]
 REWRITTEN = LANDED.replace(b"ada.lovelace2@", b"ada.lovelace9@")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def lake(request: pytest.FixtureRequest, tmp_path: Any) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))

@@ -70,6 +70,7 @@ def test_a_restored_copy_of_the_lake_rebuilds_a_partition_from_itself(tmp_path: 
     assert rebuild(restored) == before
 
 
+@pytest.mark.s3
 def test_partner_files_on_s3_read_as_the_same_records_as_on_a_local_lake(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,6 +90,7 @@ def test_partner_files_on_s3_read_as_the_same_records_as_on_a_local_lake(
     assert list(scratch.iterdir()) == []  # each local copy is deleted once its file is read
 
 
+@pytest.mark.s3
 def test_a_landed_object_whose_bytes_changed_is_refused_when_read(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -101,6 +103,7 @@ def test_a_landed_object_whose_bytes_changed_is_refused_when_read(
         _read(PartnerFilesReader(CUSTOMERS, [manifest], day, lake=s3))
 
 
+@pytest.mark.s3
 def test_airbyte_output_on_s3_reads_as_the_same_records_as_on_a_local_lake(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -40,7 +40,7 @@ CONTENT = customers_csv([customer(1), customer(2)]).encode()
 PARTITION = partition_prefix("customers", "2025-11-05")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def landing_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))

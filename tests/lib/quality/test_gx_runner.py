@@ -218,7 +218,7 @@ def test_patch_is_idempotent_and_duckdb_only():
     assert "regexp_matches" not in str(expr.compile(dialect=sqlite.dialect()))
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_validate_lake_reads_one_partition(tmp_path, where, request):
     table = pa.table(
         {
