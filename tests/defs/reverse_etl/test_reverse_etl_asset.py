@@ -66,7 +66,13 @@ def postgres_target(platform_env: Path) -> Iterator[tuple[ReverseEtlTarget, sa.E
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("sqlite-s3-lake", marks=pytest.mark.s3)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("sqlite-s3-lake", marks=pytest.mark.s3),
+    ]
+)
 def target(request: pytest.FixtureRequest) -> tuple[ReverseEtlTarget, sa.Engine, str]:
     if request.param.endswith("-s3-lake"):
         request.getfixturevalue("platform_env")
