@@ -517,8 +517,9 @@ def _wrk(
     meter: Callable[[], Counter[str]] | None = None,
 ) -> _Phase:
     """`concurrency` keep-alive connections, spread evenly over `ports` (one wrk per port), each posting the next
-    signed event as soon as its last one was answered, for `seconds` (whole ones: wrk's unit); `meter` (cumulative CPU seconds by role) is
-    read before and after. Over several ports, p50 and p99 are the highest port's: pooled ones are no higher."""
+    signed event as soon as its last one was answered, for `seconds` (whole ones: wrk's unit); `meter`
+    (cumulative CPU seconds by role) is read before and after. Over several ports, p50 and p99 are the highest
+    port's: pooled ones are no higher."""
     script = workdir / "wrk.lua"
     script.write_text(WRK_SCRIPT)
     count = int(WRK_MAX_RATE * seconds / len(ports)) + 1000
