@@ -24,6 +24,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -623,6 +624,8 @@ def throughput(
     PostgreSQL backends' serving them. On a machine where the three share a few cores, these say how many
     requests per second the cores could give at most, whatever the wall clock shows.
     """
+    if shutil.which("wrk") is None:
+        raise RuntimeError("the throughput benchmark's load client is wrk: `make wrk` installs it")
     workdir = Path(tempfile.mkdtemp(prefix="webhooks-throughput-"))
     secret = "whsec_bench_" + secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDALLION_WEBHOOK_")}
