@@ -126,15 +126,35 @@ def s3_lake(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.F
     return uri
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Under `pytest -n`, the tests that share the PostgreSQL database `test` run on one worker, one at a time.
     A test that takes the S3 server as a fixture is marked `s3` (one that asks for it by parameter is marked
-    where the parameter is declared)."""
+    where the parameter is declared).
+
+    Then, once xdist has seen the groups: under `--dist loadgroup` it tells a group by the `@<group>` it appends
+    to each node id, and a pytest that drops it (9.2, pytest-dev/pytest-xdist#1386) would spread each group over
+    the workers without a word (two demo runs, two UI webservers, PostgreSQL tests at once on one database).
+    The tests of a group that is not honoured fail, saying so."""
     for item in items:
         if item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.xdist_group("postgres"))
         if {"s3_endpoint", "s3_lake"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.s3)
+    yield
+    if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
+        for item in items:
+            groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+            if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+                item.stash[_GROUP_NOT_HONOURED] = ", ".join(groups)
+
+
+_GROUP_NOT_HONOURED = pytest.StashKey[str]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if group := item.stash.get(_GROUP_NOT_HONOURED, ""):
+        pytest.fail(f"xdist_group {group} is not honoured by this pytest and pytest-xdist: it runs on every worker")
 
 
 def _manifest_is_current(manifest: Path, project_dir: Path) -> bool:
