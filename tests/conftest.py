@@ -144,7 +144,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     yield
     if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
         for item in items:
-            groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+            # named as xdist names them: the first argument, else `name=`, else "default"
+            marks = item.iter_markers("xdist_group")
+            groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
             if groups and not item.nodeid.endswith("@" + "_".join(groups)):
                 item.stash[_GROUP_NOT_HONOURED] = ", ".join(groups)
 

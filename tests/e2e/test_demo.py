@@ -14,13 +14,14 @@ from dagster_project import settings
 from dagster_project.definitions import defs as load_defs
 from dagster_project.demo import DemoSummary, run_demo
 from dagster_project.lib.sources.registry import SOURCES
+from tests.lakes import LOCAL_AND_S3
 
 pytestmark = [pytest.mark.slow, pytest.mark.sftp, pytest.mark.xdist_group("demo")]  # one demo run per session
 
 VOLATILE = {"_ingested_at", "_run_id"}
 
 
-@pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(scope="module", params=LOCAL_AND_S3)
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
     # Module-scoped per lake: one demo run serves the tests below; they restore what they change.
     mp = pytest.MonkeyPatch()

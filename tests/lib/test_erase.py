@@ -34,13 +34,14 @@ from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS, ORDERS
 from dagster_project.samples.orders import land_sample_orders
 from dagster_project.samples.partner_files import write_customer_files
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv
 
 KEY = b"test-only-hmac-key-0123456789abcdef"
 DAYS = [dt.date(2025, 11, 5), dt.date(2025, 11, 6)]
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "s3":
         return Lake.parse(request.getfixturevalue("s3_lake"), settings.lake_storage_options())

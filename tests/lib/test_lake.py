@@ -13,6 +13,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from dagster_project import settings
 from dagster_project.lib.lake import Lake, LakeError
+from tests.lakes import LOCAL_AND_S3
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def test_plain_http_is_allowed_only_for_a_loopback_endpoint(monkeypatch: pytest.
     assert "AWS_ALLOW_HTTP" not in settings.lake_storage_options()
 
 
-@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.mark.parametrize("where", LOCAL_AND_S3)
 def test_every_library_reaches_the_same_lake(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Landing objects (obstore, put-if-absent), Delta tables (deltalake) and pruned reads (DuckDB)."""
     root = str(tmp_path / "lake") if where == "local" else request.getfixturevalue("s3_lake")

@@ -28,13 +28,14 @@ from dagster_project.lib.intake.landing import (
 from dagster_project.lib.intake.sftp_inbox import reason_file_name
 from dagster_project.lib.lake import Lake
 from dagster_project.services.sftp_server import EmbeddedSftpServer
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import customer, customers_csv
 
 NOW = dt.datetime(2025, 12, 31, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def landing_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     """The lake, on a local folder or on a bucket of the loopback S3 server (also what `land` lands into)."""
     if request.param == "local":

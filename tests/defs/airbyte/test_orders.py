@@ -29,6 +29,7 @@ from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import ORDERS
 from dagster_project.samples.orders import land_sample_orders
 from tests.fakes.airbyte_server import FakeAirbyteServer, JobScript
+from tests.lakes import LOCAL_AND_S3
 
 DAY = "2025-11-03"
 CONNECTION = "6a1a4f3e-0000-4000-8000-00000000c0de"
@@ -176,7 +177,7 @@ def test_rebuilding_a_partition_gives_the_same_rows(lake: Path) -> None:
     assert (_rows(lake, "bronze"), _rows(lake, "quarantine")) == first
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def lake_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A lake in the test's folder, or on an S3 bucket of the loopback S3 server."""
     return str(tmp_path / "lake") if request.param == "local" else request.getfixturevalue("s3_lake")

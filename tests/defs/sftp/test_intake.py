@@ -29,6 +29,7 @@ from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.registry import CUSTOMERS
 from dagster_project.samples.partner_files import write_customer_files
 from dagster_project.services.sftp_server import EmbeddedSftpServer
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import customer, customers_csv, same_crc32
 
 pytestmark = pytest.mark.sftp
@@ -119,7 +120,7 @@ def _files(tmp_path: Path):
     return write_customer_files(tmp_path / "generated", DAYS, customers=60, changes_per_day=20)
 
 
-@pytest.mark.parametrize("intake", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+@pytest.mark.parametrize("intake", LOCAL_AND_S3, indirect=True)
 def test_good_rows_land_and_bad_rows_are_quarantined_with_reasons(intake: Intake, tmp_path: Path):
     files = _files(tmp_path)
     for f in files:
@@ -179,7 +180,7 @@ def test_file_still_growing_waits_until_its_size_holds(intake: Intake, tmp_path:
     assert len(intake.tick()) == 1
 
 
-@pytest.mark.parametrize("intake", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+@pytest.mark.parametrize("intake", LOCAL_AND_S3, indirect=True)
 def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
     f = _files(tmp_path)[0]
     data = f.path.read_bytes()
@@ -195,7 +196,7 @@ def test_same_content_twice_is_ingested_once(intake: Intake, tmp_path: Path):
     assert sorted(p.name for p in (intake.server.root / "archive").iterdir()) == sorted([f.path.name, again])
 
 
-@pytest.mark.parametrize("intake", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+@pytest.mark.parametrize("intake", LOCAL_AND_S3, indirect=True)
 def test_other_bytes_resent_under_a_landed_name_are_quarantined_and_landing_is_unchanged(
     intake: Intake, tmp_path: Path
 ):

@@ -37,6 +37,7 @@ from dagster_project.lib.intake.landing import land_file, landed_files
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv
 
 SPAWN = mp.get_context("spawn")
@@ -107,7 +108,7 @@ def _summary(result: LoadResult) -> dict[str, Any]:
 # --- fixtures and parent-side helpers ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))

@@ -19,6 +19,7 @@ from dagster_project.lib.intake.landing import land_file, landed_files, landed_k
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv
 
 DAY = "2025-11-05"
@@ -27,7 +28,7 @@ LANDED = customers_csv([customer(1), customer(2), customer(3, status="deleted")]
 REWRITTEN = LANDED.replace(b"ada.lovelace2@", b"ada.lovelace9@")
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def lake(request: pytest.FixtureRequest, tmp_path: Any) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))

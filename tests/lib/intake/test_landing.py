@@ -33,6 +33,7 @@ from dagster_project.lib.intake.landing import (
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.sources.naming import parse_file_name
 from dagster_project.lib.sources.registry import CUSTOMERS
+from tests.lakes import LOCAL_AND_S3
 from tests.lib.customer_files import RECEIVED_AT, customer, customers_csv, same_crc32
 
 Land = Callable[..., LandResult]
@@ -40,7 +41,7 @@ CONTENT = customers_csv([customer(1), customer(2)]).encode()
 PARTITION = partition_prefix("customers", "2025-11-05")
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=LOCAL_AND_S3)
 def landing_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "local":
         return Lake.parse(str(tmp_path / "lake"))

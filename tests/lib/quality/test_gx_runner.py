@@ -19,6 +19,7 @@ from dagster_project import settings
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import gx_duckdb, rules
 from dagster_project.lib.quality.gx_runner import GateResult, validate_duckdb, validate_lake
+from tests.lakes import LOCAL_AND_S3
 
 ROWS = 200_000
 PLANTED_EMAIL = "planted.victim@example.com"
@@ -218,7 +219,7 @@ def test_patch_is_idempotent_and_duckdb_only():
     assert "regexp_matches" not in str(expr.compile(dialect=sqlite.dialect()))
 
 
-@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.mark.parametrize("where", LOCAL_AND_S3)
 def test_validate_lake_reads_one_partition(tmp_path, where, request):
     table = pa.table(
         {
