@@ -9,16 +9,21 @@ subprocess and dagster-dbt's in-process profile rendering read the command's var
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
+from packaging import version
 
 from dagster_project import settings
 
@@ -49,6 +54,24 @@ class MedallionDbtCliResource(DbtCliResource):
 
     def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
         return super().cli(with_vars(args, self.config_vars()), **kwargs)
+
+    @property
+    def _cli_version(self) -> version.Version:
+        # dagster-dbt runs `dbt --version` (about 1.5 s of CPU) once per resource instance, so once per dbt step.
+        return dbt_cli_version(self.dbt_executable)
+
+
+@functools.cache
+def dbt_cli_version(executable: str) -> version.Version:
+    """The version of the dbt CLI at `executable`: the installed dbt-core's when it is the dbt beside this
+    interpreter (the same package), else what `dbt --version` prints, asked once per process."""
+    if Path(executable).resolve() == Path(sys.executable).with_name("dbt").resolve():
+        return version.parse(metadata.version("dbt-core"))
+    printed = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"(\d+\.\d+\.\d+)", printed)
+    if found is None:
+        raise ValueError(f"{executable} --version: no version in what it printed: {printed.strip()[:200]}")
+    return version.parse(found.group(1))
 
 
 def with_vars(args: Sequence[str], extra: Mapping[str, str]) -> list[str]:

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +21,8 @@ from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_part
 from dagster_project.defs.transform.resources import (
     DbtManifestMissingError,
     MedallionDbtCliResource,
+    dbt_cli_version,
+    dbt_executable,
     load_dbt_project,
     with_vars,
 )
@@ -162,6 +165,22 @@ def test_resource_config_reaches_dbt_as_vars_next_to_the_window() -> None:
     window = {"min_date": "2025-01-02", "max_date": "2025-01-02"}
     [*_, merged] = with_vars(["build", "--vars", json.dumps(window)], config)
     assert json.loads(merged) == {**config, **window}
+
+
+def test_the_dbt_version_is_the_one_the_cli_prints_and_is_asked_once_per_process(tmp_path: Path) -> None:
+    printed = subprocess.run([dbt_executable(), "--version"], capture_output=True, text=True, check=True).stdout
+    assert str(dbt_cli_version(dbt_executable())) in printed  # the installed package, without a subprocess
+
+    calls = tmp_path / "calls"
+    other = tmp_path / "dbt"  # a dbt that is not this interpreter's: asked, once
+    other.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'Core:\n  - installed: 1.99.3'\n")
+    other.chmod(0o755)
+    project = str(settings.dbt_project_dir())
+    resources = [
+        MedallionDbtCliResource(project_dir=project, lake_root="/lake", dbt_executable=str(other)) for _ in range(3)
+    ]
+    assert {str(r._cli_version) for r in resources} == {"1.99.3"}
+    assert calls.read_text() == "x\n"
 
 
 def test_missing_manifest_fails_with_the_fix(tmp_path: Path) -> None:
