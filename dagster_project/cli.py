@@ -119,7 +119,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     a session must load first; the lines to do so are printed."""
     import duckdb
 
-    from dagster_project.lib.lake import DUCKDB_EXTENSIONS, duckdb_extension_path
+    from dagster_project.lib.lake import duckdb_extension_path
 
     lake = settings.lake()
     out = Path(args.out) if args.out else settings.data_dir() / "catalog.duckdb"
@@ -131,7 +131,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     scratch.replace(out)  # swapped in whole: a session opening it meanwhile sees the old catalog or the new
     print(f"{out}: {len(views)} views over {lake.root} ({', '.join(views)})")
     print("in a DuckDB session, first run:")
-    for name in DUCKDB_EXTENSIONS:
+    for name in lake.duckdb_extensions:
         print(f"  LOAD '{duckdb_extension_path(name)}';")
     if not lake.is_local:
         print("  and create an S3/GCS/Azure secret (the views name the lake's URIs, not its credentials)")

@@ -3,7 +3,8 @@
 dbt runs on an in-memory DuckDB (profiles.yml `path: ":memory:"`), so there is no database file to share,
 lock or leak raw PII into. When dbt opens it, this plugin
 
-- loads DuckDB's delta, httpfs, aws and azure extensions and the lake's credentials (`Lake.configure_duckdb`),
+- loads DuckDB's delta extension (and on an object store httpfs, aws and azure) and the lake's credentials
+  (`Lake.configure_duckdb`),
 - creates a view `<layer>.<table>` over every Delta table of the lake (`delta_scan`, which prunes a scan to
   the partitions a query filters on, so a daily run reads its days, not all of bronze), and an empty typed
   table for a bronze table that does not exist yet (a feed with no delivery so far): sources and `ref()`s
