@@ -132,7 +132,8 @@ class _SmtpTcpServer(socketserver.ThreadingTCPServer):
 def smtp_server(username: str, password: str) -> Iterator[SmtpServer]:
     server = _SmtpTcpServer(("127.0.0.1", 0), _SmtpHandler)
     server.state = SmtpServer("127.0.0.1", server.server_address[1], username, password)
-    thread = threading.Thread(target=server.serve_forever, name="smtp-server", daemon=True)
+    # Polled every 20 ms for the shutdown (the default 0.5 s is waited out by every test's teardown).
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="smtp-server", daemon=True)
     thread.start()
     try:
         yield server.state
