@@ -49,11 +49,15 @@ browser:  ## headless Chromium for the UI test (Debian package)
 wrk:  ## the HTTP load client of the receiver benchmark (Debian package)
 	$(call debian-package,wrk,wrk,The webhook receiver benchmark)
 
-test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on two workers
-	$(RUN) pytest -n 2 --dist loadgroup
+# Three pytest workers on two cores: many tests spend much of their time waiting on the processes they start
+# (daemons, runs, dbt, servers), which a third worker fills.
+WORKERS := 3
+
+test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on three workers
+	$(RUN) pytest -n $(WORKERS) --dist loadgroup
 
 test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, S3, the demo or the UI (about 1 min)
-	$(RUN) pytest -n 2 tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
+	$(RUN) pytest -n $(WORKERS) tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
 	  -m "not slow and not postgres and not ui and not s3"
 
 bench: install wrk  ## load time, bronze hop vs COPY, gates vs SQL, webhook receiver, lakehouse pruning and fan-out, drop to gold

@@ -19,7 +19,7 @@ from dagster_project.lib.quality.dbt_rules import load_manifest, model_gates
 from dagster_project.lib.quality.gx_runner import validate_lake
 from tests.dbt.support import Dbt, customer, failing_tests, write_bronze_partition
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt-history")]  # dbt builds reusing one parse, on one worker
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 

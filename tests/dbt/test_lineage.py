@@ -36,7 +36,7 @@ from dagster_project.samples.partner_files import write_customer_files
 from dagster_project.samples.payments import build_payments_sample
 from tests.dbt.support import Dbt
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt-history")]  # dbt builds reusing one parse, on one worker
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 

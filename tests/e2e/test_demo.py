@@ -14,14 +14,20 @@ from dagster_project import settings
 from dagster_project.definitions import defs as load_defs
 from dagster_project.demo import DemoSummary, run_demo
 from dagster_project.lib.sources.registry import SOURCES
-from tests.lakes import LOCAL_AND_S3
 
-pytestmark = [pytest.mark.slow, pytest.mark.sftp, pytest.mark.xdist_group("demo")]  # one demo run per session
+pytestmark = [pytest.mark.slow, pytest.mark.sftp]
+
+# One demo run per lake, each with its tests on one worker, the two on different workers: they are the
+# longest fixtures of the suite.
+DEMO_LAKES = [
+    pytest.param("local", marks=pytest.mark.xdist_group("demo-local")),
+    pytest.param("s3", marks=[pytest.mark.s3, pytest.mark.xdist_group("demo-s3")]),
+]
 
 VOLATILE = {"_ingested_at", "_run_id"}
 
 
-@pytest.fixture(scope="module", params=LOCAL_AND_S3)
+@pytest.fixture(scope="module", params=DEMO_LAKES)
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoSummary:
     # Module-scoped per lake: one demo run serves the tests below; they restore what they change.
     mp = pytest.MonkeyPatch()
