@@ -570,6 +570,7 @@ def _load_once(
             if not batch.num_rows:
                 continue
             reasons = batch.column(REASONS)
+            bad = None
             if reasons.null_count < len(reasons):  # some records broke a rule
                 bad = pc.is_valid(reasons)
                 rejected = batch.filter(bad)
@@ -580,9 +581,10 @@ def _load_once(
                 if quarantined_rows >= batch_rows:
                     quarantine_written(quarantined)
                     quarantined, quarantined_rows = [], 0
-                batch = batch.filter(pc.invert(bad))
-            if batch.num_rows:
+            if reasons.null_count:  # some records are good
                 good = pa.Table.from_batches([lineage.bronze(batch, schema)])
+                if bad is not None:
+                    good = _without(good, bad)
                 origin.loaded += good.num_rows
                 pending.append(good)
                 pending_rows += good.num_rows
@@ -627,6 +629,24 @@ def _load_once(
         writer.abort()
         for name in uncommitted:
             files[name].discard()
+
+
+# Bad records of a batch up to which the good ones are kept as slices of it rather than copied (`_without`).
+MAX_SLICED_OUT = 1024
+
+
+def _without(table: pa.Table, bad: pa.BooleanArray) -> pa.Table:
+    """The rows of `table` (one batch) where `bad` is false. A batch of a real file has a handful of bad records
+    among 128K good ones: the good ones are kept as zero-copy slices of the batch between the bad ones (a
+    filter would copy every good value to drop a few; it cost the bronze hop a sixth of its time). Many bad
+    records: one filtered copy, rather than thousands of tiny slices."""
+    positions = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    if len(positions) > MAX_SLICED_OUT:
+        return table.filter(pc.invert(bad))
+    starts = np.concatenate(([0], positions + 1))
+    ends = np.concatenate((positions, [table.num_rows]))
+    kept = [table.slice(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True) if b > a]
+    return pa.concat_tables(kept) if kept else table.slice(0, 0)
 
 
 def partition_state(spec: SourceSpec, lake: Lake, business_date: dt.date) -> PartitionState:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from dagster_project.lib.bronze import engine
 from dagster_project.lib.bronze.contract import ContractError, bronze_schema
 from dagster_project.lib.bronze.engine import LoadResult, load_partition
 from dagster_project.lib.bronze.readers.partner_files import PartnerFilesReader
@@ -460,3 +461,29 @@ def test_record_numbers_count_readable_records_and_malformed_lines_keep_their_li
     assert [(r["customer_id"], r["_source_row"]) for r in lake.bronze_rows()] == [(1, 1), (3, 2)]
     [rejected] = lake.quarantine_rows()
     assert (rejected["_source_row"], rejected["_source_line"], rejected["_raw_record"]) == (None, 3, "9,too,few")
+
+
+@pytest.mark.parametrize(
+    "bad_rows",
+    [[], [0], [9], [3, 4, 5], [0, 2, 9], list(range(10))],
+    ids=["none", "first", "last", "a run", "scattered", "all"],
+)
+def test_the_good_rows_of_a_batch_are_kept_in_order_whatever_the_bad_ones(bad_rows: list[int]) -> None:
+    table = pa.table({"id": list(range(10)), "name": [f"n{i}" for i in range(10)]})
+    bad = pa.array([i in bad_rows for i in range(10)])
+
+    kept = engine._without(table, bad)
+
+    assert kept.to_pylist() == [row for i, row in enumerate(table.to_pylist()) if i not in bad_rows]
+    assert kept.schema == table.schema
+
+
+def test_many_bad_rows_are_dropped_with_one_copy_instead_of_slices() -> None:
+    n = 3 * engine.MAX_SLICED_OUT
+    table = pa.table({"id": list(range(n))})
+    bad = pa.array([i % 2 == 0 for i in range(n)])
+
+    kept = engine._without(table, bad)
+
+    assert kept.column("id").to_pylist() == list(range(1, n, 2))
+    assert kept.column("id").num_chunks == 1
