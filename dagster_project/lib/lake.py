@@ -32,9 +32,6 @@ _URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _RELATIVE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))(?!.*//)[^\x00]+$")
 
 DUCKDB_EXTENSIONS = ("httpfs", "aws", "azure", "delta")
-# What a lake of each family needs of them. Loading one costs a new DuckDB database 35-120 ms (delta the most),
-# and every gate, plugin and reader opens one: a local lake loads only what reads Delta.
-_DUCKDB_EXTENSIONS_BY_FAMILY = {"local": ("delta",)}
 # Layers holding Delta tables; each becomes a DuckDB schema of the same name in `Lake.attach`.
 LAYERS = ("bronze", "quarantine", "silver", "gold")
 # How a write that lost to a concurrent writer of the same Delta table says so, wherever its message goes (a
@@ -136,8 +133,9 @@ class Lake:
 
     @property
     def duckdb_extensions(self) -> tuple[str, ...]:
-        """The DuckDB extensions that read this lake: delta, and for an object store the stores' own."""
-        return _DUCKDB_EXTENSIONS_BY_FAMILY.get(self.family, DUCKDB_EXTENSIONS)
+        """The DuckDB extensions that read this lake: delta, and for an object store the stores' own. Loading one
+        costs a new DuckDB database 35-120 ms (delta the most), and every gate and dbt run opens one."""
+        return ("delta",) if self.is_local else DUCKDB_EXTENSIONS
 
     def configure_duckdb(self, con: DuckDBPyConnection) -> None:
         """Load the extensions that read the lake's Delta tables offline, and the lake's credentials."""
