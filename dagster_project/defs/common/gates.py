@@ -37,28 +37,27 @@ def gate_check_result(result: GateResult) -> dg.AssetCheckResult:
 
 
 def per_partition(
-    context: dg.AssetCheckExecutionContext, checked: dg.AssetCheckResult
-) -> dg.AssetCheckResult | Iterator[dg.AssetCheckEvaluation | dg.Output]:
-    """A gate's result as the run records it, for the check to return: as it is for a run of one partition
-    (or of an unpartitioned check); once per partition for a run of a range of partitions (a backfill run as
-    one, automation catching up several days).
+    context: dg.OpExecutionContext, spec: dg.AssetCheckSpec, checked: dg.AssetCheckResult
+) -> Iterator[dg.AssetCheckResult | dg.AssetCheckEvaluation | dg.Output]:
+    """A check's result as the run records it: as it is for a run of one partition (or of an unpartitioned
+    check); once per partition for a run of a range of partitions (a backfill run as one, automation catching
+    up several days). `spec` is the check's, `context` the op's (a gate's, or a dbt step's for its tests).
 
     Dagster records an `AssetCheckResult` of a range run once, without a partition, so every partition of
     the range would keep its check "planned", shown as skipped, and automation (`all_deps_blocking_checks_
-    passed`) would wait for ever for a result on each of them. The gate validates the model's whole table,
-    so its one result holds for every partition of the run: each gets an evaluation naming its own latest
-    materialization, which is what makes it current. A failed blocking evaluation still fails the step."""
-    op = context.op_execution_context
-    if op.has_partition_key or not op.has_partition_key_range:
-        return checked
-    return _evaluations(context, checked, op.partition_keys)
-
-
-def _evaluations(
-    context: dg.AssetCheckExecutionContext, checked: dg.AssetCheckResult, partitions: list[str]
-) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
-    [spec] = context.check_specs
-    for partition in partitions:
+    passed`) would wait for ever for a result on each of them. A gate validates the model's whole table, and a
+    dbt test the model's table as the run left it, so its one result holds for every partition of the run:
+    each gets an evaluation naming its own latest materialization, which is what makes it current. A failed
+    blocking evaluation still fails the step."""
+    if (
+        spec.partitions_def is None
+        or context.has_partition_key
+        or not context.has_partition_key_range
+        or spec.key not in context.selected_asset_check_keys
+    ):
+        yield checked
+        return
+    for partition in context.partition_keys:
         latest = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=spec.asset_key, asset_partitions=[partition]), limit=1
         ).records
@@ -77,4 +76,4 @@ def _evaluations(
             blocking=spec.blocking,
             partition=partition,
         )
-    yield dg.Output(None)
+    yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(spec.key))

@@ -55,6 +55,7 @@ from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from dagster_project import settings
 from dagster_project.defs.common import catalog
+from dagster_project.defs.common.gates import per_partition
 from dagster_project.defs.common.partitions import LAKE_REBUILD_POOL, daily_partitions
 from dagster_project.defs.transform.resources import MedallionDbtCliResource, load_dbt_project
 from dagster_project.lib.bronze.catalog import PARTITION_COLUMN
@@ -395,6 +396,10 @@ def dbt_step_assets(
     with the selection evaluated by `dbt_select`: the same multi-asset (subsettable, its dbt selection in the
     op tags that `DbtCliResource.cli` reads when it runs)."""
     specs, check_specs = dbt_step_specs(translator, manifest, project, dbt_select(manifest, select, exclude))
+    # The tests of a daily step are checks of each day, as its models are: a day's result stays that day's,
+    # whichever day's run finishes last.
+    partitions_def = multi_asset_args.get("partitions_def")
+    check_specs = [check._replace(partitions_def=partitions_def) for check in check_specs]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
@@ -437,7 +442,13 @@ def build_dbt_step(
         lake = Lake.parse(dbt.lake_root, settings.lake_storage_options())
         try:
             for event in dbt.cli(args, context=context).stream():
-                yield with_table_facts(context, event, lake, day)
+                if isinstance(event, dg.AssetCheckResult):  # a dbt test, checked on every day of the run
+                    test = dg.AssetCheckKey(event.asset_key, event.check_name)
+                    yield from per_partition(
+                        context.op_execution_context, context.assets_def.get_spec_for_check_key(test), event
+                    )
+                else:
+                    yield with_table_facts(context, event, lake, day)
         except DagsterDbtCliRuntimeError as error:
             if LOST_COMMIT_RACE not in str(error):
                 raise

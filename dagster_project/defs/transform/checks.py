@@ -33,7 +33,7 @@ def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.A
         description=f"Great Expectations: the {len(gate.expectations)} data tests of {model_gate.model} "
         "declared in its dbt YAML.",
     )
-    def _gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult | Iterator[Any]:
+    def _gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator[Any]:
         # Imported here: GX and DuckDB load only when a gate runs, not with the code location.
         from dagster_project.lib.quality.gx_runner import validate_lake
 
@@ -45,7 +45,8 @@ def build_model_gate(model_gate: ModelGate, assets: dg.AssetsDefinition) -> dg.A
             sample_columns=list(gate.sample_columns),
         )
         # One result for every partition of the run: the gate reads the whole table.
-        return per_partition(context, gate_check_result(result))
+        [spec] = context.check_specs
+        yield from per_partition(context.op_execution_context, spec, gate_check_result(result))
 
     return _gate
 

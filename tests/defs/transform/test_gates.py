@@ -62,7 +62,7 @@ def test_a_gold_gate_fails_bad_segments_naming_the_rule(
         ).to_arrow_table()
     write_deltalake(str(tmp_path / "lake" / "gold" / "customer_segments"), segments)
     gate = gates["gold/customer_segments"]
-    result = gate(dg.build_asset_check_context(), lake=LakeResource(root=str(tmp_path / "lake")))
+    [result] = gate(dg.build_asset_check_context(), lake=LakeResource(root=str(tmp_path / "lake")))
     assert isinstance(result, dg.AssetCheckResult)
     assert not result.passed
     [failed] = result.metadata["failed"].value
