@@ -17,10 +17,12 @@ No pool or engine option avoids it on SQLAlchemy 2.0.
 5. An `UnexpectedRowsExpectation` costs one scan of its query, not two. GX computes two metrics from it,
    the number of rows (`SELECT COUNT(*) ... FROM (query)`) and the first `MAX_RESULT_RECORDS` rows
    (`query` itself), each with a query of its own. On DuckDB the count query instead runs
-   `SELECT count(*) OVER (), * FROM (query) LIMIT MAX_RESULT_RECORDS`, which answers both, and the rows
-   are kept on the engine until GX asks for them (exactly once; `forget_shared_results` drops leftovers
-   before each validation). When the query returns more rows than that, a request for all of them runs
-   the query again.
+   `WITH q AS MATERIALIZED (query) SELECT (SELECT count(*) FROM q), * FROM q LIMIT MAX_RESULT_RECORDS`,
+   which answers both, and the rows are kept on the engine until GX asks for them (exactly once;
+   `forget_shared_results` drops leftovers before each validation). When the query returns more rows than
+   that, a request for all of them runs the query again. Not `count(*) OVER ()`: DuckDB 1.5's parallel
+   window operator fails now and then on it ("INTERNAL Error: Attempted to access index 0 within vector of
+   size 0", about 1 run in 150 of a gate's anti join over two Delta tables), and invalidates the database.
 6. Column metadata (`table.column_types`, which `table.columns` derives from) is read with one query on
    `duckdb_columns()` instead of duckdb-engine's Postgres-style reflection (several `pg_catalog` queries,
    ~0.05-0.1 s per validation). Rows go through SQLAlchemy's own Postgres column decoding, so names, types
@@ -150,7 +152,7 @@ class _ReadOnceResult:
 
 
 class _SharedRows:
-    """The outcome of one `count(*) OVER ()` scan of an unexpected-rows query: its row count and first rows."""
+    """The outcome of one scan of an unexpected-rows query: its row count and first rows."""
 
     def __init__(self, keys: list[str], rows: list[tuple], count: int) -> None:
         self.keys = keys
@@ -219,6 +221,16 @@ def _query_text(query: Any) -> str | None:
     return query.text if isinstance(query, sa.TextClause) and not query._bindparams else None
 
 
+def count_and_first_rows(query: str) -> str:
+    """One query for the number of rows `query` returns (first column, `unexpected_row_count`) and its first
+    `MAX_RESULT_RECORDS` rows: `query` runs once."""
+    return (
+        f"WITH substituted_batch_subquery AS MATERIALIZED ({query}) "
+        "SELECT (SELECT count(*) FROM substituted_batch_subquery) AS unexpected_row_count, * "
+        f"FROM substituted_batch_subquery LIMIT {int(MAX_RESULT_RECORDS)}"
+    )
+
+
 def _patched_execute_query(original: Callable) -> Callable:
     def run(self: SqlAlchemyExecutionEngine, query: Any) -> Any:
         previous = getattr(self, "_duckdb_open_result", None)
@@ -250,11 +262,7 @@ def _patched_execute_query(original: Callable) -> Callable:
         if match is None:
             return run(self, query)
         inner = match.group("query")
-        both = sa.text(
-            f"SELECT count(*) OVER () AS unexpected_row_count, * FROM ({inner}) AS substituted_batch_subquery "
-            f"LIMIT {int(MAX_RESULT_RECORDS)}"
-        )
-        result = run(self, both)
+        result = run(self, sa.text(count_and_first_rows(inner)))
         keys = list(result.keys())[1:]
         rows = [tuple(r) for r in result.fetchall()]
         count = int(rows[0][0]) if rows else 0
