@@ -122,12 +122,21 @@ def test_overlapping_runs_of_two_dates_keep_each_dates_tests_passed(
             )
 
         results: dict[str, dg.ExecuteInProcessResult] = {}
-        first_run = threading.Thread(target=lambda: results.setdefault(first, run(first)))
+
+        def first_date() -> None:
+            try:
+                results[first] = run(first)
+            finally:
+                first_built.set()  # a run that failed before its tests lets the test go on and fail below
+
+        first_run = threading.Thread(target=first_date)
         first_run.start()
         assert first_built.wait(timeout=600), "the first date's run never built the model"
-        results[second] = run(second)
-        second_done.set()
-        first_run.join()
+        try:
+            results[second] = run(second)
+        finally:
+            second_done.set()
+            first_run.join()
 
         assert results[first].success and results[second].success
 
