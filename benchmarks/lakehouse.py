@@ -35,6 +35,7 @@ from typing import Any
 import duckdb
 
 from dagster_project import settings
+from dagster_project.lib.dbt_plugins.lake import write_run
 from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 
 PII_KEY = "bench-only-hmac-key-0123456789abcdef"
@@ -205,28 +206,27 @@ def dbt_command(args: Sequence[str], target: Path, profiles_dir: Path | None = N
     ]
 
 
-def dbt_env(lake_root: str) -> dict[str, str]:
-    """The dbt subprocess's environment: the variables settings.py reads, as Dagster's dbt resource passes them."""
-    return {
-        **os.environ,
-        "MEDALLION_LAKE_ROOT": lake_root,
-        "MEDALLION_PII_HMAC_KEY": PII_KEY,
-        "DBT_USE_COLORS": "false",
-    }
-
-
-def dbt(args: Sequence[str], *, lake_root: str, target: Path, memory_limit: str | None = None) -> Measured:
-    """Run the dbt CLI on the project; wall and CPU time, peak RSS, and seconds per model and per data test
-    (run_results.json).
+def dbt(
+    args: Sequence[str],
+    *,
+    lake_root: str,
+    target: Path,
+    window: Sequence[str] | None = None,
+    memory_limit: str | None = None,
+) -> Measured:
+    """Run the dbt CLI on the project as Dagster's dbt resource does: the lake and the `window` (first and last
+    business date) in the command's run file, the PII key in its environment. Wall and CPU time, peak RSS, and
+    seconds per model and per data test (run_results.json).
 
     `memory_limit` runs it with the project's profile plus DuckDB's `memory_limit`, as DuckDB sets it
     itself in a pod (80% of the cgroup's memory limit)."""
     target = target.resolve()  # dbt runs in the project folder
     (target / "run_results.json").unlink(missing_ok=True)
+    write_run(target, lake_root, window)
     profiles = _profile_with_memory_limit(target / "profile", memory_limit) if memory_limit else None
     run = measure(
         dbt_command(args, target, profiles),
-        env=dbt_env(lake_root),
+        env={**os.environ, "MEDALLION_PII_HMAC_KEY": PII_KEY, "DBT_USE_COLORS": "false"},
         cwd=settings.dbt_project_dir(),
         log=target / "dbt.out",
     )
@@ -284,12 +284,11 @@ def pruning(
     `dbt run`, no window), then the measured one-day incremental `dbt build` of the last day; with
     `pod_limit` (a DuckDB memory_limit) the same build again under that limit."""
     results = []
-    # One lake path and one target path for every history: dbt's partial parsing keys on the environment
-    # and the vars, and each measured build is preceded by a parse with its own vars, so each parses alike.
+    # Each measured build is preceded by a parse in its target folder, so each parses alike (partially).
     lake_dir, target = (work / "pruning" / "lake").resolve(), work / "pruning" / "target"
     lake = Lake.parse(str(lake_dir))
-    window = json.dumps({"min_date": LAST_DAY.isoformat(), "max_date": LAST_DAY.isoformat()})
-    build = ["build", "--select", *CUSTOMERS_SLICE, "--vars", window]
+    window = (LAST_DAY.isoformat(), LAST_DAY.isoformat())
+    build = ["build", "--select", *CUSTOMERS_SLICE]
     for days in histories:
         shutil.rmtree(lake_dir, ignore_errors=True)
         write_bronze_history(lake, days, rows)
@@ -297,8 +296,8 @@ def pruning(
             dbt(["run", "--select", *CUSTOMERS_SLICE], lake_root=lake.root, target=target),
             f"history build ({days} days)",
         )
-        _checked(dbt(["parse", "--vars", window], lake_root=lake.root, target=target), "dbt parse")
-        run = _checked(dbt(build, lake_root=lake.root, target=target), f"one-day build ({days} days)")
+        _checked(dbt(["parse"], lake_root=lake.root, target=target), "dbt parse")
+        run = _checked(dbt(build, lake_root=lake.root, target=target, window=window), f"one-day build ({days} days)")
         result = {
             "days": days,
             "seconds": run.seconds,
@@ -310,7 +309,8 @@ def pruning(
             "silver_versions_rows": _count(lake, "silver.stg_acme__customer_versions"),
         }
         if pod_limit:
-            pod = dbt(build, lake_root=lake.root, target=work / "pruning" / "pod", memory_limit=pod_limit)
+            pod_target = work / "pruning" / "pod"
+            pod = dbt(build, lake_root=lake.root, target=pod_target, window=window, memory_limit=pod_limit)
             result["pod"] = _pod_result(pod)
         results.append(result)
     shutil.rmtree(lake_dir, ignore_errors=True)
@@ -405,12 +405,11 @@ def process_partition(job: PartitionJob, *, silver: bool = True) -> dict[str, An
 def _silver_daily(job: PartitionJob, day: str, scratch: Path) -> dict[str, Any]:
     """`dbt build` of the silver daily step for one date, run again after a lost commit race like the Dagster step
     (`CONFLICT_RETRY`, `conflict_delay`); any other failure ends it."""
-    window = json.dumps({"min_date": day, "max_date": day})
     errors: list[str] = []
     attempt = 0
     while True:
         attempt += 1
-        run = dbt(["build", "--select", job.dbt_select, "--vars", window], lake_root=job.lake_root, target=scratch)
+        run = dbt(["build", "--select", job.dbt_select], lake_root=job.lake_root, target=scratch, window=(day, day))
         if run.returncode == 0:
             return {"ok": True, "dbt_attempts": attempt, "dbt_errors": errors, "dbt_peak_rss_mib": run.peak_rss_mib}
         errors.append(_first_error(run.output))
@@ -656,8 +655,8 @@ def memory(work: Path, sizes: Sequence[int] = MEMORY_SIZES, *, pod_limit: str | 
     that partition, each in its own process, for one partition of each size; with `pod_limit` (a DuckDB
     memory_limit) the dbt build again under that limit."""
     results = []
-    window = json.dumps({"min_date": LAST_DAY.isoformat(), "max_date": LAST_DAY.isoformat()})
-    build = ["build", "--select", *CUSTOMERS_SLICE, "--vars", window]
+    window = (LAST_DAY.isoformat(), LAST_DAY.isoformat())
+    build = ["build", "--select", *CUSTOMERS_SLICE]
     for rows in sizes:
         folder = (work / "memory" / str(rows)).resolve()
         shutil.rmtree(folder, ignore_errors=True)
@@ -672,7 +671,8 @@ def memory(work: Path, sizes: Sequence[int] = MEMORY_SIZES, *, pod_limit: str | 
             ),
             f"bronze hop of {rows:,} rows",
         )
-        run = _checked(dbt(build, lake_root=lake_root, target=folder / "t"), f"dbt build of {rows:,} rows")
+        run = dbt(build, lake_root=lake_root, target=folder / "t", window=window)
+        run = _checked(run, f"dbt build of {rows:,} rows")
         result = {
             "rows": rows,
             "file_mb": csv.stat().st_size / 1e6,
@@ -685,7 +685,9 @@ def memory(work: Path, sizes: Sequence[int] = MEMORY_SIZES, *, pod_limit: str | 
             # The same build from scratch: the first one created every table, this one must too.
             shutil.rmtree(Path(lake_root) / "silver", ignore_errors=True)
             shutil.rmtree(Path(lake_root) / "gold", ignore_errors=True)
-            result["pod"] = _pod_result(dbt(build, lake_root=lake_root, target=folder / "pod", memory_limit=pod_limit))
+            result["pod"] = _pod_result(
+                dbt(build, lake_root=lake_root, target=folder / "pod", window=window, memory_limit=pod_limit)
+            )
         results.append(result)
         shutil.rmtree(folder, ignore_errors=True)
     return results

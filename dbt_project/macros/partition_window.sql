@@ -1,10 +1,19 @@
 {#-
     The run's partition window: vars `min_date`/`max_date` (inclusive ISO dates), parsed so only well-formed
     dates reach the SQL, as [start, end] dates; none without vars (the run then covers all of bronze).
+    Dagster gives the window in the command's run file instead, so that dbt keeps its parse from one command
+    to the next: the lake plugin makes it the table macro `medallion_partition_window()`, read here when the
+    command has no such vars.
 -#}
 {% macro partition_window() -%}
     {%- set min_date = var('min_date', none) -%}
     {%- set max_date = var('max_date', none) -%}
+    {%- if min_date is none and max_date is none and execute -%}
+        {%- set given = run_query('select min_date, max_date from medallion_partition_window()') -%}
+        {%- if given.rows | length -%}
+            {%- set min_date, max_date = given.rows[0][0], given.rows[0][1] -%}
+        {%- endif -%}
+    {%- endif -%}
     {%- if min_date is none and max_date is none -%}
         {{ return(none) }}
     {%- elif min_date is none or max_date is none -%}

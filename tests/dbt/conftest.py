@@ -2,23 +2,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from dagster_project import settings
+from dagster_project.lib.dbt_plugins.lake import RUN_FILE, write_run
 from tests.dbt.support import PII_KEY, Dbt, dbt_command
 
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fixed paths for the lake, warehouse and dbt target of every test in the session.
-
-    The paths stay the same from test to test (their content is wiped) so that dbt's partial parsing,
-    which keys on the profile and on env var values, can reuse one parse instead of parsing per test.
-    """
+    """Fixed paths for the lake and the dbt target of every test in the session (their content is wiped): the
+    target keeps dbt's partial parse from one command to the next."""
     return tmp_path_factory.mktemp("dbt")
 
 
@@ -35,7 +33,16 @@ def lake(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def dbt(lake: Path, workdir: Path) -> Dbt:
     """Run the dbt CLI on the project as a subprocess, as Dagster does."""
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, window: Sequence[str] | None = None, by_hand: bool = False, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """As Dagster runs it, with the lake and `window` (first and last business date) in the command's run
+        file; `by_hand`, as a user does: no run file, the lake from MEDALLION_LAKE_ROOT, a window as `--vars`."""
+        run_file = workdir / "target" / RUN_FILE
+        if by_hand:
+            run_file.unlink(missing_ok=True)
+        else:
+            write_run(run_file.parent, str(lake), window)
         cmd = dbt_command(workdir, *args)
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=settings.dbt_project_dir())
         if check and result.returncode != 0:

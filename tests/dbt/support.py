@@ -97,7 +97,9 @@ def write_bronze_partition(lake_root: Path, business_date: str, rows: Sequence[M
 
 
 class Dbt(Protocol):
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+    def __call__(
+        self, *args: str, window: Sequence[str] | None = None, by_hand: bool = False, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
 
 
 def dbt_command(workdir: Path, *args: str) -> list[str]:

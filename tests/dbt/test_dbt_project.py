@@ -18,6 +18,7 @@ import duckdb
 import pytest
 
 from dagster_project import settings
+from dagster_project.lib.dbt_plugins.lake import write_run
 from dagster_project.lib.masking import pii_token
 from tests.dbt.support import PII_KEY, Dbt, customer, dbt_command, write_bronze_partition
 
@@ -48,10 +49,9 @@ RAW_PII = [
 CUSTOMERS = ["--select", "+stg_acme__customers +dim_customers +fct_customer_daily_metrics"]
 
 
-def window(day: str) -> list[str]:
-    """The vars of a partition run. dbt parses the project again whenever its vars change, so tests that
-    follow one another use the same window where the day does not matter."""
-    return ["--vars", json.dumps({"min_date": day, "max_date": day})]
+def window(day: str) -> tuple[str, str]:
+    """The window of a partition run of one day."""
+    return day, day
 
 
 def day_1_rows() -> list[dict]:
@@ -125,9 +125,10 @@ def two_days_loaded(lake: Path, dbt: Dbt, workdir: Path) -> None:
         shutil.copytree(saved / "lake", lake)
         return
     write_bronze_partition(lake, DAY_1, day_1_rows())
-    dbt("build", *CUSTOMERS, *window(DAY_1))
+    # Run by hand: the lake from MEDALLION_LAKE_ROOT and the window as vars, where Dagster writes a run file.
+    dbt("build", *CUSTOMERS, "--vars", json.dumps({"min_date": DAY_1, "max_date": DAY_1}), by_hand=True)
     write_bronze_partition(lake, DAY_2, day_2_rows())
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
     shutil.copytree(lake, saved / "lake")
 
 
@@ -276,7 +277,7 @@ def test_rerunning_the_same_window_changes_nothing(two_days_loaded: None, dbt: D
     before = table_dump(con)
     con.close()
 
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
 
     assert table_dump(warehouse()) == before
 
@@ -309,7 +310,7 @@ def test_backfilling_an_old_day_never_overwrites_newer_records(
     )
     write_bronze_partition(lake, DAY_1, redelivered)
 
-    dbt("build", *CUSTOMERS, *window(DAY_1))
+    dbt("build", *CUSTOMERS, window=window(DAY_1))
 
     con = warehouse()
     silver = silver_by_id(con)
@@ -328,8 +329,7 @@ def test_incremental_runs_match_a_full_refresh(two_days_loaded: None, dbt: Dbt, 
     incremental = {t: v for t, v in table_dump(con).items() if t.startswith("silver.")}
     con.close()
 
-    # A full refresh ignores the window; passing the one of the test before lets dbt reuse its parse.
-    dbt("build", "--full-refresh", "--select", "path:models/staging,+stg_acme__customers", *window(DAY_1))
+    dbt("build", "--full-refresh", "--select", "path:models/staging,+stg_acme__customers")
 
     rebuilt = {t: v for t, v in table_dump(warehouse()).items() if t.startswith("silver.")}
     assert rebuilt == incremental
@@ -344,7 +344,7 @@ def test_missing_key_fails_clearly_and_the_key_is_never_written(
     assert not [p for p in artifacts if PII_KEY.encode() in p.read_bytes()]
 
     monkeypatch.delenv("MEDALLION_PII_HMAC_KEY")
-    result = dbt("build", *CUSTOMERS, *window(DAY_1), check=False)
+    result = dbt("build", *CUSTOMERS, window=window(DAY_1), check=False)
 
     assert result.returncode != 0
     assert "MEDALLION_PII_HMAC_KEY is not set" in result.stdout
@@ -352,7 +352,7 @@ def test_missing_key_fails_clearly_and_the_key_is_never_written(
 
 def test_window_vars_are_validated(two_days_loaded: None, dbt: Dbt) -> None:
     only_min = json.dumps({"min_date": DAY_1})
-    result = dbt("compile", "--select", "stg_acme__customer_versions", "--vars", only_min, check=False)
+    result = dbt("compile", "--select", "stg_acme__customer_versions", "--vars", only_min, by_hand=True, check=False)
 
     assert result.returncode != 0
     assert "min_date and max_date must be given together" in result.stdout
@@ -376,7 +376,7 @@ def test_an_open_analyst_session_never_blocks_a_run_and_sees_its_result(
     write_bronze_partition(
         lake, DAY_2, [*day_2_rows(), customer(6, DAY_2, "2025-01-02T12:00:00", email="eve@example.com")]
     )
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
 
     assert analyst.execute("select count(*) from silver.stg_acme__customers").fetchone() == (6,)
     analyst.close()
@@ -396,6 +396,7 @@ def test_a_killed_dbt_run_leaves_no_raw_pii_outside_bronze(lake: Path, dbt: Dbt,
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's DuckDB may spill
+    write_run(workdir / "target", str(lake))  # as Dagster starts it, on the lake of the test
     run = subprocess.Popen(
         dbt_command(workdir, "build", *CUSTOMERS),
         cwd=settings.dbt_project_dir(),

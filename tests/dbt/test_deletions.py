@@ -10,7 +10,6 @@ Each chain (customers, payments) is loaded one partition run per day, as Dagster
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,8 +34,8 @@ CUSTOMERS = ["--select", "+stg_acme__customers +dim_customers +fct_customer_dail
 PAYMENTS = ["--select", "+fct_payments +fct_daily_revenue"]
 
 
-def window(day: str) -> list[str]:
-    return ["--vars", json.dumps({"min_date": day, "max_date": day})]
+def window(day: str) -> tuple[str, str]:
+    return day, day
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
@@ -90,7 +89,7 @@ def customers_loaded(lake: Path, dbt: Dbt, workdir: Path) -> None:
     def load() -> None:
         for day, day_rows in customer_days().items():
             write_bronze_partition(lake, day, day_rows)
-            dbt("build", *CUSTOMERS, *window(day))
+            dbt("build", *CUSTOMERS, window=window(day))
 
     loaded_once(lake, workdir, "deletions-customers", load)
 
@@ -110,7 +109,7 @@ def test_a_record_removed_from_bronze_falls_back_to_the_previous_one_or_leaves_s
 
     # Customer 1's latest record and customer 4's only one leave bronze (a real Delta delete).
     DeltaTable(str(lake / "bronze" / "customers")).delete(f"business_date = '{DAY_2}' and customer_id in (1, 4)")
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
 
     con = warehouse()
     silver = by_key(con, "silver.stg_acme__customers", "customer_id")
@@ -142,7 +141,7 @@ def test_a_record_removed_from_bronze_falls_back_to_the_previous_one_or_leaves_s
     con.close()
 
     # The partition run left exactly what a rebuild from all of bronze gives.
-    dbt("build", "--full-refresh", *CUSTOMERS, *window(DAY_2))
+    dbt("build", "--full-refresh", *CUSTOMERS, window=window(DAY_2))
     assert dump(warehouse(), SILVER_CUSTOMERS + GOLD_CUSTOMERS) == incremental
 
 
@@ -151,7 +150,7 @@ def test_an_emptied_bronze_partition_empties_silver_of_it(
 ) -> None:
     # The bronze hop re-materializes day 2 with nothing in it.
     write_bronze_partition(lake, DAY_2, [])
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
 
     con = warehouse()
     assert rows(con, f"select count(*) as n from silver.stg_acme__customers where business_date = '{DAY_2}'") == [
@@ -196,11 +195,11 @@ def test_the_silver_gates_fail_while_silver_holds_a_record_bronze_no_longer_has(
     assert sorted(s["customer_id"] for s in failed.sample) == [1, 4]
 
     tests = ["stg_acme__customers_records_are_in_bronze", "stg_acme__customer_versions_are_in_bronze"]
-    assert dbt("test", "--select", *tests, *window(DAY_2), check=False).returncode != 0
+    assert dbt("test", "--select", *tests, window=window(DAY_2), check=False).returncode != 0
     assert failing_tests(workdir) == {name: 2 for name in tests}
 
     # The next run of the partition repairs silver, and the gates pass again.
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
     assert gx_gate().success
 
 
@@ -287,7 +286,7 @@ def payments_loaded(lake: Path, dbt: Dbt, workdir: Path) -> None:
     def load() -> None:
         for day, events in payment_days().items():
             write_payment_events(lake, day, events)
-            dbt("build", *PAYMENTS, *window(day))
+            dbt("build", *PAYMENTS, window=window(day))
 
     loaded_once(lake, workdir, "deletions-payments", load)
 
@@ -307,7 +306,7 @@ def test_an_event_removed_from_bronze_recomputes_its_charge_or_removes_it(
 
     # ch_1's refund and ch_3's only event leave bronze.
     DeltaTable(str(lake / "bronze" / "payment_events")).delete("event_id in ('evt_3', 'evt_4')")
-    dbt("build", *PAYMENTS, *window(DAY_2))
+    dbt("build", *PAYMENTS, window=window(DAY_2))
 
     con = warehouse()
     silver = by_key(con, "silver.stg_psp__charges", "charge_id")
@@ -334,7 +333,7 @@ def test_an_event_removed_from_bronze_recomputes_its_charge_or_removes_it(
     incremental = dump(con, SILVER_PAYMENTS + GOLD_PAYMENTS)
     con.close()
 
-    dbt("build", "--full-refresh", *PAYMENTS, *window(DAY_2))
+    dbt("build", "--full-refresh", *PAYMENTS, window=window(DAY_2))
     assert dump(warehouse(), SILVER_PAYMENTS + GOLD_PAYMENTS) == incremental
 
 
@@ -342,13 +341,13 @@ def test_the_payments_tests_fail_while_silver_holds_a_charge_bronze_no_longer_ha
     lake: Path, payments_loaded: None, dbt: Dbt, workdir: Path
 ) -> None:
     tests = ["stg_psp__charges_are_in_bronze", "stg_psp__payment_events_are_in_bronze"]
-    check = ["test", "--select", *tests, *window(DAY_2)]
-    assert dbt(*check, check=False).returncode == 0
+    check = ["test", "--select", *tests]
+    assert dbt(*check, window=window(DAY_2), check=False).returncode == 0
 
     write_payment_events(lake, DAY_2, [e for e in payment_days()[DAY_2] if e["charge_id"] != "ch_3"])
 
-    assert dbt(*check, check=False).returncode != 0
+    assert dbt(*check, window=window(DAY_2), check=False).returncode != 0
     assert failing_tests(workdir) == {name: 1 for name in tests}
 
-    dbt("build", *PAYMENTS, *window(DAY_2))
-    assert dbt(*check, check=False).returncode == 0
+    dbt("build", *PAYMENTS, window=window(DAY_2))
+    assert dbt(*check, window=window(DAY_2), check=False).returncode == 0

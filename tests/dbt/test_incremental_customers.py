@@ -6,8 +6,7 @@ as a full refresh from all of bronze does; and a run writes only what its window
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -34,8 +33,8 @@ TABLES = [
 ]
 
 
-def window(first: str, last: str | None = None) -> list[str]:
-    return ["--vars", json.dumps({"min_date": first, "max_date": last or first})]
+def window(first: str, last: str | None = None) -> tuple[str, str]:
+    return first, last or first
 
 
 def dump(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
@@ -75,14 +74,14 @@ def days() -> dict[str, list[dict]]:
 
 
 @pytest.fixture
-def assert_equals_full_refresh(dbt: Dbt, warehouse: Connect) -> Callable[[list[str]], dict[str, list[tuple]]]:
-    """Dump the slice, rebuild it from all of bronze with the same vars, and check nothing changed."""
+def assert_equals_full_refresh(dbt: Dbt, warehouse: Connect) -> Callable[[Sequence[str]], dict[str, list[tuple]]]:
+    """Dump the slice, rebuild it from all of bronze with the same window, and check nothing changed."""
 
-    def check(vars_: list[str]) -> dict[str, list[tuple]]:
+    def check(window: Sequence[str]) -> dict[str, list[tuple]]:
         con = warehouse()
         incremental = dump(con)
         con.close()
-        dbt("build", "--full-refresh", *CUSTOMERS, *vars_)
+        dbt("build", "--full-refresh", *CUSTOMERS, window=window)
         rebuilt = dump(warehouse())
         for table in TABLES:
             assert incremental[table] == rebuilt[table], f"{table} differs from a full refresh"
@@ -98,7 +97,7 @@ def test_partition_runs_in_any_order_backfills_and_deletions_equal_a_full_refres
     # Days arrive and run out of order: day 2 lands after day 3 has run.
     for day in (DAY_1, DAY_3, DAY_2, DAY_4):
         write_bronze_partition(lake, day, data[day])
-        dbt("build", *CUSTOMERS, *window(day))
+        dbt("build", *CUSTOMERS, window=window(day))
     state = assert_equals_full_refresh(window(DAY_4))
     metrics = {str(r[0]): r[1:] for r in state["gold.fct_customer_daily_metrics"]}
     # changed, new, updated, total, active at end of day
@@ -116,7 +115,7 @@ def test_partition_runs_in_any_order_backfills_and_deletions_equal_a_full_refres
         customer(8, DAY_2, "2025-01-02T10:00:00", email="c8@example.com", row=4),
     ]
     write_bronze_partition(lake, DAY_2, corrected)
-    dbt("build", *CUSTOMERS, *window(DAY_2))
+    dbt("build", *CUSTOMERS, window=window(DAY_2))
     state = assert_equals_full_refresh(window(DAY_2))
     # Customer 4 is now new on day 4, 8 on day 2: both totals of day 4 move, two days after the backfill.
     assert {str(r[0]): r[4:] for r in state["gold.fct_customer_daily_metrics"]}[DAY_4] == (8, 6)
@@ -124,10 +123,10 @@ def test_partition_runs_in_any_order_backfills_and_deletions_equal_a_full_refres
     # The latest day loses records (customer 5 falls back to its day-3 record, 7 is gone), then a two-day
     # window empties day 3 as one run, as a single-run backfill of both partitions does.
     DeltaTable(str(lake / "bronze" / "customers")).delete(f"business_date = '{DAY_4}' and customer_id in (5, 7)")
-    dbt("build", *CUSTOMERS, *window(DAY_4))
+    dbt("build", *CUSTOMERS, window=window(DAY_4))
     assert_equals_full_refresh(window(DAY_4))
     write_bronze_partition(lake, DAY_3, [])
-    dbt("build", *CUSTOMERS, *window(DAY_3, DAY_4))
+    dbt("build", *CUSTOMERS, window=window(DAY_3, DAY_4))
     state = assert_equals_full_refresh(window(DAY_3, DAY_4))
     assert [str(r[0]) for r in state["gold.fct_customer_daily_metrics"]] == [DAY_1, DAY_2, DAY_4]
 
@@ -142,7 +141,7 @@ def test_a_run_rewrites_only_what_its_window_changed(lake: Path, dbt: Dbt, wareh
         return DeltaTable(str(lake / "gold" / table)).version()
 
     write_bronze_partition(lake, DAY_4, data[DAY_4])
-    dbt("build", *CUSTOMERS, *window(DAY_4))
+    dbt("build", *CUSTOMERS, window=window(DAY_4))
     for table in ("customers_history", "dim_customers", "fct_customer_daily_metrics"):
         [last] = DeltaTable(str(lake / "gold" / table)).history(1)
         assert last["operation"] == "MERGE", f"{table} was not merged: {last['operation']}"
@@ -158,7 +157,7 @@ def test_a_run_rewrites_only_what_its_window_changed(lake: Path, dbt: Dbt, wareh
     con = warehouse()
     state = dump(con)
     con.close()
-    dbt("build", *CUSTOMERS, *window(DAY_4))
+    dbt("build", *CUSTOMERS, window=window(DAY_4))
     assert dump(warehouse()) == state
     assert {t: versions(t) for t in tables} == before
     assert DeltaTable(str(lake / "silver" / "stg_acme__customers")).version() == silver_before
@@ -181,9 +180,9 @@ def test_a_windowed_run_tests_the_window_and_the_gate_still_checks_every_row(
     one_current = "dim_customers_one_current_version_per_customer"
 
     # A run of day 2 checks the rows delivered on day 2, and every row of the customers it has a version of.
-    assert dbt("test", "--select", "dim_customers", *window(DAY_2), check=False).returncode != 0
+    assert dbt("test", "--select", "dim_customers", window=window(DAY_2), check=False).returncode != 0
     assert failing_tests(workdir) == {one_current: 1}
-    assert dbt("test", "--select", "dim_customers", *window(DAY_1), check=False).returncode != 0
+    assert dbt("test", "--select", "dim_customers", window=window(DAY_1), check=False).returncode != 0
     assert failing_tests(workdir) == {status: 1, one_current: 1}
     assert dbt("test", "--select", "dim_customers", check=False).returncode != 0
     assert failing_tests(workdir) == {status: 1, one_current: 1}

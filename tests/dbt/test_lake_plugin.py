@@ -22,10 +22,11 @@ def _target(relation: str | None, **config: Any) -> TargetConfig:
 
 
 @pytest.fixture
-def plugin(tmp_path: Path) -> tuple[Plugin, duckdb.DuckDBPyConnection, str]:
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Plugin, duckdb.DuckDBPyConnection, str]:
     uri = str(tmp_path / "lake" / "gold" / "t")
     write_deltalake(uri, pa.table({"k": [1, 2], "v": ["a", "b"]}))
-    plugin = Plugin(name="lake", plugin_config={"root": str(tmp_path / "lake")})
+    monkeypatch.setenv("MEDALLION_LAKE_ROOT", str(tmp_path / "lake"))  # as run by hand: no run file
+    plugin = Plugin(name="lake", plugin_config={"root_env_var": "MEDALLION_LAKE_ROOT"})
     con = duckdb.connect()
     plugin.configure_connection(con)
     return plugin, con, uri

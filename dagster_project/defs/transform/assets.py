@@ -3,9 +3,10 @@
 Every model is a Delta table in the lake (`<lake>/<layer>/<model>`), computed by an in-memory DuckDB that
 reads only the partitions it needs (dbt_project/macros/materializations/lake.sql).
 
-Incremental models are partitioned by business date: a run passes its partition window to dbt as the vars
-`min_date`/`max_date`, and the model recomputes only what bronze changed in it. Every other model is
-rebuilt from all of its inputs on every run, so it has no partitions: the UI then says what is true of it
+Incremental models are partitioned by business date: a run passes its partition window to dbt (in the run
+file of the command, `MedallionDbtCliResource.cli`), and the model recomputes only what bronze changed in it.
+Every other model is rebuilt from all of its inputs on every run, so it has no partitions: the UI then says
+what is true of it
 (materialized or not), not "n of 699 partitions". This is the split of Dagster's own platform
 (dagster-open-platform, defs/dbt/assets.py).
 
@@ -272,10 +273,10 @@ def with_tested_constraints(columns: dg.TableSchema, tests: Sequence[Mapping[str
     return dg.TableSchema(columns=[constrained(c) for c in columns.columns], constraints=columns.constraints)
 
 
-def partition_window_vars(window: dg.TimeWindow) -> dict[str, str]:
-    """dbt vars for a partition window: inclusive first and last business date."""
+def partition_window_dates(window: dg.TimeWindow) -> tuple[str, str]:
+    """The first and last business date (inclusive, ISO) of a partition window."""
     last_day = window.end - timedelta(days=1)
-    return {"min_date": window.start.date().isoformat(), "max_date": last_day.date().isoformat()}
+    return window.start.date().isoformat(), last_day.date().isoformat()
 
 
 # The manifest's collections that are members of dbt's selection graph (dagster-dbt's list of them).
@@ -432,16 +433,14 @@ def build_dbt_step(
         pool=None if step.partitioned else LAKE_REBUILD_POOL,
     )
     def _dbt_step(context: dg.AssetExecutionContext, dbt: MedallionDbtCliResource) -> Iterator[Any]:
-        args = ["build"]
-        day = None
+        window = day = None
         if step.partitioned:
-            window = partition_window_vars(context.partition_time_window)
-            context.log.info(f"dbt build for business dates {window['min_date']}..{window['max_date']}")
-            args += ["--vars", json.dumps(window)]
-            day = window["min_date"] if window["min_date"] == window["max_date"] else None
+            window = first, last = partition_window_dates(context.partition_time_window)
+            context.log.info(f"dbt build for business dates {first}..{last}")
+            day = first if first == last else None
         lake = Lake.parse(dbt.lake_root, settings.lake_storage_options())
         try:
-            for event in dbt.cli(args, context=context).stream():
+            for event in dbt.cli(["build"], window=window, context=context).stream():
                 if isinstance(event, dg.AssetCheckResult):  # a dbt test, checked on every day of the run
                     test = dg.AssetCheckKey(event.asset_key, event.check_name)
                     yield from per_partition(

@@ -1,23 +1,23 @@
 """The dbt project and the dbt CLI resource.
 
-The lake root a run uses is resource config, bound when the definitions load and shown in the UI. dbt
-receives it as a var on its command line (`medallion_lake_root`): dagster-dbt 0.29 builds the dbt
-subprocess environment from this process's `os.environ` with no hook to add to it, while both the
-subprocess and dagster-dbt's in-process profile rendering read the command's vars. So nothing here changes
-`os.environ`. Run by hand, dbt falls back to the variable MEDALLION_LAKE_ROOT (profiles.yml).
+The lake root a run uses is resource config, bound when the definitions load and shown in the UI. Each dbt
+command receives it, with the business dates of a daily run, in the run file of its own target folder, read
+by the lake plugin (lib/dbt_plugins/lake.py): not as `--vars`, which would make dbt parse the whole project
+again on every command, nor through the subprocess environment, which dagster-dbt 0.29 builds from this
+process's `os.environ` with no hook to add to it. So nothing here changes `os.environ`. Run by hand, dbt reads
+the variable MEDALLION_LAKE_ROOT instead (profiles.yml).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,7 @@ from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
 from packaging import version
 
 from dagster_project import settings
-
-# Name of the dbt var carrying the resource config; profiles.yml reads it.
-LAKE_ROOT_VAR = "medallion_lake_root"
+from dagster_project.lib.dbt_plugins.lake import write_run
 
 
 def dbt_executable() -> str:
@@ -49,11 +47,20 @@ class MedallionDbtCliResource(DbtCliResource):
     def __init__(self, **data: Any) -> None:
         super().__init__(**{"dbt_executable": dbt_executable(), **data})
 
-    def config_vars(self) -> dict[str, str]:
-        return {LAKE_ROOT_VAR: self.lake_root}
-
-    def cli(self, args: Sequence[str], **kwargs: Any) -> DbtCliInvocation:
-        return super().cli(with_vars(args, self.config_vars()), **kwargs)
+    def cli(
+        self,
+        args: Sequence[str],
+        *,
+        window: Sequence[str] | None = None,
+        target_path: Path | None = None,
+        context: Any = None,
+        **kwargs: Any,
+    ) -> DbtCliInvocation:
+        """dagster-dbt's `cli`, the command run on this resource's lake and, given a `window` (first and last
+        business date, inclusive), on those dates only."""
+        target_path = target_path or self._get_unique_target_path(context=context)
+        write_run(Path(self.project_dir, target_path), self.lake_root, window)  # dbt's own resolution of it
+        return super().cli(args, target_path=target_path, context=context, **kwargs)
 
     # Two costs dagster-dbt 0.29 pays in the run's process for every dbt command, which the steps here do not
     # need: `dbt --version` in a subprocess (about 1.5 s of CPU, once per resource instance: once per step), and a
@@ -81,17 +88,6 @@ def dbt_cli_version(executable: str) -> version.Version:
     return version.parse(found.group(1))
 
 
-def with_vars(args: Sequence[str], extra: Mapping[str, str]) -> list[str]:
-    """`args` with `extra` merged into its `--vars` (added if there is none); the command's own vars win."""
-    args = list(args)
-    if "--vars" not in args:
-        return [*args, "--vars", json.dumps(dict(extra))]
-    at = args.index("--vars") + 1
-    given = json.loads(args[at])  # the callers here pass JSON, which is also valid YAML for dbt
-    args[at] = json.dumps({**extra, **given})
-    return args
-
-
 class DbtManifestMissingError(RuntimeError):
     pass
 
@@ -100,8 +96,7 @@ def load_dbt_project(project_dir: Path | None = None) -> DbtProject:
     """The dbt project with a parsed manifest; fails with the fix spelt out if there is none."""
     project_dir = project_dir or settings.dbt_project_dir()
     project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
-    # Re-parses under `dagster dev` only. Parsing needs no lake or warehouse: the paths it renders are
-    # rendered again, from the run's vars, when a run starts.
+    # Re-parses under `dagster dev` only. Parsing needs no lake: a command reads it from its run file.
     if settings.running_under_dagster_dev():
         parse_atomically(project)
     if not project.manifest_path.exists():

@@ -5,6 +5,8 @@ lock or leak raw PII into. When dbt opens it, this plugin
 
 - loads DuckDB's delta extension (and on an object store httpfs, aws and azure) and the lake's credentials
   (`Lake.configure_duckdb`),
+- reads which lake, and for a daily run which business dates, from the run file Dagster writes in the
+  command's target folder (`write_run`), and makes the dates the SQL macro `medallion_partition_window()`;
 - creates a view `<layer>.<table>` over every Delta table of the lake (`delta_scan`, which prunes a scan to
   the partitions a query filters on, so a daily run reads its days, not all of bronze), and an empty typed
   table for a bronze table that does not exist yet (a feed with no delivery so far): sources and `ref()`s
@@ -44,9 +46,14 @@ conflict too, not a change the merge silently overrides.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
+import json
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -64,6 +71,42 @@ DELETE_MARKER = "_lake_delete"
 PARTIAL_MARKER = "_lake_partial"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
+# What a dbt command Dagster starts is about: the lake and the run's business dates, written in the command's
+# target folder. Passed as `--vars` or rendered in the profile, they would make dbt parse the whole project again
+# on every command (about 4 s of CPU): dbt keeps its previous parse only while its vars and profile are the same.
+# Run by hand, there is no such file: the lake is the variable the profile names, the dates `--vars`.
+RUN_FILE = "medallion_run.json"
+
+
+def write_run(target_path: Path, lake_root: str, window: Sequence[str] | None = None) -> None:
+    """The run file of a dbt command whose target folder is `target_path`: the lake, and for a run of business
+    dates the first and last (inclusive ISO dates)."""
+    target_path.mkdir(parents=True, exist_ok=True)
+    run = {"lake_root": lake_root, "window": list(window) if window else None}
+    (target_path / RUN_FILE).write_text(json.dumps(run))
+
+
+def _read_run() -> dict[str, Any] | None:
+    """This dbt command's run file, if Dagster wrote one in its target folder."""
+    from dbt.flags import get_flags
+
+    flags = get_flags()
+    target = Path(getattr(flags, "TARGET_PATH", None) or "target")
+    if not target.is_absolute():  # dbt resolves a relative target path in the project
+        target = Path(getattr(flags, "PROJECT_DIR", None) or ".") / target
+    try:
+        return json.loads((target / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _window_macro(window: Sequence[str] | None) -> str:
+    """`medallion_partition_window()`: a table of one row, the run's first and last business date, or of none."""
+    if not window:
+        return "SELECT NULL::VARCHAR AS min_date, NULL::VARCHAR AS max_date WHERE false"
+    first, last = (dt.date.fromisoformat(day).isoformat() for day in window)  # only dates reach the SQL
+    return f"SELECT '{first}' AS min_date, '{last}' AS max_date"
+
 
 def _bronze_schemas() -> dict[str, pa.Schema]:
     from dagster_project.lib.bronze.contract import bronze_schema
@@ -74,7 +117,13 @@ def _bronze_schemas() -> dict[str, pa.Schema]:
 
 class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
-        root = str(plugin_config.get("root") or "")
+        root_env_var = str(plugin_config.get("root_env_var") or "")
+        if not root_env_var:
+            raise ValueError("the lake plugin needs `root_env_var` (the variable holding the lake root)")
+        run = _read_run()
+        # Unset, a path that cannot exist and names the variable: a run fails loudly on it.
+        root = run["lake_root"] if run else os.environ.get(root_env_var) or f"/nonexistent/{root_env_var}-is-not-set"
+        self._window = run["window"] if run else None
         self._lake = Lake.parse(root, settings.lake_storage_options())
         self._conn: DuckDBPyConnection | None = None
         # (schema, table) -> the DeltaTable a merged model is reading, pinned before it runs (mode `pin`).
@@ -87,6 +136,7 @@ class Plugin(BasePlugin):
         spill = tempfile.mkdtemp(prefix="medallion-duckdb-")
         atexit.register(shutil.rmtree, spill, ignore_errors=True)
         conn.execute("SET temp_directory = ?", [spill])
+        conn.execute(f"CREATE OR REPLACE MACRO medallion_partition_window() AS TABLE {_window_macro(self._window)}")
         self._lake.attach(conn, empty_bronze=_bronze_schemas())
         self._conn = conn
 

@@ -12,7 +12,7 @@ from tests.dbt.support import PII_KEY, customer, write_bronze_partition
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fixed lake path for the session (wiped per test): dbt's parse depends on it."""
+    """One lake path for the session, wiped per test."""
     return tmp_path_factory.mktemp("transform")
 
 

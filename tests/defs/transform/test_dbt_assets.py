@@ -24,7 +24,6 @@ from dagster_project.defs.transform.resources import (
     dbt_cli_version,
     dbt_executable,
     load_dbt_project,
-    with_vars,
 )
 from dagster_project.lib.lake import Lake
 from tests.dbt.support import customer, write_bronze_partition
@@ -147,24 +146,36 @@ def test_layers_follow_the_dbt_folders(assets: ModuleType) -> None:
         assets.layer_of({"resource_type": "model", "name": "x", "original_file_path": "models/adhoc/x.sql"})
 
 
-def test_partition_window_becomes_inclusive_dbt_vars(assets: ModuleType) -> None:
+def test_partition_window_becomes_inclusive_business_dates(assets: ModuleType) -> None:
     one_day = daily_partitions.time_window_for_partition_key("2025-03-01")
     several = dg.TimeWindow(
         daily_partitions.time_window_for_partition_key("2025-02-27").start,
         one_day.end,
     )
 
-    assert assets.partition_window_vars(one_day) == {"min_date": "2025-03-01", "max_date": "2025-03-01"}
-    assert assets.partition_window_vars(several) == {"min_date": "2025-02-27", "max_date": "2025-03-01"}
+    assert assets.partition_window_dates(one_day) == ("2025-03-01", "2025-03-01")
+    assert assets.partition_window_dates(several) == ("2025-02-27", "2025-03-01")
 
 
-def test_resource_config_reaches_dbt_as_vars_next_to_the_window() -> None:
-    config = {"medallion_lake_root": "s3://acme-lake/lake"}
-
-    assert with_vars(["build"], config) == ["build", "--vars", json.dumps(config)]
-    window = {"min_date": "2025-01-02", "max_date": "2025-01-02"}
-    [*_, merged] = with_vars(["build", "--vars", json.dumps(window)], config)
-    assert json.loads(merged) == {**config, **window}
+def test_a_command_gets_its_lake_and_window_from_its_run_file_and_reuses_the_project_parse(
+    dbt_resource: MedallionDbtCliResource,
+) -> None:
+    """The fixture's lake is in no variable, and no command has vars: both reach dbt in the run file only. Each
+    command, whatever its window, reuses the parse of the project (`make install`'s) instead of parsing it
+    again, which vars or a profile rendered from them would cost (about 4 s of CPU a command)."""
+    test = "not_null_stg_acme__customer_versions_customer_id.sql"  # a data test on the run's window
+    for window, predicate in [
+        (("2025-01-01", "2025-01-01"), "business_date between date '2025-01-01' and date '2025-01-01'"),
+        (("2025-01-01", "2025-01-02"), "business_date between date '2025-01-01' and date '2025-01-02'"),
+        (None, "where (true)"),
+    ]:
+        invocation = dbt_resource.cli(["compile", "--select", "stg_acme__customer_versions"], window=window)
+        invocation.wait()
+        [compiled] = (invocation.target_path / "compiled").rglob(test)
+        assert predicate in compiled.read_text()
+        log = (invocation.target_path / "dbt.log").read_text()
+        assert "Partial parsing enabled, no changes found, skipping parsing" in log
+        assert "Unable to do partial parsing" not in log
 
 
 def test_the_dbt_version_is_the_one_the_cli_prints_and_is_asked_once_per_process(tmp_path: Path) -> None:
