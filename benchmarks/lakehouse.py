@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 
 from dagster_project import settings
-from dagster_project.lib.dbt_plugins.lake import write_run
+from dagster_project.lib.dbt_plugins.run_file import write_run
 from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 
 PII_KEY = "bench-only-hmac-key-0123456789abcdef"

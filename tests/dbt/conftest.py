@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from dagster_project import settings
-from dagster_project.lib.dbt_plugins.lake import RUN_FILE, write_run
+from dagster_project.lib.dbt_plugins.run_file import RUN_FILE, write_run
 from tests.dbt.support import PII_KEY, Dbt, dbt_command
 
 

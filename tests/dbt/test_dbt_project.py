@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from dagster_project import settings
-from dagster_project.lib.dbt_plugins.lake import write_run
+from dagster_project.lib.dbt_plugins.run_file import write_run
 from dagster_project.lib.masking import pii_token
 from tests.dbt.support import PII_KEY, Dbt, customer, dbt_command, write_bronze_partition
 

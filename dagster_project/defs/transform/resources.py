@@ -26,7 +26,7 @@ from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
 from packaging import version
 
 from dagster_project import settings
-from dagster_project.lib.dbt_plugins.lake import write_run
+from dagster_project.lib.dbt_plugins.run_file import write_run
 
 
 def dbt_executable() -> str:
@@ -59,7 +59,7 @@ class MedallionDbtCliResource(DbtCliResource):
         """dagster-dbt's `cli`, the command run on this resource's lake and, given a `window` (first and last
         business date, inclusive), on those dates only."""
         target_path = target_path or self._get_unique_target_path(context=context)
-        write_run(Path(self.project_dir, target_path), self.lake_root, window)  # dbt's own resolution of it
+        write_run(Path(self.project_dir, target_path), self.lake_root, window)  # relative to the project, as dbt
         return super().cli(args, target_path=target_path, context=context, **kwargs)
 
     # Two costs dagster-dbt 0.29 pays in the run's process for every dbt command, which the steps here do not

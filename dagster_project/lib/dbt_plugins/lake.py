@@ -6,7 +6,7 @@ lock or leak raw PII into. When dbt opens it, this plugin
 - loads DuckDB's delta extension (and on an object store httpfs, aws and azure) and the lake's credentials
   (`Lake.configure_duckdb`),
 - reads which lake, and for a daily run which business dates, from the run file Dagster writes in the
-  command's target folder (`write_run`), and makes the dates the SQL macro `medallion_partition_window()`;
+  command's target folder (run_file.py), and makes the dates the SQL macro `medallion_partition_window()`;
 - creates a view `<layer>.<table>` over every Delta table of the lake (`delta_scan`, which prunes a scan to
   the partitions a query filters on, so a daily run reads its days, not all of bronze), and an empty typed
   table for a bronze table that does not exist yet (a feed with no delivery so far): sources and `ref()`s
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -62,6 +61,7 @@ from dbt.adapters.duckdb.utils import TargetConfig
 from duckdb import DuckDBPyConnection
 
 from dagster_project import settings
+from dagster_project.lib.dbt_plugins.run_file import read_run
 from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
 
 BATCH_ROWS = 128 * 1024
@@ -71,33 +71,16 @@ DELETE_MARKER = "_lake_delete"
 PARTIAL_MARKER = "_lake_partial"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
-# What a dbt command Dagster starts is about: the lake and the run's business dates, written in the command's
-# target folder. Passed as `--vars` or rendered in the profile, they would make dbt parse the whole project again
-# on every command (about 4 s of CPU): dbt keeps its previous parse only while its vars and profile are the same.
-# Run by hand, there is no such file: the lake is the variable the profile names, the dates `--vars`.
-RUN_FILE = "medallion_run.json"
 
-
-def write_run(target_path: Path, lake_root: str, window: Sequence[str] | None = None) -> None:
-    """The run file of a dbt command whose target folder is `target_path`: the lake, and for a run of business
-    dates the first and last (inclusive ISO dates)."""
-    target_path.mkdir(parents=True, exist_ok=True)
-    run = {"lake_root": lake_root, "window": list(window) if window else None}
-    (target_path / RUN_FILE).write_text(json.dumps(run))
-
-
-def _read_run() -> dict[str, Any] | None:
-    """This dbt command's run file, if Dagster wrote one in its target folder."""
+def _this_commands_run() -> dict[str, Any] | None:
+    """This dbt command's run file (run_file.py), if Dagster wrote one in its target folder."""
     from dbt.flags import get_flags
 
     flags = get_flags()
     target = Path(getattr(flags, "TARGET_PATH", None) or "target")
     if not target.is_absolute():  # dbt resolves a relative target path in the project
         target = Path(getattr(flags, "PROJECT_DIR", None) or ".") / target
-    try:
-        return json.loads((target / RUN_FILE).read_text())
-    except FileNotFoundError:
-        return None
+    return read_run(target)
 
 
 def _window_macro(window: Sequence[str] | None) -> str:
@@ -120,7 +103,7 @@ class Plugin(BasePlugin):
         root_env_var = str(plugin_config.get("root_env_var") or "")
         if not root_env_var:
             raise ValueError("the lake plugin needs `root_env_var` (the variable holding the lake root)")
-        run = _read_run()
+        run = _this_commands_run()
         # Unset, a path that cannot exist and names the variable: a run fails loudly on it.
         root = run["lake_root"] if run else os.environ.get(root_env_var) or f"/nonexistent/{root_env_var}-is-not-set"
         self._window = run["window"] if run else None
