@@ -56,7 +56,7 @@ WORKERS := 3
 test: install browser  ## every test, including the SFTP, PostgreSQL, dbt, end-to-end and UI ones, on three workers
 	$(RUN) pytest -n $(WORKERS) --dist loadgroup
 
-test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, S3, the demo or the UI (about 1 min)
+test-fast: install  ## lib/ and the Dagster adapters, without dbt builds, PostgreSQL, S3, the demo or the UI (1 to 2.5 min)
 	$(RUN) pytest -n $(WORKERS) tests/lib tests/samples tests/defs tests/services tests/test_definitions.py tests/dbt/test_sources.py \
 	  -m "not slow and not postgres and not ui and not s3"
 

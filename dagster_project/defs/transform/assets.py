@@ -6,9 +6,8 @@ reads only the partitions it needs (dbt_project/macros/materializations/lake.sql
 Incremental models are partitioned by business date: a run passes its partition window to dbt (in the run
 file of the command, `MedallionDbtCliResource.cli`), and the model recomputes only what bronze changed in it.
 Every other model is rebuilt from all of its inputs on every run, so it has no partitions: the UI then says
-what is true of it
-(materialized or not), not "n of 699 partitions". This is the split of Dagster's own platform
-(dagster-open-platform, defs/dbt/assets.py).
+what is true of it (materialized or not), not "n of 699 partitions". This is the split of Dagster's own
+platform (dagster-open-platform, defs/dbt/assets.py).
 
 Runs of different partitions run at once. A Delta commit that loses to a concurrent writer of the same
 table fails its model; the step then runs dbt again from fresh inputs (and only then: a failed test fails
