@@ -96,6 +96,11 @@ def write_bronze_partition(lake_root: Path, business_date: str, rows: Sequence[M
         write_deltalake(str(path), table, mode="overwrite", partition_by=["business_date"])
 
 
+def window(first: str, last: str | None = None) -> tuple[str, str]:
+    """The business dates a partition run covers: one day, or `first` to `last`."""
+    return first, last or first
+
+
 class Dbt(Protocol):
     def __call__(
         self, *args: str, window: Sequence[str] | None = None, by_hand: bool = False, check: bool = True

@@ -20,7 +20,7 @@ import pytest
 from dagster_project import settings
 from dagster_project.lib.dbt_plugins.run_file import write_run
 from dagster_project.lib.masking import pii_token
-from tests.dbt.support import PII_KEY, Dbt, customer, dbt_command, write_bronze_partition
+from tests.dbt.support import PII_KEY, Dbt, customer, dbt_command, window, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
@@ -47,11 +47,6 @@ RAW_PII = [
 # The slice of the project these tests are about: bronze customers to the gold customer models. Building
 # only it (not the payments and shop models) keeps every run short.
 CUSTOMERS = ["--select", "+stg_acme__customers +dim_customers +fct_customer_daily_metrics"]
-
-
-def window(day: str) -> tuple[str, str]:
-    """The window of a partition run of one day."""
-    return day, day
 
 
 def day_1_rows() -> list[dict]:

@@ -23,7 +23,7 @@ from deltalake import DeltaTable, write_deltalake
 from dagster_project import settings
 from dagster_project.lib.quality.dbt_rules import load_manifest, model_gates
 from dagster_project.lib.quality.gx_runner import validate_lake
-from tests.dbt.support import Dbt, customer, failing_tests, write_bronze_partition
+from tests.dbt.support import Dbt, customer, failing_tests, window, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt")]  # dbt builds reusing one parse, on one worker
 
@@ -32,10 +32,6 @@ Connect = Callable[[], duckdb.DuckDBPyConnection]
 DAY_1, DAY_2, DAY_3 = "2025-01-01", "2025-01-02", "2025-01-03"
 CUSTOMERS = ["--select", "+stg_acme__customers +dim_customers +fct_customer_daily_metrics"]
 PAYMENTS = ["--select", "+fct_payments +fct_daily_revenue"]
-
-
-def window(day: str) -> tuple[str, str]:
-    return day, day
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:

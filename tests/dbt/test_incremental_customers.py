@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 from dagster_project import settings
 from dagster_project.lib.quality.dbt_rules import load_manifest, model_gates
 from dagster_project.lib.quality.gx_runner import validate_lake
-from tests.dbt.support import Dbt, customer, failing_tests, write_bronze_partition
+from tests.dbt.support import Dbt, customer, failing_tests, window, write_bronze_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dbt-history")]  # dbt builds reusing one parse, on one worker
 
@@ -31,10 +31,6 @@ TABLES = [
     "gold.dim_customers",
     "gold.fct_customer_daily_metrics",
 ]
-
-
-def window(first: str, last: str | None = None) -> tuple[str, str]:
-    return first, last or first
 
 
 def dump(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
