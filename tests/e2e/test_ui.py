@@ -37,6 +37,9 @@ def _free_port() -> int:
 IMAGES = settings.project_root() / "docs" / "images"
 MAX_IMAGE_BYTES = 150_000
 DAYS = 3  # of demo data
+# How long a page may take to show what a step waits for: waited out only when the UI is broken, not when the
+# machine is busy.
+WAIT_MS = 180_000
 
 # Run in the platform's environment after the demo: bronze customers of the last day loaded again by a
 # load that leaves a row out (a writer bug), as `tests/e2e/test_demo.py` does it; its gate fails the run.
@@ -156,6 +159,7 @@ def page() -> Iterator[Page]:
             ],
         )
         page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(WAIT_MS)  # every wait, navigation and shot
         # The first-visit newsletter dialog opens over whatever page is shown once the server answers, which can
         # be many seconds late on a loaded machine. Mark it seen, as a user who dismissed it has it, so no
         # screenshot shows it; should it open all the same, Playwright skips it before any click.
@@ -178,7 +182,7 @@ def test_layer_groups_show_their_assets(webserver: str, page: Page, group: str, 
     page.goto(f"{webserver}/locations/medallion/asset-groups/{group}/list")
     for asset in assets:
         # Long names are shortened in the list; the row links to the asset's page by its full key.
-        page.locator(f'a[href*="/assets/{group}/{asset}"]').first.wait_for(timeout=60_000)
+        page.locator(f'a[href*="/assets/{group}/{asset}"]').first.wait_for()
     assert page.get_by_text("Asset Group in").first.is_visible()
 
 
@@ -192,7 +196,7 @@ def test_layer_groups_show_their_assets(webserver: str, page: Page, group: str, 
 )
 def test_gates_are_listed_as_checks(webserver: str, page: Page, asset_path: str, check: str):
     page.goto(f"{webserver}/assets/{asset_path}?view=checks")
-    page.get_by_text(check).first.wait_for(timeout=60_000)
+    page.get_by_text(check).first.wait_for()
 
 
 def _shoot(page: Page, name: str, *, height: int | None = None) -> Path:
@@ -213,21 +217,21 @@ def test_the_walkthrough_screenshots_show_what_the_readme_says(webserver: str, p
     # The lineage of bronze customers: landing before it, its quarantine beside it, silver after it.
     page.goto(f"{webserver}/assets/bronze/customers?view=lineage&lineageScope=neighbors&lineageDepth=1")
     for label in ("stg_acme__customer_versions",):
-        page.get_by_text(label).first.wait_for(timeout=60_000)
+        page.get_by_text(label).first.wait_for()
     _shoot(page, "lineage")
 
     # Its partitions: the days the demo loaded, near the start, and the last day's materialization.
     page.goto(f"{webserver}/assets/bronze/customers?view=partitions")
-    page.get_by_text(last_day).first.click(timeout=60_000)
-    page.get_by_text("dagster/partition_row_count").first.wait_for(timeout=60_000)
+    page.get_by_text(last_day).first.click()
+    page.get_by_text("dagster/partition_row_count").first.wait_for()
     _shoot(page, "partitions")
 
     # The failed gate: its check page with the failure's description.
     page.goto(f"{webserver}/assets/bronze/customers?view=checks&checkDetail=gx_bronze_gate")
-    page.get_by_text("expect_table_row_count_to_equal").first.wait_for(timeout=60_000)
+    page.get_by_text("expect_table_row_count_to_equal").first.wait_for()
     _shoot(page, "failed-gate")
 
     # The runs: the demo's, and the failed one.
     page.goto(f"{webserver}/runs")
-    page.get_by_text("Failure").first.wait_for(timeout=60_000)
+    page.get_by_text("Failure").first.wait_for()
     _shoot(page, "runs", height=480)

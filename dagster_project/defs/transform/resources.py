@@ -122,7 +122,9 @@ def parse_atomically(project: DbtProject) -> None:
         state = target / "partial_parse.msgpack"
         if state.exists():
             shutil.copy2(state, scratch / state.name)
-        DbtCliResource(project_dir=project).cli(["parse", "--quiet"], target_path=scratch).wait()
+        DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
+            ["parse", "--quiet"], target_path=scratch
+        ).wait()
         for name in ("partial_parse.msgpack", "manifest.json"):  # the manifest last: it is what readers read
             if (scratch / name).exists():
                 os.replace(scratch / name, target / name)

@@ -209,6 +209,7 @@ def test_under_dagster_dev_the_manifest_is_parsed_again_and_swapped_in_whole(
     (project / "target").mkdir()
     (project / "target" / "manifest.json").write_text("{}")  # stale: what a reader would see until the swap
     monkeypatch.setenv("DAGSTER_IS_DEV_CLI", "1")
+    monkeypatch.setenv("PATH", os.defpath)  # `.venv/bin/medallion dev` without the environment on PATH
 
     loaded = load_dbt_project(project)
 
