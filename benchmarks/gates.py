@@ -199,9 +199,8 @@ def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[i
 
 
 def _lake_sql(lake: Lake, relation: str, gate: gates.Gate, where: str = "") -> list[int]:
-    con = duckdb.connect()
+    con = lake.connect()  # as the gate's own (`validate_lake`)
     try:
-        lake.configure_duckdb(con)
         con.execute(f"create view batch as select * from {lake.duckdb_scan(lake.table(*relation.split('.')))} {where}")
         return _sql_counts(con, yardstick_sql(gate, "batch"))
     finally:

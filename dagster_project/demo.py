@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from dagster_project import settings
 from dagster_project.lib.clients.sftp import SftpClient
@@ -385,7 +384,7 @@ def _collect_run(run: dg.ExecuteInProcessResult, summary: DemoSummary) -> None:
 def _collect_tables(summary: DemoSummary) -> None:
     """Row counts of every layer and the reconciliation, read from the lake in place."""
     lake = settings.lake()
-    with duckdb.connect() as con:
+    with lake.connect() as con:
         tables = lake.attach(con)
         for relation in tables:
             layer, table = relation.split(".")

@@ -58,9 +58,10 @@ def warehouse(lake: Path) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
     connections: list[duckdb.DuckDBPyConnection] = []
 
     def connect() -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
+        lake = settings.lake()
+        con = lake.connect()
         con.execute("set TimeZone = 'UTC'")
-        settings.lake().attach(con)
+        lake.attach(con)
         connections.append(con)
         return con
 

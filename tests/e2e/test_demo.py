@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import duckdb
 import pytest
 from deltalake import DeltaTable
 
@@ -63,13 +62,13 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def _query(sql: str) -> list[tuple]:
     """A query over every layer of the lake, read in place as the platform reads it."""
-    with duckdb.connect() as con:
+    with settings.lake().connect() as con:
         settings.lake().attach(con)
         return con.execute(sql).fetchall()
 
 
 def _lake_rows(layer: str, table: str) -> list[dict]:
-    with duckdb.connect() as con:
+    with settings.lake().connect() as con:
         settings.lake().attach(con)
         cursor = con.execute(f"select * from {layer}.{table}")
         names = [d[0] for d in cursor.description]

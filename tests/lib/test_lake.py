@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -102,3 +104,77 @@ def test_every_library_reaches_the_same_lake(where: str, tmp_path: Path, request
     ).fetchall()[0][1]
     assert "Scanning Files: 1/5" in plan
     assert con.execute(f"select count(*) from {lake.duckdb_scan(uri)}").fetchone() == (50,)
+
+
+@pytest.fixture
+def unverified(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, ...]]:
+    """This process as if no DuckDB extension had been verified in it yet."""
+    from dagster_project.lib import lake as lake_module
+
+    verified: dict[str, tuple[int, ...]] = {}
+    monkeypatch.setattr(lake_module, "_VERIFIED", verified)
+    return verified
+
+
+def _signature_checked(con: duckdb.DuckDBPyConnection) -> bool:
+    [(allowed,)] = con.execute("select current_setting('allow_unsigned_extensions')").fetchall()
+    [(loaded,)] = con.execute("select loaded from duckdb_extensions() where extension_name = 'delta'").fetchall()
+    assert loaded
+    return not allowed
+
+
+def test_an_extension_is_verified_once_per_process_and_again_once_its_file_changed(unverified: dict):
+    from dagster_project.lib.lake import connect_duckdb, duckdb_extension_path
+
+    with connect_duckdb(["delta"]) as first, connect_duckdb(["delta"]) as second:
+        assert _signature_checked(first) and not _signature_checked(second)
+
+    # The file is no longer the one verified: checked again before it is trusted again.
+    path = duckdb_extension_path("delta")
+    size, inode, written, changed = unverified[path]
+    unverified[path] = (size, inode, written, changed - 1)
+    with connect_duckdb(["delta"]) as third, connect_duckdb(["delta"]) as fourth:
+        assert _signature_checked(third) and not _signature_checked(fourth)
+
+
+def test_a_file_changed_in_place_and_given_its_old_times_back_is_a_changed_file(tmp_path: Path):
+    from dagster_project.lib.lake import _file_identity
+
+    path = tmp_path / "extension"
+    path.write_bytes(b"0" * 1024)
+    before = path.stat()
+    identity = _file_identity(str(path))
+    with path.open("r+b") as f:  # one byte changed, the size kept...
+        f.seek(512)
+        f.write(b"1")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and its times set back
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+    assert _file_identity(str(path)) != identity
+
+
+def test_an_extension_whose_bytes_changed_is_refused_by_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unverified: dict
+):
+    from dagster_project.lib import lake as lake_module
+
+    tampered = tmp_path / "delta.duckdb_extension"
+    shutil.copyfile(lake_module.duckdb_extension_path("delta"), tampered)
+    with tampered.open("r+b") as f:
+        f.seek(tampered.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(lake_module, "duckdb_extension_path", lambda name: str(tampered))
+
+    with pytest.raises(duckdb.Error, match="signature"):
+        lake_module.connect_duckdb(["delta"])
+    assert unverified == {}  # and not trusted after
+
+
+def test_a_lake_connection_reads_delta_tables_in_place(tmp_path: Path):
+    lake = Lake.parse(str(tmp_path / "lake"))
+    uri = lake.table("bronze", "t")
+    write_deltalake(uri, pa.table({"v": [1, 2, 3]}))
+    for _ in range(2):  # the first may verify the extension, the second trusts it
+        with lake.connect() as con:
+            assert con.execute(f"select sum(v) from {lake.duckdb_scan(uri)}").fetchone() == (6,)

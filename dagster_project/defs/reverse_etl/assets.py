@@ -22,10 +22,7 @@ CRM_SCORES_KEY = dg.AssetKey(["reverse_etl", "crm_customer_scores"])
 
 def read_segments(lake: "Lake") -> "pa.Table":
     """The gold segments table, read in place from the lake, in key order."""
-    import duckdb
-
-    with duckdb.connect() as con:
-        lake.configure_duckdb(con)
+    with lake.connect() as con:
         scan = lake.duckdb_scan(lake.table("gold", SEGMENTS_MODEL))
         return con.sql(f"select * from {scan} order by {KEY}").to_arrow_table()
 

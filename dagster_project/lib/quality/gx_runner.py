@@ -237,13 +237,10 @@ def validate_lake(
     `params`. The other lake tables a rule reads (`Rule.reads`) are views by their `<layer>.<table>` name,
     read in place too; a bronze table nothing was written to yet reads as empty, as it does in dbt.
     """
-    import duckdb
-
     layer, _, table = relation.partition(".")
     start = time.perf_counter()
-    con = duckdb.connect()
+    con = lake.connect()
     try:
-        lake.configure_duckdb(con)
         where = f" WHERE {predicate_sql}" if predicate_sql else ""
         # A view cannot hold prepared parameters; a relation keeps them bound.
         con.sql(
