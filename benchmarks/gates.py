@@ -32,7 +32,7 @@ from dagster_project import settings
 from dagster_project.lib.bronze.contract import bronze_schema
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import dbt_rules, gates
-from dagster_project.lib.quality.gx_runner import GateResult, validate_lake
+from dagster_project.lib.quality.gx_runner import GateResult, attach_reads, validate_lake
 from dagster_project.lib.quality.rules import BATCH, Rule
 from dagster_project.lib.sources.registry import CUSTOMERS
 
@@ -199,9 +199,10 @@ def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[i
 
 
 def _lake_sql(lake: Lake, relation: str, gate: gates.Gate, where: str = "") -> list[int]:
-    con = lake.connect()  # as the gate's own (`validate_lake`)
+    con = lake.connect()  # as the gate's own (`validate_lake`), with the same views of what its rules read
     try:
         con.execute(f"create view batch as select * from {lake.duckdb_scan(lake.table(*relation.split('.')))} {where}")
+        attach_reads(con, lake, gate.expectations)
         return _sql_counts(con, yardstick_sql(gate, "batch"))
     finally:
         con.close()

@@ -241,13 +241,12 @@ def validate_lake(
     start = time.perf_counter()
     con = lake.connect()
     try:
-        where = f" WHERE {predicate_sql}" if predicate_sql else ""
-        # A view cannot hold prepared parameters; a relation keeps them bound.
-        con.sql(
-            f"SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}", params=list(params or [])
-        ).create_view("batch")
-        for other in sorted({r for e in expectations if isinstance(e, Rule) for r in e.reads}):
-            _attach(con, lake, other)
+        where = f" WHERE {bind_literals(con, predicate_sql, params or [])}" if predicate_sql else ""
+        # A view holds no prepared parameters, so the values go in as typed literals. (A relation that binds
+        # them, `con.sql(query, params=...)`, runs the query at once: the whole partition in memory, 3.7 s of a
+        # 5.2 s bronze gate at 10M rows.)
+        con.execute(f"CREATE TEMP VIEW batch AS SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}")
+        attach_reads(con, lake, expectations)
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )
@@ -256,6 +255,36 @@ def validate_lake(
     result.seconds = time.perf_counter() - start
     result.relation, result.table_uri, result.predicate = relation, lake.table(layer, table), predicate_sql
     return result
+
+
+_STRING_LITERAL = re.compile(r"('(?:[^']|'')*')")
+
+
+def bind_literals(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]) -> str:
+    """`sql` with each `?` placeholder (outside string literals) replaced by the next of `params` as a literal of
+    its DuckDB type, e.g. `'2025-11-05'::DATE`; DuckDB itself renders the value and names its type."""
+    parts = _STRING_LITERAL.split(sql)  # string literals at the odd positions
+    placeholders = sum(part.count("?") for part in parts[::2])
+    if placeholders != len(params):
+        raise ValueError(f"{sql!r} has {placeholders} placeholders for {len(params)} values")
+    values = iter(params)
+    for i in range(0, len(parts), 2):
+        pieces = parts[i].split("?")
+        parts[i] = pieces[0] + "".join(_literal(con, next(values)) + piece for piece in pieces[1:])
+    return "".join(parts)
+
+
+def _literal(con: duckdb.DuckDBPyConnection, value: object) -> str:
+    if value is None:
+        return "NULL"
+    text, type_ = con.execute("SELECT CAST($1 AS VARCHAR), typeof($1)", [value]).fetchone()  # type: ignore[misc]
+    return "'" + text.replace("'", "''") + "'::" + type_
+
+
+def attach_reads(con: duckdb.DuckDBPyConnection, lake: Lake, expectations: Sequence[Rule | Expectation]) -> None:
+    """Views `<layer>.<table>` on `con` over the other lake tables the rules read (`Rule.reads`)."""
+    for relation in sorted({r for e in expectations if isinstance(e, Rule) for r in e.reads}):
+        _attach(con, lake, relation)
 
 
 def _attach(con: duckdb.DuckDBPyConnection, lake: Lake, relation: str) -> None:

@@ -18,7 +18,7 @@ from deltalake import write_deltalake
 from dagster_project import settings
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import gx_duckdb, rules
-from dagster_project.lib.quality.gx_runner import GateResult, validate_duckdb, validate_lake
+from dagster_project.lib.quality.gx_runner import GateResult, bind_literals, validate_duckdb, validate_lake
 from tests.lakes import LOCAL_AND_S3
 
 ROWS = 200_000
@@ -259,6 +259,39 @@ def test_validate_lake_reads_one_partition(tmp_path, where, request):
         "table_uri": lake.table("silver", "t"),
         "predicate": "business_date = ?",
     }
+
+
+def test_a_partition_is_read_in_place_by_a_view_not_loaded_into_memory(tmp_path):
+    lake = Lake.parse(str(tmp_path / "lake"))
+    days = [dt.date(2025, 11, 4), dt.date(2025, 11, 5)]
+    write_deltalake(
+        lake.table("silver", "t"),
+        pa.table({"business_date": days * 3, "v": list(range(6))}),
+        partition_by=["business_date"],
+    )
+    con = lake.connect()
+    where = bind_literals(con, "business_date = ?", [days[1]])
+    con.execute(f"CREATE TEMP VIEW batch AS SELECT * FROM {lake.duckdb_scan(lake.table('silver', 't'))} WHERE {where}")
+    # The view scans the Delta table at each query (one of its two partition files), holding no rows itself.
+    plan = con.execute("EXPLAIN ANALYZE SELECT count(*) FROM batch").fetchall()[0][1]
+    assert "Scanning Files: 1/2" in plan
+    assert con.execute("SELECT sum(v) FROM batch").fetchone() == (1 + 3 + 5,)
+
+
+def test_placeholders_become_typed_literals_and_quoted_text_is_left_alone():
+    con = duckdb.connect()
+    sql = "d = ?::DATE AND s = 'why?' AND n BETWEEN ? AND ? AND t = ? AND x IS ?"
+    values = [dt.date(2025, 11, 5), "it's", 1.5, dt.datetime(2025, 1, 1, 6, tzinfo=dt.UTC), None]
+
+    bound = bind_literals(con, sql, values)
+
+    assert bound == (
+        "d = '2025-11-05'::DATE::DATE AND s = 'why?' AND n BETWEEN 'it''s'::VARCHAR AND '1.5'::DOUBLE "
+        "AND t = '2025-01-01 06:00:00+00'::TIMESTAMP WITH TIME ZONE AND x IS NULL"
+    )
+    assert con.execute(f"SELECT {bound.split(' AND ')[0].split(' = ')[1]}").fetchone() == (dt.date(2025, 11, 5),)
+    with pytest.raises(ValueError, match="2 placeholders for 1 values"):
+        bind_literals(con, "a = ? AND b = ?", [1])
 
 
 def test_an_exists_in_rule_reads_the_other_lake_table_in_place(tmp_path):
