@@ -21,7 +21,7 @@ import datetime as dt
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -32,7 +32,7 @@ from dagster_project import settings
 from dagster_project.lib.bronze.contract import bronze_schema
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import dbt_rules, gates
-from dagster_project.lib.quality.gx_runner import GateResult, attach_reads, validate_lake
+from dagster_project.lib.quality.gx_runner import GateResult, create_batch_view, validate_lake
 from dagster_project.lib.quality.rules import BATCH, Rule
 from dagster_project.lib.sources.registry import CUSTOMERS
 
@@ -198,11 +198,12 @@ def _sql_counts(con: duckdb.DuckDBPyConnection, statements: list[str]) -> list[i
     return [int(v or 0) for s in statements for v in con.execute(s).fetchone()]
 
 
-def _lake_sql(lake: Lake, relation: str, gate: gates.Gate, where: str = "") -> list[int]:
-    con = lake.connect()  # as the gate's own (`validate_lake`), with the same views of what its rules read
+def _lake_sql(
+    lake: Lake, relation: str, gate: gates.Gate, predicate_sql: str | None = None, params: Sequence[object] = ()
+) -> list[int]:
+    con = lake.connect()  # with the gate's own view of its rows (`validate_lake`)
     try:
-        con.execute(f"create view batch as select * from {lake.duckdb_scan(lake.table(*relation.split('.')))} {where}")
-        attach_reads(con, lake, gate.expectations)
+        create_batch_view(con, lake, relation, gate.expectations, predicate_sql, params)
         return _sql_counts(con, yardstick_sql(gate, "batch"))
     finally:
         con.close()
@@ -228,7 +229,7 @@ def run(rows: int, repeat: int = 3) -> list[dict]:
                     params=[BUSINESS_DATE],
                     sample_columns=bronze.sample_columns,
                 ),
-                lambda: _lake_sql(lake, "bronze.customers", bronze, f"where business_date = '{BUSINESS_DATE}'"),
+                lambda: _lake_sql(lake, "bronze.customers", bronze, "business_date = ?", [BUSINESS_DATE]),
             ),
             (
                 "silver",

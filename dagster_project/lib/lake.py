@@ -140,14 +140,17 @@ class Lake:
         """A new in-memory DuckDB that reads the lake: its extensions loaded (`connect_duckdb`), its credentials
         set. Every gate and every read of the lake in place opens one."""
         con = connect_duckdb(self.duckdb_extensions)
-        self.configure_duckdb(con)
+        self._set_credentials(con)
         return con
 
     def configure_duckdb(self, con: DuckDBPyConnection) -> None:
         """Load the extensions that read the lake's Delta tables offline, and the lake's credentials, on a
-        connection opened elsewhere (dbt's); on one from `connect` the extensions are loaded already."""
+        connection opened elsewhere (dbt's)."""
         for name in self.duckdb_extensions:
             con.load_extension(duckdb_extension_path(name))
+        self._set_credentials(con)
+
+    def _set_credentials(self, con: DuckDBPyConnection) -> None:
         secret = _duckdb_secret(self)
         if secret:
             # No parameter binding in CREATE SECRET; values are quoted, and an error never shows the SQL.

@@ -62,14 +62,16 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def _query(sql: str) -> list[tuple]:
     """A query over every layer of the lake, read in place as the platform reads it."""
-    with settings.lake().connect() as con:
-        settings.lake().attach(con)
+    lake = settings.lake()
+    with lake.connect() as con:
+        lake.attach(con)
         return con.execute(sql).fetchall()
 
 
 def _lake_rows(layer: str, table: str) -> list[dict]:
-    with settings.lake().connect() as con:
-        settings.lake().attach(con)
+    lake = settings.lake()
+    with lake.connect() as con:
+        lake.attach(con)
         cursor = con.execute(f"select * from {layer}.{table}")
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -241,12 +241,7 @@ def validate_lake(
     start = time.perf_counter()
     con = lake.connect()
     try:
-        where = f" WHERE {bind_literals(con, predicate_sql, params or [])}" if predicate_sql else ""
-        # A view holds no prepared parameters, so the values go in as typed literals. (A relation that binds
-        # them, `con.sql(query, params=...)`, runs the query at once: the whole partition in memory, 3.7 s of a
-        # 5.2 s bronze gate at 10M rows.)
-        con.execute(f"CREATE TEMP VIEW batch AS SELECT * FROM {lake.duckdb_scan(lake.table(layer, table))}{where}")
-        attach_reads(con, lake, expectations)
+        create_batch_view(con, lake, relation, expectations, predicate_sql, params)
         result = validate_duckdb(
             con, "batch", suite_name, expectations, sample_columns=sample_columns, pii_columns=pii_columns
         )
@@ -255,6 +250,25 @@ def validate_lake(
     result.seconds = time.perf_counter() - start
     result.relation, result.table_uri, result.predicate = relation, lake.table(layer, table), predicate_sql
     return result
+
+
+def create_batch_view(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    relation: str,
+    expectations: Sequence[Rule | Expectation],
+    predicate_sql: str | None = None,
+    params: Sequence[object] | None = None,
+) -> None:
+    """The view `batch` on `con`: the rows of lake table `relation` that `predicate_sql` selects, read in place at
+    each query; and views of the other lake tables the rules read (`Rule.reads`)."""
+    where = f" WHERE {bind_literals(con, predicate_sql, params or [])}" if predicate_sql else ""
+    # A view holds no prepared parameters, so the values go in as typed literals. (A relation that binds them,
+    # `con.sql(query, params=...)`, runs the query at once: the whole partition in memory, 3.7 s of a 5.2 s
+    # bronze gate at 10M rows.)
+    con.execute(f"CREATE TEMP VIEW batch AS SELECT * FROM {lake.duckdb_scan(lake.table(*relation.split('.')))}{where}")
+    for other in sorted({r for e in expectations if isinstance(e, Rule) for r in e.reads}):
+        _attach(con, lake, other)
 
 
 _STRING_LITERAL = re.compile(r"('(?:[^']|'')*')")
@@ -279,12 +293,6 @@ def _literal(con: duckdb.DuckDBPyConnection, value: object) -> str:
         return "NULL"
     text, type_ = con.execute("SELECT CAST($1 AS VARCHAR), typeof($1)", [value]).fetchone()  # type: ignore[misc]
     return "'" + text.replace("'", "''") + "'::" + type_
-
-
-def attach_reads(con: duckdb.DuckDBPyConnection, lake: Lake, expectations: Sequence[Rule | Expectation]) -> None:
-    """Views `<layer>.<table>` on `con` over the other lake tables the rules read (`Rule.reads`)."""
-    for relation in sorted({r for e in expectations if isinstance(e, Rule) for r in e.reads}):
-        _attach(con, lake, relation)
 
 
 def _attach(con: duckdb.DuckDBPyConnection, lake: Lake, relation: str) -> None:

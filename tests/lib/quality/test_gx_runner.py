@@ -18,7 +18,13 @@ from deltalake import write_deltalake
 from dagster_project import settings
 from dagster_project.lib.lake import Lake
 from dagster_project.lib.quality import gx_duckdb, rules
-from dagster_project.lib.quality.gx_runner import GateResult, bind_literals, validate_duckdb, validate_lake
+from dagster_project.lib.quality.gx_runner import (
+    GateResult,
+    bind_literals,
+    create_batch_view,
+    validate_duckdb,
+    validate_lake,
+)
 from tests.lakes import LOCAL_AND_S3
 
 ROWS = 200_000
@@ -261,8 +267,8 @@ def test_validate_lake_reads_one_partition(tmp_path, where, request):
     }
 
 
-def test_a_predicate_bound_as_literals_keeps_the_view_a_scan_of_one_partitions_files(tmp_path):
-    """How `validate_lake` builds its `batch` view: read in place at each query, pruned to the partition."""
+def test_the_batch_view_of_a_partition_is_a_scan_of_its_files_at_each_query(tmp_path):
+    """`validate_lake`'s view of the rows it validates: read in place at each query, pruned to the partition."""
     lake = Lake.parse(str(tmp_path / "lake"))
     days = [dt.date(2025, 11, 4), dt.date(2025, 11, 5)]
     write_deltalake(
@@ -271,8 +277,7 @@ def test_a_predicate_bound_as_literals_keeps_the_view_a_scan_of_one_partitions_f
         partition_by=["business_date"],
     )
     con = lake.connect()
-    where = bind_literals(con, "business_date = ?", [days[1]])
-    con.execute(f"CREATE TEMP VIEW batch AS SELECT * FROM {lake.duckdb_scan(lake.table('silver', 't'))} WHERE {where}")
+    create_batch_view(con, lake, "silver.t", [], "business_date = ?", [days[1]])
     plan = con.execute("EXPLAIN ANALYZE SELECT count(*) FROM batch").fetchall()[0][1]
     assert "Scanning Files: 1/2" in plan
     assert con.execute("SELECT sum(v) FROM batch").fetchone() == (1 + 3 + 5,)
