@@ -328,7 +328,8 @@ def _validate(
     tagged = [e.copy(update={"meta": {**(e.meta or {}), _POSITION: i}}) for i, e in enumerate(expectations)]
     suite = gx.ExpectationSuite(name=suite_name, expectations=tagged)
     gx_duckdb.forget_shared_results(batch.data.execution_engine)
-    results = batch.validate(suite, result_format=result_format).results
+    with gx_duckdb.configurations_built_once():
+        results = batch.validate(suite, result_format=result_format).results
     return sorted(results, key=lambda r: r.expectation_config.meta[_POSITION])
 
 

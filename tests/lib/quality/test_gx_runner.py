@@ -225,6 +225,21 @@ def test_patch_is_idempotent_and_duckdb_only():
     assert "regexp_matches" not in str(expr.compile(dialect=sqlite.dialect()))
 
 
+def test_a_configuration_is_built_once_within_a_validation_and_afresh_outside_one():
+    expectation = gxe.ExpectColumnValuesToNotBeNull(column="id")
+    gx_duckdb.ensure_patched()
+    assert expectation.configuration is not expectation.configuration  # GX's own behaviour outside
+    with gx_duckdb.configurations_built_once():
+        inside = expectation.configuration
+        assert expectation.configuration is inside
+        other = gxe.ExpectColumnValuesToNotBeNull(column="name")
+        assert other.configuration.kwargs == {"column": "name"} and other.configuration is not inside
+    expectation.column = "email"  # a change made after the validation is seen by the next one
+    assert expectation.configuration.kwargs == {"column": "email"}
+    with gx_duckdb.configurations_built_once():
+        assert expectation.configuration.kwargs == {"column": "email"}
+
+
 @pytest.mark.parametrize("where", LOCAL_AND_S3)
 def test_validate_lake_reads_one_partition(tmp_path, where, request):
     table = pa.table(
