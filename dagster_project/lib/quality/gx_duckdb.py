@@ -32,6 +32,10 @@ No pool or engine option avoids it on SQLAlchemy 2.0.
    from the expectation's fields at every read (a pydantic `dict()` and a new `ExpectationConfiguration`),
    about a hundred reads per expectation per validation while it builds its metric graph: a fifth of a
    gate's time on a small partition. GX reads it from expectations it does not change while it validates.
+8. A metric's id (`IDDict.to_id`, the MD5 of its kwargs as sorted JSON, computed for each of the thousand
+   metric configurations a gate builds) serializes plain kwargs with `json.dumps` directly; GX first walks
+   them through `convert_to_json_serializable`, which gives the same JSON for plain values and is kept for
+   any other (a set, a Decimal, a NumPy scalar, NaN). A tenth of a gate's time on a small partition.
 
 The patch replaces GX internals, so GX stays pinned (pyproject: `great-expectations==1.24.1`); after an
 upgrade run tests/lib/quality/test_gx_runner.py and update `TESTED_GX_VERSION` only if it passes.
@@ -39,7 +43,9 @@ upgrade run tests/lib/quality/test_gx_runner.py and update `TESTED_GX_VERSION` o
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -52,6 +58,7 @@ import duckdb_engine
 import great_expectations as gx
 import sqlalchemy as sa
 from great_expectations.constants import MAX_RESULT_RECORDS
+from great_expectations.core.id_dict import IDDict
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -354,6 +361,23 @@ def _patched_configuration(original: Callable) -> property:
     return property(configuration)
 
 
+def _patched_to_id(original: Callable) -> Callable:
+    def to_id(self: IDDict, id_keys: Any = None, id_ignore_keys: Any = None) -> Any:
+        keys = set(self.keys() if id_keys is None else id_keys)
+        keys -= set(self._id_ignore_keys if id_ignore_keys is None else id_ignore_keys)
+        if len(keys) < 2:
+            return original(self, id_keys, id_ignore_keys)
+        try:
+            text = json.dumps({k: self[k] for k in keys}, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):  # not plain JSON: GX's own conversion
+            return original(self, id_keys, id_ignore_keys)
+        return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+    setattr(to_id, _MARK, True)
+    to_id.__doc__ = original.__doc__
+    return to_id
+
+
 @contextmanager
 def configurations_built_once() -> Iterator[None]:
     """Within it, each expectation's `configuration` is built once (patch item 7): wrap one validation."""
@@ -395,6 +419,7 @@ def ensure_patched() -> None:
             SqlAlchemyExecutionEngine.execute_query_in_transaction
         )
         Expectation.configuration = _patched_configuration(Expectation.configuration.fget)  # ty: ignore[invalid-assignment]
+        IDDict.to_id = _patched_to_id(IDDict.to_id)
         # Last: its mark is what tells later calls the whole patch is in place.
         SqlAlchemyExecutionEngine.execute_query = _patched_execute_query(SqlAlchemyExecutionEngine.execute_query)
 

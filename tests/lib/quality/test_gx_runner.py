@@ -5,12 +5,15 @@ Gates are declared as plain rules and compiled into GX only when one runs, so lo
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import subprocess
 import sys
+from decimal import Decimal
 
 import duckdb
 import great_expectations.expectations as gxe
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
@@ -238,6 +241,31 @@ def test_a_configuration_is_built_once_within_a_validation_and_afresh_outside_on
     assert expectation.configuration.kwargs == {"column": "email"}
     with gx_duckdb.configurations_built_once():
         assert expectation.configuration.kwargs == {"column": "email"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"column": "email", "regex": r"^\d+$", "mostly": 1.0, "value_set": ["a", "b"], "nested": {"n": None}},
+        {"column": "id", "value_set": {"b", "a"}},  # a set: not JSON, GX's conversion
+        {"column": "amount", "min_value": Decimal("1.50"), "max_value": np.float64(2.5), "count": np.int64(3)},
+        {"column": "x", "mostly": float("nan")},
+        {"column": "x"},  # one key: GX's own `key=value` id
+        {},
+    ],
+)
+def test_a_metric_id_is_the_one_gx_computes(kwargs):
+    from great_expectations.core.id_dict import IDDict
+    from great_expectations.util import convert_to_json_serializable
+
+    gx_duckdb.ensure_patched()
+    if len(kwargs) < 2:
+        expected = () if not kwargs else "column=x"
+    else:
+        text = json.dumps(convert_to_json_serializable(data=kwargs), sort_keys=True)
+        expected = hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    assert IDDict(kwargs).to_id() == expected
+    assert IDDict({**kwargs, "ignored": 1}).to_id(id_ignore_keys={"ignored"}) == expected
 
 
 @pytest.mark.parametrize("where", LOCAL_AND_S3)
