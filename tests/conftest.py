@@ -37,7 +37,7 @@ def sftp_client(sftp_server: EmbeddedSftpServer) -> Iterator[SftpClient]:
         sftp_server.username,
         sftp_server.client_key_path,
         sftp_server.known_hosts_path,
-        timeout=5.0,
+        timeout=30.0,  # waited out only when the server is broken
         backoff_seconds=0.05,
     ) as client:
         yield client

@@ -164,7 +164,7 @@ def test_dev_serves_ui_receiver_and_sftp_and_stops_cleanly(tmp_path: Path):
         deadline = time.monotonic() + 180
         _wait_for(f"http://127.0.0.1:{webhooks_port}/readyz", process, deadline)
         _wait_for(f"http://127.0.0.1:{ui_port}/server_info", process, deadline)
-        with socket.create_connection(("127.0.0.1", sftp_port), timeout=5) as ssh:
+        with socket.create_connection(("127.0.0.1", sftp_port), timeout=60) as ssh:
             assert ssh.recv(64).startswith(b"SSH-2.0-")
         # The receiver signs with the secret generated for the embedded platform.
         assert (data / "secrets" / "webhook_secret_stripe").exists()

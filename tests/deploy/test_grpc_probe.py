@@ -34,7 +34,7 @@ def health(port: int, service: str) -> str:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
         except grpc.RpcError as exc:
             return exc.code().name
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

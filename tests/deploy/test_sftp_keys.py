@@ -43,7 +43,7 @@ def generate(repo_root: Path, server_dir: Path, client_dir: Path, host: str, por
 
 def client(client_dir: Path, port: int) -> SftpClient:
     return SftpClient(
-        "127.0.0.1", port, "acme", client_dir / "id_ed25519", client_dir / "known_hosts", retries=0, timeout=5
+        "127.0.0.1", port, "acme", client_dir / "id_ed25519", client_dir / "known_hosts", retries=0, timeout=60
     )
 
 

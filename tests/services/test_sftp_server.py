@@ -87,7 +87,7 @@ def test_only_sftp_is_offered(sftp_server: EmbeddedSftpServer) -> None:
     )
     try:
         with pytest.raises(paramiko.SSHException):
-            ssh.exec_command("id", timeout=5)
+            ssh.exec_command("id", timeout=60)
         with pytest.raises(paramiko.ChannelException):  # no port forwarding, even to itself
             ssh.get_transport().open_channel(  # type: ignore[union-attr]
                 "direct-tcpip", (sftp_server.host, sftp_server.port), ("127.0.0.1", 0)

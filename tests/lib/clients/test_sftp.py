@@ -22,7 +22,7 @@ def client_for(server: EmbeddedSftpServer, **overrides: object) -> SftpClient:
         "username": server.username,
         "private_key_path": server.client_key_path,
         "known_hosts_path": server.known_hosts_path,
-        "timeout": 5.0,
+        "timeout": 30.0,  # waited out only when the server is broken
         "backoff_seconds": 0.05,
     }
     args.update(overrides)
