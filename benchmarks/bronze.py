@@ -6,13 +6,13 @@ Each measurement runs in a fresh subprocess so its peak RSS is its own.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import duckdb
 
+from benchmarks.process import run_measured
 from dagster_project.lib.sources.registry import CUSTOMERS
 
 # About 100 bytes a row, with 0.1% of rows breaking one rule each, like a real export.
@@ -55,18 +55,21 @@ def _cpu_seconds() -> float:
 
 
 def _run_child(kind: str, csv_path: Path, work: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bronze", "--child", kind, str(csv_path), str(work)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process; its peak RSS is that process's own (`benchmarks.process`)."""
+    log = work / f"{kind}.out"
+    with log.open("w") as out:
+        usage = run_measured(
+            [sys.executable, "-m", "benchmarks.bronze", "--child", kind, str(csv_path), str(work)], stdout=out
+        )
+    output = log.read_text()
+    if usage.returncode != 0:
+        raise RuntimeError(f"the {kind} measurement failed ({usage.returncode}):\n{output[-3000:]}")
+    [figures] = [line for line in output.splitlines() if line.startswith("{")][-1:]
+    return {**json.loads(figures), "peak_rss_mb": usage.peak_rss_mib}
 
 
 def _child(kind: str, csv_path: Path, work: Path) -> None:
     import datetime as dt
-    import resource
     import shutil
 
     from dagster_project.lib.bronze.engine import load_partition
@@ -125,8 +128,7 @@ def _child(kind: str, csv_path: Path, work: Path) -> None:
         extra.update(loaded=result.loaded, quarantined=result.quarantined)
     seconds = time.perf_counter() - start
     extra["cpu_seconds"] = _cpu_seconds() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"kind": kind, "rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb, **extra}))
+    print(json.dumps({"kind": kind, "rows": rows, "seconds": seconds, **extra}))
 
 
 def run(sizes: list[int], work: Path) -> list[dict]:

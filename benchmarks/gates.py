@@ -177,7 +177,8 @@ def build(work: Path, rows: int) -> Lake:
     con.execute(SILVER_SQL, {"rows": rows})
     con.execute(GOLD_SQL, {"customers": rows // 2})
     for relation in (SILVER, GOLD):
-        write_deltalake(lake.table(*relation.split(".")), con.execute(f"select * from {relation}").to_arrow_table())
+        rows_of = con.execute(f"select * from {relation}").to_arrow_reader(1_000_000)  # streamed, not copied whole
+        write_deltalake(lake.table(*relation.split(".")), rows_of)
     con.close()
     return lake
 

@@ -11,8 +11,8 @@ an object store, and the peak memory of one partition's work.
 - memory: peak RSS of a bronze hop (land + load) and of a dbt build of the customers slice, one partition of
   1M rows (and 10M with --large).
 
-dbt runs as a subprocess, as Dagster runs it; a figure of peak RSS is that process's own (`wait4`), not the
-largest of every child so far.
+dbt runs as a subprocess, as Dagster runs it; a figure of peak RSS is that process's own (`benchmarks.process`),
+not the largest of every child so far nor what this process held when it started it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +33,7 @@ from typing import Any
 
 import duckdb
 
+from benchmarks.process import run_measured
 from dagster_project import settings
 from dagster_project.lib.dbt_plugins.run_file import write_run
 from dagster_project.lib.lake import LOST_COMMIT_RACE, Lake
@@ -179,15 +179,8 @@ def measure(cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path)
     """Run `cmd` to completion; wall time, CPU time and peak RSS of that process (and what it waited for)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=dict(env))
-        # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be the largest of every child so far.
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(
-        seconds, usage.ru_maxrss / 1024, proc.returncode, log.read_text(), cpu_seconds=usage.ru_utime + usage.ru_stime
-    )
+        usage = run_measured(cmd, env=env, cwd=cwd, stdout=out)
+    return Measured(usage.seconds, usage.peak_rss_mib, usage.returncode, log.read_text(), cpu_seconds=usage.cpu_seconds)
 
 
 def dbt_command(args: Sequence[str], target: Path, profiles_dir: Path | None = None) -> list[str]:
