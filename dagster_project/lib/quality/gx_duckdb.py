@@ -363,6 +363,9 @@ def _patched_configuration(original: Callable) -> property:
 
 def _patched_to_id(original: Callable) -> Callable:
     def to_id(self: IDDict, id_keys: Any = None, id_ignore_keys: Any = None) -> Any:
+        # Read once each: either may be an iterator, and GX's own `to_id` may need them after.
+        id_keys = None if id_keys is None else list(id_keys)
+        id_ignore_keys = None if id_ignore_keys is None else list(id_ignore_keys)
         keys = set(self.keys() if id_keys is None else id_keys)
         keys -= set(self._id_ignore_keys if id_ignore_keys is None else id_ignore_keys)
         if len(keys) < 2:

@@ -266,6 +266,7 @@ def test_a_metric_id_is_the_one_gx_computes(kwargs):
         expected = hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
     assert IDDict(kwargs).to_id() == expected
     assert IDDict({**kwargs, "ignored": 1}).to_id(id_ignore_keys={"ignored"}) == expected
+    assert IDDict({**kwargs, "ignored": 1}).to_id(id_keys=iter(kwargs)) == expected  # keys given once, as an iterator
 
 
 @pytest.mark.parametrize("where", LOCAL_AND_S3)
