@@ -320,7 +320,7 @@ def _pod_result(run: Measured) -> dict[str, Any]:
 
 
 def _count(lake: Lake, table: str) -> int:
-    with duckdb.connect() as con:
+    with lake.connect() as con:
         con.execute("set enable_progress_bar = false")
         lake.attach(con)
         return con.execute(f"select count(*) from {table}").fetchone()[0]
@@ -593,7 +593,7 @@ def _verify(lake_root: str, dates: list[str], rows: int, runs: list[dict[str, An
             lost.append(f"{r['business_date']}: load {r['load']} of {r['run_id']} is not the partition's")
         elif commit.run_id != r["run_id"]:
             lost.append(f"{r['business_date']}: load {r['load']} was committed by {commit.run_id}, not {r['run_id']}")
-    with duckdb.connect() as con:
+    with lake.connect() as con:
         con.execute("set TimeZone = 'UTC'")
         con.execute("set enable_progress_bar = false")
         lake.attach(con)

@@ -11,7 +11,6 @@ from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -261,8 +260,8 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
     # The dbt subprocess used the lake of the resource config; this process's environment was left alone.
     assert dict(os.environ) == environ
     assert "MEDALLION_LAKE_ROOT" not in environ
-    with duckdb.connect() as con:
-        Lake.parse(str(lake)).attach(con)
+    with (lakehouse := Lake.parse(str(lake))).connect() as con:
+        lakehouse.attach(con)
         silver = dict(con.execute("select customer_id, status from silver.stg_acme__customers").fetchall())
         history = con.execute("select count(*) from gold.dim_customers").fetchone()
     assert silver == {1: "closed", 2: "active"}
@@ -270,8 +269,8 @@ def test_materialize_one_partition_runs_dbt_build_and_its_checks(
     # Each materialization says what its Delta table holds: rows, the run's day, columns with real types.
     assert reported["gold/dim_customers"]["dagster/row_count"] == 3
     assert reported["silver/stg_acme__customers"]["dagster/row_count"] == 2
-    with duckdb.connect() as con:
-        Lake.parse(str(lake)).attach(con)
+    with (lakehouse := Lake.parse(str(lake))).connect() as con:
+        lakehouse.attach(con)
         versions_of_the_day = con.execute(
             "select count(*) from silver.stg_acme__customer_versions where business_date = '2025-01-02'"
         ).fetchone()[0]
@@ -364,8 +363,8 @@ def test_a_lost_commit_race_runs_dbt_again_from_fresh_inputs(
         retried = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
         assert retried == ["dbt_silver_daily"]
     # The run that went again read the other writer's commits instead of overriding them.
-    with duckdb.connect() as con:
-        Lake.parse(str(lake)).attach(con)
+    with (lakehouse := Lake.parse(str(lake))).connect() as con:
+        lakehouse.attach(con)
         customers = {r[0] for r in con.execute("select customer_id from silver.stg_acme__customers").fetchall()}
         statuses = dict(con.execute("select customer_id, status from silver.stg_acme__customers").fetchall())
     assert committed and customers == {1, 2, *committed}

@@ -100,7 +100,7 @@ def test_signed_webhooks_and_payout_files_reconcile_in_gold(platform: Platform, 
     assert all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
     assert ("payout_reconciliation", "gx_gold_gate") in {(c.asset_key.path[-1], c.check_name) for c in checks}
 
-    with duckdb.connect() as con:
+    with settings.lake().connect() as con:
         settings.lake().attach(con)
         charges = {r["charge_id"]: r for r in _rows(con, "select * from silver.stg_psp__charges")}
         events = {r["event_id"]: r for r in _rows(con, "select * from silver.stg_psp__payment_events")}

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import httpx
 import pytest
 
@@ -57,7 +56,7 @@ def test_signed_shop_events_reach_bronze_and_silver(
     silver = dg.AssetKey(["silver", "stg_shop__events"])
     job = platform.defs.resolve_implicit_global_asset_job_def()
     assert job.execute_in_process(instance=platform.instance, asset_selection=[silver]).success
-    with duckdb.connect() as con:
+    with settings.lake().connect() as con:
         settings.lake().attach(con)
         rows = con.execute("select event_id, event_type, subject_id from silver.stg_shop__events order by 1").fetchall()
     assert rows == [("msg_1", "order.shipped", "ord_1"), ("msg_2", "order.delivered", "ord_1")]
